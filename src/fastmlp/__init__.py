@@ -1,0 +1,29 @@
+"""fastmlp: fast, JIT-compiled multilayer perceptrons for CPUs.
+
+>>> from fastmlp import Sequential, Dense, SGD
+"""
+
+from fastmlp.baselines import random_search
+from fastmlp.gradcheck import gradcheck
+from fastmlp.layers import Dense, Layer, Maxout
+from fastmlp.optimizers import SGD, Optimizer
+from fastmlp.sequential import DivergenceError, History, Sequential
+from fastmlp.threads import get_num_threads, set_num_threads, threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dense",
+    "DivergenceError",
+    "History",
+    "Layer",
+    "Maxout",
+    "Optimizer",
+    "SGD",
+    "Sequential",
+    "get_num_threads",
+    "gradcheck",
+    "random_search",
+    "set_num_threads",
+    "threads",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from fastmlp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,21 @@
+"""Compile-time settings shared by every kernel.
+
+Numba freezes module globals into the machine code when a function is compiled, so the
+values here are constants for the life of the on-disk cache: change them, then clear the
+cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``).
+"""
+
+# ``fastmath=True`` would include ``nnan``/``ninf``, which lets LLVM assume no NaN or Inf
+# exists and silently breaks ``np.isfinite`` (numba #2919, #6217); the divergence check
+# and the input checks need it to work.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Options for every serial kernel.  ``nogil`` lets several Python threads predict at once.
+JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
+
+# Options for the few ``prange`` drivers.
+PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
+
+# Elementwise work below this many elements runs serially: launching the thread pool
+# costs a few microseconds, more than a small layer's whole bias+activation pass.
+PARALLEL_MIN_ELEMENTS = 1 << 16

@@ -1,0 +1,177 @@
+"""Elementwise activations, fused with the bias add, and their derivatives.
+
+Every derivative is taken from the cached *output* ``a = f(z)``, never from ``z``, so the
+forward pass keeps one array per layer (which is also the next layer's input):
+
+==============  ==========================  ==========================================
+activation      ``a = f(z)``                ``f'`` from ``a``
+==============  ==========================  ==========================================
+identity        ``z``                       ``1``
+sigmoid         ``1 / (1 + exp(-z))``       ``a (1 - a)``
+tanh            ``tanh(z)``                 ``1 - a**2``
+relu            ``max(z, 0)``               ``a > 0``
+leaky_relu      ``max(s z, z)``, 0<=s<=1    ``1 if a > 0 else s``
+elu             ``z if z > 0 else           ``1 if a > 0 else a + alpha`` (alpha > 0)
+                alpha (exp(z) - 1)``
+==============  ==========================  ==========================================
+
+At the kinks (``z == 0``) the derivative used is the left one, as in scikit-learn.
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+
+IDENTITY = 0
+SIGMOID = 1
+TANH = 2
+RELU = 3
+LEAKY_RELU = 4
+ELU = 5
+
+#: name -> (code, name of its float parameter or None, default value of that parameter)
+ACTIVATIONS = {
+    "identity": (IDENTITY, None, 0.0),
+    "sigmoid": (SIGMOID, None, 0.0),
+    "tanh": (TANH, None, 0.0),
+    "relu": (RELU, None, 0.0),
+    "leaky_relu": (LEAKY_RELU, "negative_slope", 0.01),
+    "elu": (ELU, "alpha", 1.0),
+}
+
+
+@njit(**JIT_OPTIONS)
+def _bias_activation_rows(z, b, code, param, row_start, row_stop):
+    # One loop nest per activation so the branch on ``code`` sits outside the hot loop.
+    n_out = z.shape[1]
+    one = z.dtype.type(1.0)
+    if code == IDENTITY:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                z[i, j] = z[i, j] + b[j]
+    elif code == SIGMOID:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                z[i, j] = one / (one + np.exp(-(z[i, j] + b[j])))
+    elif code == TANH:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                z[i, j] = np.tanh(z[i, j] + b[j])
+    elif code == RELU:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                v = z[i, j] + b[j]
+                z[i, j] = v if v > 0 else 0
+    elif code == LEAKY_RELU:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                v = z[i, j] + b[j]
+                z[i, j] = v if v > 0 else param * v
+    else:  # ELU; expm1 keeps precision for small negative z
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                v = z[i, j] + b[j]
+                z[i, j] = v if v > 0 else param * np.expm1(v)
+
+
+@njit(**JIT_OPTIONS)
+def _activation_grad_rows(a, delta, code, param, row_start, row_stop):
+    n_out = a.shape[1]
+    one = a.dtype.type(1.0)
+    if code == IDENTITY:
+        return
+    if code == SIGMOID:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                delta[i, j] *= a[i, j] * (one - a[i, j])
+    elif code == TANH:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                delta[i, j] *= one - a[i, j] * a[i, j]
+    elif code == RELU:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                if a[i, j] <= 0:
+                    delta[i, j] = 0
+    elif code == LEAKY_RELU:
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                if a[i, j] <= 0:
+                    delta[i, j] *= param
+    else:  # ELU: f'(z) = alpha exp(z) = a + alpha for z <= 0
+        for i in range(row_start, row_stop):
+            for j in range(n_out):
+                if a[i, j] <= 0:
+                    delta[i, j] *= a[i, j] + param
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _bias_activation_parallel(z, b, code, param, n_chunks):
+    n_rows = z.shape[0]
+    for c in prange(n_chunks):
+        _bias_activation_rows(z, b, code, param, c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _activation_grad_parallel(a, delta, code, param, n_chunks):
+    n_rows = a.shape[0]
+    for c in prange(n_chunks):
+        _activation_grad_rows(a, delta, code, param, c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def work_chunks(n_units, n_elements):
+    """How many chunks to split ``n_units`` rows (or columns) of elementwise work into.
+
+    One chunk (the serial path) below ``PARALLEL_MIN_ELEMENTS`` elements or with one
+    thread; otherwise one chunk per thread, never more than there are units.
+    """
+    n_threads = numba.get_num_threads()
+    if n_threads < 2 or n_elements < PARALLEL_MIN_ELEMENTS or n_units < 2:
+        return 1
+    return min(n_threads, n_units)
+
+
+@njit(**JIT_OPTIONS)
+def bias_activation(z, b, code, param):
+    """Add the bias and apply the activation in place: ``z <- f(z + b)``.
+
+    Parameters
+    ----------
+    z : ndarray of shape (batch, n_out)
+        The product ``x @ W``; overwritten with the activation ``a``.
+    b : ndarray of shape (n_out,)
+    code : int
+        Activation code (``ACTIVATIONS[name][0]``).
+    param : float
+        ``negative_slope`` for leaky ReLU, ``alpha`` for ELU, ignored otherwise.
+    """
+    n_chunks = work_chunks(z.shape[0], z.size)
+    if n_chunks == 1:
+        _bias_activation_rows(z, b, code, param, 0, z.shape[0])
+    else:
+        _bias_activation_parallel(z, b, code, param, n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def activation_grad(a, delta, code, param):
+    """Turn ``dL/da`` into ``dL/dz`` in place: ``delta <- delta * f'(z)``, with f' from ``a``.
+
+    Parameters
+    ----------
+    a : ndarray of shape (batch, n_out)
+        The cached activation output of the forward pass.
+    delta : ndarray of shape (batch, n_out)
+        Upstream gradient ``dL/da`` on entry, ``dL/dz`` on return.
+    code : int
+    param : float
+    """
+    if code == IDENTITY:
+        return
+    n_chunks = work_chunks(a.shape[0], a.size)
+    if n_chunks == 1:
+        _activation_grad_rows(a, delta, code, param, 0, a.shape[0])
+    else:
+        _activation_grad_parallel(a, delta, code, param, n_chunks)

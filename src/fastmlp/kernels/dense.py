@@ -1,0 +1,183 @@
+"""Dense and maxout layers: fused forward pass and backward pass.
+
+Matrix products go to BLAS through numba's ``np.dot(a, b, out)``; the elementwise work
+(bias, activation, its derivative, the bias gradient) runs in numba, split over rows
+(forward, dX) or over output features (db) so that no two threads write one element and
+every sum runs in the same order whatever the thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from fastmlp.kernels.activations import activation_grad, bias_activation, work_chunks
+
+
+@njit(**JIT_OPTIONS)
+def _column_sum_range(x, out, col_start, col_stop):
+    for j in range(col_start, col_stop):
+        out[j] = 0
+    for i in range(x.shape[0]):
+        for j in range(col_start, col_stop):
+            out[j] += x[i, j]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _column_sum_parallel(x, out, n_chunks):
+    n_cols = x.shape[1]
+    for c in prange(n_chunks):
+        _column_sum_range(x, out, c * n_cols // n_chunks, (c + 1) * n_cols // n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def column_sum(x, out):
+    """Sum over rows: ``out[j] = sum_i x[i, j]``, rows added in order 0, 1, ...
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, n)
+    out : ndarray of shape (n,)
+        Overwritten.
+    """
+    n_chunks = work_chunks(x.shape[1], x.size)
+    if n_chunks == 1:
+        _column_sum_range(x, out, 0, x.shape[1])
+    else:
+        _column_sum_parallel(x, out, n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def dense_forward(x, W, b, code, param, out):
+    """Fused dense layer ``out = f(x @ W + b)``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, n_in)
+    W : ndarray of shape (n_in, n_out)
+    b : ndarray of shape (n_out,)
+    code : int
+        Activation code, see :mod:`fastmlp.kernels.activations`.
+    param : float
+        Activation parameter (leaky ReLU slope, ELU alpha).
+    out : ndarray of shape (batch, n_out), C-contiguous
+        Overwritten with the activation; it is also the cache the backward pass needs.
+    """
+    np.dot(x, W, out)
+    bias_activation(out, b, code, param)
+
+
+@njit(**JIT_OPTIONS)
+def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_grad_x):
+    """Backward pass of :func:`dense_forward`.
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, n_in)
+        The layer's input in the forward pass.
+    W : ndarray of shape (n_in, n_out)
+    a : ndarray of shape (batch, n_out)
+        The cached output of the forward pass.
+    code, param
+        As in :func:`dense_forward`.
+    delta : ndarray of shape (batch, n_out)
+        ``dL/da`` on entry; overwritten with ``dL/dz``.
+    grad_W : ndarray of shape (n_in, n_out)
+        Overwritten with ``dL/dW = x.T @ dL/dz``.
+    grad_b : ndarray of shape (n_out,)
+        Overwritten with ``dL/db``, the column sums of ``dL/dz``.
+    grad_x : ndarray of shape (batch, n_in)
+        Overwritten with ``dL/dx = dL/dz @ W.T`` when ``compute_grad_x``; untouched
+        otherwise (the first layer has no use for it).
+    compute_grad_x : bool
+    """
+    activation_grad(a, delta, code, param)
+    np.dot(x.T, delta, grad_W)
+    column_sum(delta, grad_b)
+    if compute_grad_x:
+        np.dot(delta, W.T, grad_x)
+
+
+@njit(**JIT_OPTIONS)
+def _maxout_select_rows(z, b, pieces, out, winner, row_start, row_stop):
+    n_out = out.shape[1]
+    for i in range(row_start, row_stop):
+        for j in range(n_out):
+            best = z[i, j] + b[j]
+            best_piece = 0
+            for k in range(1, pieces):
+                v = z[i, k * n_out + j] + b[k * n_out + j]
+                if v > best:  # strict: ties go to the lowest piece, like np.argmax
+                    best = v
+                    best_piece = k
+            out[i, j] = best
+            winner[i, j] = best_piece
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _maxout_select_parallel(z, b, pieces, out, winner, n_chunks):
+    n_rows = z.shape[0]
+    for c in prange(n_chunks):
+        _maxout_select_rows(z, b, pieces, out, winner, c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def maxout_forward(x, W, b, pieces, z, out, winner):
+    """Maxout layer ``out[:, j] = max_k (x @ W_k + b_k)[:, j]``.
+
+    Piece ``k`` owns columns ``k * n_out : (k + 1) * n_out`` of ``W`` and ``b``, so
+    ``W.reshape(n_in, pieces, n_out)[:, k, :]`` is its weight matrix.
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, n_in)
+    W : ndarray of shape (n_in, pieces * n_out)
+    b : ndarray of shape (pieces * n_out,)
+    pieces : int
+    z : ndarray of shape (batch, pieces * n_out)
+        Scratch for the pieces' pre-activations (reused as ``dL/dz`` by the backward pass).
+    out : ndarray of shape (batch, n_out)
+        Overwritten with the maxout output.
+    winner : ndarray of int32, shape (batch, n_out)
+        Overwritten with the index of the winning piece: the cache the backward pass needs.
+    """
+    np.dot(x, W, z)
+    n_chunks = work_chunks(z.shape[0], z.size)
+    if n_chunks == 1:
+        _maxout_select_rows(z, b, pieces, out, winner, 0, z.shape[0])
+    else:
+        _maxout_select_parallel(z, b, pieces, out, winner, n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x):
+    """Backward pass of :func:`maxout_forward`: the gradient flows to the winning piece only.
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, n_in)
+    W : ndarray of shape (n_in, pieces * n_out)
+    winner : ndarray of int32, shape (batch, n_out)
+        Cached by the forward pass.
+    pieces : int
+    delta : ndarray of shape (batch, n_out)
+        Upstream gradient ``dL/d out`` (read only).
+    grad_z : ndarray of shape (batch, pieces * n_out)
+        Overwritten with ``dL/dz`` of every piece (zero for the losers).
+    grad_W : ndarray of shape (n_in, pieces * n_out)
+        Overwritten.
+    grad_b : ndarray of shape (pieces * n_out,)
+        Overwritten.
+    grad_x : ndarray of shape (batch, n_in)
+        Overwritten when ``compute_grad_x``.
+    compute_grad_x : bool
+    """
+    n_out = delta.shape[1]
+    for i in range(delta.shape[0]):
+        for c in range(grad_z.shape[1]):
+            grad_z[i, c] = 0
+        for j in range(n_out):
+            grad_z[i, winner[i, j] * n_out + j] = delta[i, j]
+    np.dot(x.T, grad_z, grad_W)
+    column_sum(grad_z, grad_b)
+    if compute_grad_x:
+        np.dot(grad_z, W.T, grad_x)

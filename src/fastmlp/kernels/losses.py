@@ -1,0 +1,167 @@
+"""Losses: value and gradient with respect to the last layer's raw outputs, in one pass.
+
+The network's last layer outputs raw scores (logits); softmax and sigmoid belong to the
+loss, computed in their numerically stable forms, as in PyTorch's ``CrossEntropyLoss`` and
+``BCEWithLogitsLoss``.  Every kernel writes per-row losses into ``row_loss`` and sums them
+serially, so the result does not depend on how many threads computed the rows.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from fastmlp.kernels.activations import work_chunks
+
+SOFTMAX_CROSS_ENTROPY = 0
+MULTICLASS_HINGE = 1
+BINARY_CROSS_ENTROPY = 2
+MSE = 3
+
+#: name -> code
+LOSSES = {
+    "softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY,
+    "multiclass_hinge": MULTICLASS_HINGE,
+    "binary_cross_entropy": BINARY_CROSS_ENTROPY,
+    "mse": MSE,
+}
+
+
+@njit(**JIT_OPTIONS)
+def _softmax_xent_rows(scores, labels, grad, row_loss, row_start, row_stop):
+    n_rows, n_classes = scores.shape
+    inv_n = scores.dtype.type(1.0 / n_rows)
+    for i in range(row_start, row_stop):
+        peak = scores[i, 0]
+        for j in range(1, n_classes):
+            peak = max(peak, scores[i, j])
+        total = scores.dtype.type(0.0)
+        for j in range(n_classes):
+            e = np.exp(scores[i, j] - peak)
+            grad[i, j] = e
+            total += e
+        log_norm = peak + np.log(total)
+        inv_total = 1 / total
+        for j in range(n_classes):
+            grad[i, j] *= inv_total * inv_n
+        y = labels[i]
+        grad[i, y] -= inv_n
+        row_loss[i] = log_norm - scores[i, y]
+
+
+@njit(**JIT_OPTIONS)
+def _multiclass_hinge_rows(scores, labels, grad, row_loss, row_start, row_stop):
+    n_rows, n_classes = scores.shape
+    inv_n = scores.dtype.type(1.0 / n_rows)
+    for i in range(row_start, row_stop):
+        y = labels[i]
+        correct = scores[i, y]
+        loss = 0.0
+        n_violations = 0
+        for j in range(n_classes):
+            margin = scores[i, j] - correct + 1
+            if j != y and margin > 0:
+                loss += margin
+                n_violations += 1
+                grad[i, j] = inv_n
+            else:
+                grad[i, j] = 0
+        grad[i, y] = -n_violations * inv_n
+        row_loss[i] = loss
+
+
+@njit(**JIT_OPTIONS)
+def _binary_xent_rows(scores, targets, grad, row_loss, row_start, row_stop):
+    n_rows, n_out = scores.shape
+    inv_count = scores.dtype.type(1.0 / (n_rows * n_out))
+    one = scores.dtype.type(1.0)
+    for i in range(row_start, row_stop):
+        loss = 0.0
+        for j in range(n_out):
+            z = scores[i, j]
+            t = targets[i, j]
+            # log(1 + exp(-|z|)) never overflows; exp(-|z|) <= 1 also gives a stable sigmoid.
+            e = np.exp(-abs(z))
+            loss += max(z, 0) - z * t + np.log1p(e)
+            p = one / (one + e) if z >= 0 else e / (one + e)
+            grad[i, j] = (p - t) * inv_count
+        row_loss[i] = loss
+
+
+@njit(**JIT_OPTIONS)
+def _mse_rows(scores, targets, grad, row_loss, row_start, row_stop):
+    n_rows, n_out = scores.shape
+    scale = scores.dtype.type(2.0 / (n_rows * n_out))
+    for i in range(row_start, row_stop):
+        loss = 0.0
+        for j in range(n_out):
+            d = scores[i, j] - targets[i, j]
+            loss += d * d
+            grad[i, j] = d * scale
+        row_loss[i] = loss
+
+
+@njit(**JIT_OPTIONS)
+def _loss_rows(code, scores, labels, targets, grad, row_loss, row_start, row_stop):
+    if code == SOFTMAX_CROSS_ENTROPY:
+        _softmax_xent_rows(scores, labels, grad, row_loss, row_start, row_stop)
+    elif code == MULTICLASS_HINGE:
+        _multiclass_hinge_rows(scores, labels, grad, row_loss, row_start, row_stop)
+    elif code == BINARY_CROSS_ENTROPY:
+        _binary_xent_rows(scores, targets, grad, row_loss, row_start, row_stop)
+    else:
+        _mse_rows(scores, targets, grad, row_loss, row_start, row_stop)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _loss_parallel(code, scores, labels, targets, grad, row_loss, n_chunks):
+    n_rows = scores.shape[0]
+    for c in prange(n_chunks):
+        _loss_rows(code, scores, labels, targets, grad, row_loss,
+                   c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def loss_and_grad(code, scores, labels, targets, grad, row_loss):
+    """Mean loss over the batch and its gradient with respect to ``scores``.
+
+    ==========================  ================================================  =========
+    loss                        per-row value                                     mean over
+    ==========================  ================================================  =========
+    ``softmax_cross_entropy``   ``logsumexp(s) - s[y]``                           rows
+    ``multiclass_hinge``        ``sum_{j != y} max(0, s_j - s_y + 1)``            rows
+    ``binary_cross_entropy``    ``max(s,0) - s t + log1p(exp(-|s|))`` per output  elements
+    ``mse``                     ``(s - t)**2`` per output                         elements
+    ==========================  ================================================  =========
+
+    Parameters
+    ----------
+    code : int
+        Loss code (``LOSSES[name]``).
+    scores : ndarray of shape (batch, n_out)
+        Raw outputs of the last layer.
+    labels : ndarray of int64, shape (batch,)
+        Class indices in ``[0, n_out)``; read by the two classification losses only.
+    targets : ndarray of shape (batch, n_out)
+        Targets; read by binary cross-entropy (values in {0, 1}) and MSE only.
+    grad : ndarray of shape (batch, n_out)
+        Overwritten with ``dL/dscores`` of the mean loss.
+    row_loss : ndarray of float64, shape (>= batch,)
+        Scratch: each row's summed loss.
+
+    Returns
+    -------
+    float
+        The mean loss (float64).
+    """
+    n_rows, n_out = scores.shape
+    n_chunks = work_chunks(n_rows, scores.size)
+    if n_chunks == 1:
+        _loss_rows(code, scores, labels, targets, grad, row_loss, 0, n_rows)
+    else:
+        _loss_parallel(code, scores, labels, targets, grad, row_loss, n_chunks)
+    total = 0.0
+    for i in range(n_rows):
+        total += row_loss[i]
+    if code == BINARY_CROSS_ENTROPY or code == MSE:
+        return total / (n_rows * n_out)
+    return total / n_rows

@@ -1,0 +1,334 @@
+"""Whole-network drivers: forward, backward, a training step and a whole epoch.
+
+The network is described by small integer tables instead of Python objects, so that a
+compiled loop can walk it with no Python in between:
+
+``arch`` : int64 array of shape (n_layers, 6)
+    Per layer ``[n_in, n_out, pieces, activation code, weight offset, bias offset]``;
+    ``pieces == 1`` is a dense layer, ``pieces > 1`` a maxout layer.  The offsets index
+    the flat parameter (and gradient) vector: ``W`` is ``params[w:w + n_in*pieces*n_out]``
+    reshaped to ``(n_in, pieces*n_out)``, ``b`` is ``params[b:b + pieces*n_out]``.
+``buffer_offsets`` : int64 array of shape (n_layers, 3)
+    Per layer the start of its rows in ``acts``/``deltas``, in ``zbuf`` and in ``winner``,
+    computed for ``capacity`` rows.  A batch of ``n <= capacity`` rows uses the first
+    ``n * width`` elements from that start: a contiguous view, so the last, smaller batch of
+    an epoch needs no other buffer.
+
+The buffers travel together in a :class:`NetBuffers` named tuple.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from fastmlp.config import JIT_OPTIONS
+from fastmlp.kernels.dense import dense_backward, dense_forward, maxout_backward, maxout_forward
+from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, MSE, loss_and_grad
+from fastmlp.kernels.optim import optimizer_update
+
+N_IN, N_OUT, PIECES, ACTIVATION, W_OFFSET, B_OFFSET = range(6)
+ACT_OFFSET, Z_OFFSET, WINNER_OFFSET = range(3)
+
+#: How scores are turned into predictions by :func:`predict_into`.
+RAW, SOFTMAX, SIGMOID, THRESHOLD, ARGMAX = range(5)
+
+NetBuffers = namedtuple(
+    "NetBuffers",
+    [
+        "arch",  # int64 (n_layers, 6), see module docstring
+        "act_params",  # (n_layers,) activation parameter per layer, model dtype
+        "params",  # (n_params,) all weights, then all biases
+        "grads",  # (n_params,) same layout as params; empty for inference
+        "acts",  # (capacity * sum n_out,) each layer's output, cached for backward
+        "deltas",  # (capacity * sum n_out,) dL/d(output) per layer, then dL/dz
+        "zbuf",  # (capacity * sum pieces*n_out over maxout layers,) pre-activations / dL/dz
+        "winner",  # int32 (capacity * sum n_out over maxout layers,) winning piece
+        "buffer_offsets",  # int64 (n_layers, 3)
+        "row_loss",  # float64 (capacity,) per-row losses
+    ],
+)
+
+
+@njit(**JIT_OPTIONS)
+def _rows(buf, offset, n_rows, n_cols):
+    return buf[offset:offset + n_rows * n_cols].reshape((n_rows, n_cols))
+
+
+@njit(**JIT_OPTIONS)
+def layer_weights(arch, flat, k):
+    """Views ``(W, b)`` of layer ``k`` into ``flat`` (the parameters or the gradients)."""
+    n_in = arch[k, N_IN]
+    width = arch[k, N_OUT] * arch[k, PIECES]
+    w = arch[k, W_OFFSET]
+    b = arch[k, B_OFFSET]
+    return flat[w:w + n_in * width].reshape((n_in, width)), flat[b:b + width]
+
+
+@njit(**JIT_OPTIONS)
+def layer_output(net, k, n_rows):
+    """View of layer ``k``'s cached output for the current ``n_rows`` rows."""
+    return _rows(net.acts, net.buffer_offsets[k, ACT_OFFSET], n_rows, net.arch[k, N_OUT])
+
+
+@njit(**JIT_OPTIONS)
+def _layer_forward(net, k, x):
+    arch = net.arch
+    n_rows = x.shape[0]
+    W, b = layer_weights(arch, net.params, k)
+    out = layer_output(net, k, n_rows)
+    pieces = arch[k, PIECES]
+    if pieces == 1:
+        dense_forward(x, W, b, arch[k, ACTIVATION], net.act_params[k], out)
+    else:
+        n_out = arch[k, N_OUT]
+        z = _rows(net.zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
+        winner = _rows(net.winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
+        maxout_forward(x, W, b, pieces, z, out, winner)
+
+
+@njit(**JIT_OPTIONS)
+def forward(net, x):
+    """Run the network on ``x`` (batch, n_in), ``batch <= capacity``; return the scores view.
+
+    Every layer's output is left in ``net.acts`` (and maxout winners in ``net.winner``)
+    for :func:`backward`.
+    """
+    n_layers = net.arch.shape[0]
+    # Layer 0 reads the caller's array; it is a separate call so that a read-only or
+    # differently laid-out input does not have to unify with the workspace views.
+    _layer_forward(net, 0, x)
+    for k in range(1, n_layers):
+        _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]))
+    return layer_output(net, n_layers - 1, x.shape[0])
+
+
+@njit(**JIT_OPTIONS)
+def _layer_backward(net, k, x):
+    arch = net.arch
+    n_rows = x.shape[0]
+    n_in = arch[k, N_IN]
+    n_out = arch[k, N_OUT]
+    pieces = arch[k, PIECES]
+    W, _ = layer_weights(arch, net.params, k)
+    grad_W, grad_b = layer_weights(arch, net.grads, k)
+    delta = _rows(net.deltas, net.buffer_offsets[k, ACT_OFFSET], n_rows, n_out)
+    compute_grad_x = k > 0
+    # Layer 0 has no upstream delta to fill; any view of the right type stands in, untouched.
+    grad_x = _rows(net.deltas, net.buffer_offsets[k - 1, ACT_OFFSET] if compute_grad_x else 0,
+                   n_rows if compute_grad_x else 0, n_in)
+    if pieces == 1:
+        a = layer_output(net, k, n_rows)
+        dense_backward(x, W, a, arch[k, ACTIVATION], net.act_params[k], delta,
+                       grad_W, grad_b, grad_x, compute_grad_x)
+    else:
+        grad_z = _rows(net.zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
+        winner = _rows(net.winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
+        maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x)
+
+
+@njit(**JIT_OPTIONS)
+def backward(net, x):
+    """Backpropagate from the last layer's ``delta`` (already filled by the loss) to the
+    gradient vector ``net.grads``, using the activations cached by :func:`forward` on ``x``."""
+    n_layers = net.arch.shape[0]
+    for k in range(n_layers - 1, 0, -1):
+        _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]))
+    _layer_backward(net, 0, x)
+
+
+@njit(**JIT_OPTIONS)
+def last_delta(net, n_rows):
+    """View of the last layer's delta rows (where the loss writes ``dL/dscores``)."""
+    k = net.arch.shape[0] - 1
+    return _rows(net.deltas, net.buffer_offsets[k, ACT_OFFSET], n_rows, net.arch[k, N_OUT])
+
+
+@njit(**JIT_OPTIONS)
+def compute_gradients(net, loss_code, x, labels, targets):
+    """Forward, loss and backward on one batch; the gradient of the mean data loss is left
+    in ``net.grads``.
+
+    Parameters
+    ----------
+    net : NetBuffers
+    loss_code : int
+    x : ndarray of shape (batch, n_in)
+    labels : ndarray of int64, shape (batch,) or (0,)
+        Class labels (classification losses), empty otherwise.
+    targets : ndarray of shape (batch, n_out) or (0, n_out)
+        Targets (binary cross-entropy, MSE), empty otherwise.
+
+    Returns
+    -------
+    float
+        The batch's mean loss.
+    """
+    scores = forward(net, x)
+    loss = loss_and_grad(loss_code, scores, labels, targets, last_delta(net, x.shape[0]), net.row_loss)
+    backward(net, x)
+    return loss
+
+
+@njit(**JIT_OPTIONS)
+def train_epoch(net, loss_code, X, labels, targets, order, batch_size,
+                x_batch, label_batch, target_batch,
+                opt_kind, opt_state, opt_hyper, n_weights, first_step, batch_losses):
+    """One epoch of minibatch training, compiled whole: no Python runs between steps.
+
+    Rows are visited in ``order``; batch ``s`` gathers rows ``order[s*batch_size:...]``
+    into ``x_batch`` (and the label/target buffers) and takes one optimizer step.  The
+    last batch is smaller when ``batch_size`` does not divide ``len(order)``.
+
+    Parameters
+    ----------
+    net : NetBuffers
+        Capacity at least ``batch_size``.
+    loss_code : int
+    X : ndarray of shape (n, n_in)
+    labels : ndarray of int64, shape (n,) or (0,)
+    targets : ndarray of shape (n, n_out) or (0, n_out)
+    order : ndarray of int64, shape (n,)
+    batch_size : int
+    x_batch : ndarray of shape (batch_size, n_in)
+    label_batch : ndarray of int64, shape (batch_size,)
+    target_batch : ndarray of shape (batch_size, n_out) or (0, n_out)
+    opt_kind, opt_state, opt_hyper, n_weights
+        As in :func:`fastmlp.kernels.optim.optimizer_update`.
+    first_step : int
+        Number of optimizer steps taken before this epoch.
+    batch_losses : ndarray of float64, shape (n_batches,)
+        Overwritten with each batch's mean loss.
+
+    Returns
+    -------
+    int
+        Number of steps completed.  Fewer than ``n_batches`` means that step's loss was
+        NaN or Inf: the epoch stopped before applying it, so the parameters are those
+        that produced the first non-finite loss (still finite themselves).
+    """
+    n = order.shape[0]
+    n_batches = (n + batch_size - 1) // batch_size
+    has_labels = labels.shape[0] > 0
+    has_targets = targets.shape[0] > 0
+    for s in range(n_batches):
+        start = s * batch_size
+        rows = min(batch_size, n - start)
+        for i in range(rows):
+            r = order[start + i]
+            x_batch[i, :] = X[r, :]
+            if has_labels:
+                label_batch[i] = labels[r]
+            if has_targets:
+                target_batch[i, :] = targets[r, :]
+        loss = compute_gradients(net, loss_code, x_batch[:rows],
+                                 label_batch[:rows] if has_labels else label_batch[:0],
+                                 target_batch[:rows] if has_targets else target_batch[:0])
+        batch_losses[s] = loss
+        if not np.isfinite(loss):
+            return s
+        optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
+                         first_step + s + 1)
+    return n_batches
+
+
+@njit(**JIT_OPTIONS)
+def _count_correct(loss_code, scores, labels, targets):
+    count = 0
+    for i in range(scores.shape[0]):
+        if loss_code == BINARY_CROSS_ENTROPY:
+            # Subset accuracy, as scikit-learn's accuracy_score for multi-label targets.
+            hit = True
+            for j in range(scores.shape[1]):
+                if (scores[i, j] > 0) != (targets[i, j] > 0.5):
+                    hit = False
+            count += hit
+        else:
+            best = 0
+            for j in range(1, scores.shape[1]):
+                if scores[i, j] > scores[i, best]:
+                    best = j
+            count += best == labels[i]
+    return count
+
+
+@njit(**JIT_OPTIONS)
+def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows):
+    """Mean loss and number of correct predictions over all of ``X``, ``chunk_rows`` at a time.
+
+    Returns
+    -------
+    (float, int)
+        Mean loss (as the training loss, averaged over rows) and the number of rows
+        predicted right (0 for MSE).
+    """
+    n = X.shape[0]
+    loss_sum = 0.0
+    correct = 0
+    has_labels = labels.shape[0] > 0
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        scores = forward(net, X[start:stop])
+        lab = labels[start:stop] if has_labels else labels[:0]
+        tgt = targets[start:stop] if targets.shape[0] > 0 else targets[:0]
+        loss_sum += (stop - start) * loss_and_grad(loss_code, scores, lab, tgt,
+                                                  last_delta(net, stop - start), net.row_loss)
+        if loss_code != MSE:
+            correct += _count_correct(loss_code, scores, lab, tgt)
+    return loss_sum / n, correct
+
+
+@njit(**JIT_OPTIONS)
+def _transform_scores(scores, transform, out):
+    n_rows, n_out = scores.shape
+    one = scores.dtype.type(1.0)
+    for i in range(n_rows):
+        if transform == SOFTMAX:
+            peak = scores[i, 0]
+            for j in range(1, n_out):
+                peak = max(peak, scores[i, j])
+            total = scores.dtype.type(0.0)
+            for j in range(n_out):
+                e = np.exp(scores[i, j] - peak)
+                out[i, j] = e
+                total += e
+            for j in range(n_out):
+                out[i, j] /= total
+        elif transform == ARGMAX:
+            best = 0
+            for j in range(1, n_out):
+                if scores[i, j] > scores[i, best]:
+                    best = j
+            out[i, 0] = best
+        else:
+            for j in range(n_out):
+                z = scores[i, j]
+                if transform == SIGMOID:
+                    e = np.exp(-abs(z))
+                    out[i, j] = one / (one + e) if z >= 0 else e / (one + e)
+                elif transform == THRESHOLD:
+                    out[i, j] = z > 0
+                else:
+                    out[i, j] = z
+
+
+@njit(**JIT_OPTIONS)
+def predict_into(net, X, transform, chunk_rows, out):
+    """Forward ``X`` in chunks of ``chunk_rows`` rows and write transformed scores to ``out``.
+
+    Parameters
+    ----------
+    net : NetBuffers
+        Capacity at least ``chunk_rows``.
+    X : ndarray of shape (n, n_in)
+    transform : int
+        ``RAW``, ``SOFTMAX``, ``SIGMOID``, ``THRESHOLD`` (``score > 0``) or ``ARGMAX``.
+    chunk_rows : int
+    out : ndarray of shape (n, n_out), or (n, 1) for ``ARGMAX``
+        Overwritten.
+    """
+    n = X.shape[0]
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        scores = forward(net, X[start:stop])
+        _transform_scores(scores, transform, out[start:stop])

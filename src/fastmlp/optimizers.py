@@ -1,0 +1,99 @@
+"""Optimizer objects: hyperparameters and state.  The update itself is a kernel
+(:mod:`fastmlp.kernels.optim`); a model hands its flat parameter and gradient vectors to it."""
+
+import math
+import numbers
+
+import numpy as np
+
+from fastmlp.kernels import optim
+
+
+def _check_real(value, name, low, high, low_inclusive, high_inclusive=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    below = value <= high if high_inclusive else value < high
+    if not (above and below):
+        lo = "[" if low_inclusive else "("
+        hi = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class.  Subclasses define ``kind`` (the kernel code), ``n_slots`` (state buffers
+    per parameter) and ``hyperparameters()`` (the float vector the kernel reads)."""
+
+    kind = -1
+    n_slots = 0
+    hyperparameter_names = ()
+
+    def __init__(self):
+        self.state = None  # (n_slots, n_params) buffers, created by bind()
+        self.step_count = 0  # updates applied so far
+        self._owner = None
+
+    def bind(self, owner, n_params, dtype):
+        """Allocate state for a model with ``n_params`` parameters (once per model)."""
+        if self._owner is not None and self._owner is not owner:
+            raise ValueError(f"this {type(self).__name__} already serves another model; "
+                             "create one optimizer per model")
+        self._owner = owner
+        self.state = np.zeros((self.n_slots, n_params), dtype=dtype)
+        self.step_count = 0
+
+    def hyperparameters(self, dtype):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Minibatch stochastic gradient descent with optional momentum, as in PyTorch.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        Learning rate, > 0.
+    momentum : float, default 0.0
+        In ``[0, 1)``.  ``v = momentum * v + g``; ``W -= lr * v``.
+    nesterov : bool, default False
+        ``W -= lr * (g + momentum * v)``; needs ``momentum > 0``.
+    weight_decay : float, default 0.0
+        L2 penalty: ``weight_decay * W`` is added to the gradient of every weight matrix
+        (not the biases).  It is part of the update only; the loss that fastmlp reports is
+        the data loss.
+    """
+
+    kind = optim.SGD
+    n_slots = 1
+    hyperparameter_names = ("lr", "momentum", "nesterov", "weight_decay")
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__()
+        self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
+        self._checked()
+
+    def _checked(self):
+        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=False)
+        momentum = _check_real(self.momentum, "momentum", 0.0, 1.0, low_inclusive=True)
+        weight_decay = _check_real(self.weight_decay, "weight_decay", 0.0, math.inf, low_inclusive=True)
+        if not isinstance(self.nesterov, (bool, np.bool_)):
+            raise ValueError(f"nesterov must be True or False, got {self.nesterov!r}")
+        if self.nesterov and momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        return lr, momentum, bool(self.nesterov), weight_decay
+
+    def hyperparameters(self, dtype):
+        """The hyperparameters, checked again (they may have been changed since), as the
+        vector ``optim.sgd_update`` reads."""
+        lr, momentum, nesterov, weight_decay = self._checked()
+        values = [0.0] * 4
+        values[optim.SGD_LR] = lr
+        values[optim.SGD_MOMENTUM] = momentum
+        values[optim.SGD_NESTEROV] = float(nesterov)
+        values[optim.SGD_WEIGHT_DECAY] = weight_decay
+        return np.array(values, dtype=dtype)
+
+    def __repr__(self):
+        return (f"SGD(lr={self.lr!r}, momentum={self.momentum!r}, nesterov={self.nesterov!r}, "
+                f"weight_decay={self.weight_decay!r})")

@@ -1,0 +1,480 @@
+"""The ``Sequential`` model: validation, state, the training loop and predictions.
+
+The numerics live in :mod:`fastmlp.kernels`; this module checks what the user hands in,
+owns the parameter vector, the optimizer state and the preallocated workspaces, and calls
+the compiled drivers.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from fastmlp._validation import as_features, as_labels, as_targets, check_positive_int
+from fastmlp.kernels import network
+from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
+from fastmlp.layers import Layer
+from fastmlp.optimizers import SGD, Optimizer
+from fastmlp.workspace import Workspace, layer_table
+
+#: Rows per chunk when predicting or evaluating: bounds the inference workspace.
+PREDICT_CHUNK_ROWS = 1024
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the model keeps finite weights."""
+
+
+class History:
+    """What :meth:`Sequential.fit` returns: per-epoch metrics.
+
+    Attributes
+    ----------
+    history : dict of str -> list of float
+        ``"loss"`` (mean training loss of each epoch, measured during the epoch) and, with
+        validation data, ``"val_loss"`` and (classification losses) ``"val_accuracy"``.
+    epoch : list of int
+        The 1-based epoch numbers of this ``fit`` call.
+    """
+
+    def __init__(self):
+        self.history = {"loss": []}
+        self.epoch = []
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __repr__(self):
+        last = {k: round(v[-1], 6) for k, v in self.history.items() if v}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+class Sequential:
+    """A stack of layers trained by minibatch gradient descent.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        :class:`~fastmlp.Dense` and :class:`~fastmlp.Maxout` layers; each layer's
+        ``n_in`` must equal the previous layer's ``n_out``.  The last layer outputs raw
+        scores: the loss applies softmax or sigmoid itself.
+    loss : str, default "softmax_cross_entropy"
+        ``softmax_cross_entropy`` or ``multiclass_hinge`` (integer class labels),
+        ``binary_cross_entropy`` (0/1 targets, one column per output) or ``mse``.
+    optimizer : Optimizer, optional
+        Defaults to ``SGD(lr=0.01)``.  One optimizer object serves one model.
+    seed : int or None
+        Seeds weight initialisation (He normal for ReLU-family layers, Glorot uniform
+        otherwise, zero biases) and the per-epoch shuffle.  Same seed, same data, same
+        thread count: same weights.
+    dtype : {numpy.float32, numpy.float64}
+        Precision of parameters and computation.  Inputs are converted once per call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmlp import Sequential, Dense, SGD
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    >>> model = Sequential([Dense(2, 16, activation="tanh"), Dense(16, 2)],
+    ...                    optimizer=SGD(lr=0.5, momentum=0.9), seed=0)
+    >>> history = model.fit(X, y, epochs=50, batch_size=20)
+    >>> model.score(X, y) > 0.9
+    True
+    """
+
+    def __init__(self, layers, loss="softmax_cross_entropy", optimizer=None, seed=None, dtype=np.float32):
+        layers = list(layers)
+        _check_layers(layers)
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}")
+        self.loss_code = LOSSES[loss]
+        n_out = layers[-1].n_out
+        if self.is_classifier and self.loss_code != BINARY_CROSS_ENTROPY and n_out < 2:
+            raise ValueError(f"loss {loss!r} needs at least 2 classes, but the last layer has "
+                             f"{n_out} output")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        if optimizer is None:
+            optimizer = SGD()
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastmlp optimizer such as SGD(...), got {optimizer!r}")
+        if not (seed is None or (isinstance(seed, numbers.Integral) and seed >= 0)):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+
+        self.loss = loss
+        self.dtype = dtype
+        self.layers = layers
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._arch, self._act_params, self._n_weights, n_params = layer_table(layers, dtype)
+        optimizer.bind(self, n_params, dtype)  # first: it may refuse, and nothing is attached yet
+        self.optimizer = optimizer
+        self.params = np.empty(n_params, dtype=dtype)  # all weights, then all biases
+        for k, layer in enumerate(layers):
+            layer.W, layer.b = self._layer_views(self.params, k)
+            W, b = layer.init_weights(self._rng, dtype)
+            layer.W[...] = W
+            layer.b[...] = b
+        self._train_workspace = None
+        # Stand-ins for the label or target argument that a loss does not read.
+        self._no_labels = np.zeros(0, dtype=np.int64)
+        self._no_targets = np.zeros((0, n_out), dtype=dtype)
+        self._hyper_key = None
+        self._hyper = None
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def n_features_in(self):
+        """Input width of the first layer."""
+        return self.layers[0].n_in
+
+    @property
+    def n_outputs(self):
+        """Output width of the last layer (number of classes for the classification losses)."""
+        return self.layers[-1].n_out
+
+    @property
+    def is_classifier(self):
+        """True for every loss but ``mse``."""
+        return self.loss_code != MSE
+
+    @property
+    def _uses_labels(self):
+        return self.loss_code in (LOSSES["softmax_cross_entropy"], MULTICLASS_HINGE)
+
+    def __repr__(self):
+        inner = ",\n    ".join(repr(layer) for layer in self.layers)
+        return (f"Sequential([\n    {inner}\n], loss={self.loss!r}, optimizer={self.optimizer!r}, "
+                f"dtype={self.dtype.name})")
+
+    # ----------------------------------------------------------------- weights
+    def _layer_views(self, flat, k):
+        layer = self.layers[k]
+        w0, b0 = self._arch[k, network.W_OFFSET], self._arch[k, network.B_OFFSET]
+        W = flat[w0:w0 + layer.n_in * layer.pieces * layer.n_out].reshape(layer.weight_shape)
+        return W, flat[b0:b0 + layer.pieces * layer.n_out]
+
+    def get_weights(self):
+        """Copies of the parameters: ``[W1, b1, W2, b2, ...]``.
+
+        ``W`` has shape ``(n_in, n_out)`` (the model computes ``x @ W + b``) and ``b`` shape
+        ``(n_out,)``; for :class:`~fastmlp.Maxout` see its weight layout.
+        """
+        weights = []
+        for layer in self.layers:
+            weights += [layer.W.copy(), layer.b.copy()]
+        return weights
+
+    def set_weights(self, weights):
+        """Replace every parameter from a list shaped like :meth:`get_weights`'s.
+
+        All arrays are checked (count, shapes, finiteness) before any is written.
+        """
+        weights = list(weights)
+        if len(weights) != 2 * len(self.layers):
+            raise ValueError(f"expected {2 * len(self.layers)} arrays [W1, b1, ...], got {len(weights)}")
+        checked = []
+        for i, w in enumerate(weights):
+            layer = self.layers[i // 2]
+            shape = layer.weight_shape if i % 2 == 0 else layer.bias_shape
+            name = f"{'W' if i % 2 == 0 else 'b'}{i // 2 + 1}"
+            arr = np.asarray(w)
+            if arr.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+            arr = arr.astype(self.dtype)
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name} contains NaN or Inf")
+            checked.append(arr)
+        for layer, (W, b) in zip(self.layers, zip(checked[::2], checked[1::2])):
+            layer.W[...] = W
+            layer.b[...] = b
+
+    def get_gradients(self):
+        """Copies of the gradients of the last training step, laid out as :meth:`get_weights`."""
+        if self._train_workspace is None:
+            raise RuntimeError("no gradients yet: call train_step or fit first")
+        grads = []
+        for k in range(len(self.layers)):
+            grads += [g.copy() for g in self._layer_views(self._train_workspace.net.grads, k)]
+        return grads
+
+    # ----------------------------------------------------------------- input handling
+    def _prepare(self, X, y):
+        """Validated ``(X, labels, targets)``; the unused one of labels/targets is empty."""
+        X = as_features(X, self.n_features_in, self.dtype)
+        if y is None:
+            raise ValueError("y is required")
+        if self._uses_labels:
+            return X, as_labels(y, X.shape[0], self.n_outputs), self._no_targets
+        targets = as_targets(y, X.shape[0], self.n_outputs, self.dtype,
+                             binary=self.loss_code == BINARY_CROSS_ENTROPY)
+        return X, self._no_labels, targets
+
+    def _training_workspace(self, rows):
+        ws = self._train_workspace
+        if ws is None or ws.capacity < rows:
+            n_targets = 0 if self._uses_labels else self.n_outputs
+            ws = Workspace(self._arch, self._act_params, self.params, rows, n_targets, training=True)
+            self._train_workspace = ws
+        return ws
+
+    def _inference_workspace(self, rows):
+        # A fresh one per call: predictions from several threads never share buffers.
+        return Workspace(self._arch, self._act_params, self.params, min(rows, PREDICT_CHUNK_ROWS),
+                         0, training=False)
+
+    def _hyperparameters(self):
+        # Rebuilt only when a hyperparameter changed (a user may lower lr between calls).
+        opt = self.optimizer
+        key = tuple(getattr(opt, name) for name in opt.hyperparameter_names)
+        if key != self._hyper_key:
+            self._hyper = opt.hyperparameters(self.dtype)
+            self._hyper_key = key
+        return self._hyper
+
+    # ----------------------------------------------------------------- training
+    def compute_gradients(self, X, y):
+        """Forward and backward pass on one batch without updating the parameters.
+
+        The gradients of the batch's mean data loss are kept for :meth:`apply_gradients`
+        (and visible through :meth:`get_gradients`).  Between the two calls is where
+        data-parallel training averages gradients across processes.
+
+        Returns
+        -------
+        float
+            The batch's mean loss.
+        """
+        X, labels, targets = self._prepare(X, y)
+        ws = self._training_workspace(X.shape[0])
+        return network.compute_gradients(ws.net, self.loss_code, X, labels, targets)
+
+    def apply_gradients(self):
+        """One optimizer update from the gradients of the last :meth:`compute_gradients`."""
+        if self._train_workspace is None:
+            raise RuntimeError("no gradients yet: call compute_gradients first")
+        opt = self.optimizer
+        opt.step_count += 1
+        network.optimizer_update(opt.kind, self.params, self._train_workspace.net.grads, opt.state,
+                                 self._hyperparameters(), self._n_weights, opt.step_count)
+
+    def train_step(self, X, y):
+        """One optimizer step on the batch ``(X, y)``; returns the batch's mean loss.
+
+        For users who write their own loop.  With arrays already of the model's dtype
+        (and int64 labels), C-contiguous, a steady-state step allocates nothing.
+
+        Raises
+        ------
+        DivergenceError
+            If the loss is NaN or Inf; the parameters are then left unchanged.
+        """
+        loss = self.compute_gradients(X, y)
+        if not math.isfinite(loss):
+            raise DivergenceError(f"the loss is {loss} on this batch; the step was not applied")
+        self.apply_gradients()
+        return loss
+
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=0):
+        """Train by minibatch gradient descent.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like
+            ``(n_samples,)`` integer class labels for ``softmax_cross_entropy`` and
+            ``multiclass_hinge``; ``(n_samples, n_outputs)`` (or ``(n_samples,)`` with one
+            output) targets for ``binary_cross_entropy`` (0/1) and ``mse``.
+        epochs : int, default 1
+        batch_size : int, default 32
+            The last batch of an epoch is smaller when it does not divide ``n_samples``.
+        shuffle : bool, default True
+            Visit the rows in a new order each epoch, drawn from the model's seeded RNG.
+        validation_data : tuple (X_val, y_val), optional
+            Evaluated after every epoch.
+        verbose : int, default 0
+            0 is silent; 1 or more prints one line per epoch.
+
+        Returns
+        -------
+        History
+
+        Raises
+        ------
+        DivergenceError
+            When a batch's loss is NaN or Inf.  The message gives the epoch and step; the
+            parameters are those of the last finite step (or of the start of that epoch if
+            the last update already made them non-finite).
+        """
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
+        if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
+            raise ValueError(f"verbose must be an integer, got {verbose!r}")
+        X, labels, targets = self._prepare(X, y)
+        validation = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            try:
+                X_val, labels_val, targets_val = self._prepare(*validation_data)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"validation_data: {exc}") from None
+            validation = (X_val, labels_val, targets_val, self._inference_workspace(X_val.shape[0]))
+
+        n = X.shape[0]
+        batch_size = min(batch_size, n)
+        n_batches = -(-n // batch_size)
+        last_rows = n - (n_batches - 1) * batch_size
+        ws = self._training_workspace(batch_size)
+        opt = self.optimizer
+        hyper = self._hyperparameters()
+        order = np.arange(n, dtype=np.int64)
+        batch_losses = np.zeros(n_batches)
+        # Parameters and optimizer state at the start of the epoch, restored if an update
+        # itself overflowed to Inf before the loss showed it.
+        saved_params = np.empty_like(self.params)
+        saved_state = np.empty_like(opt.state)
+        history = History()
+        for epoch in range(1, epochs + 1):
+            if shuffle:
+                self._rng.shuffle(order)
+            np.copyto(saved_params, self.params)
+            np.copyto(saved_state, opt.state)
+            saved_steps = opt.step_count
+            done = network.train_epoch(
+                ws.net, self.loss_code, X, labels, targets, order, batch_size,
+                ws.x_batch, ws.label_batch, ws.target_batch,
+                opt.kind, opt.state, hyper, self._n_weights, opt.step_count, batch_losses)
+            opt.step_count += done
+            if done < n_batches:
+                restored = ""
+                if not np.isfinite(self.params).all():
+                    np.copyto(self.params, saved_params)
+                    np.copyto(opt.state, saved_state)
+                    opt.step_count = saved_steps
+                    restored = " (an update overflowed, so the parameters were restored to the epoch's start)"
+                raise DivergenceError(
+                    f"the training loss became {batch_losses[done]} at epoch {epoch}, step {done + 1} "
+                    f"of {n_batches}; training stopped and the model keeps the parameters of the "
+                    f"last finite step{restored}. Try a smaller learning rate.")
+            epoch_loss = (batch_losses[:-1].sum() * batch_size + batch_losses[-1] * last_rows) / n
+            history.epoch.append(epoch)
+            history.history["loss"].append(float(epoch_loss))
+            line = f"epoch {epoch}/{epochs}  loss {epoch_loss:.4f}"
+            if validation is not None:
+                val_loss, correct = self._evaluate_prepared(*validation)
+                history.history.setdefault("val_loss", []).append(val_loss)
+                line += f"  val_loss {val_loss:.4f}"
+                if self.is_classifier:
+                    accuracy = correct / validation[0].shape[0]
+                    history.history.setdefault("val_accuracy", []).append(accuracy)
+                    line += f"  val_accuracy {accuracy:.4f}"
+            if verbose:
+                print(line, flush=True)
+        self.history = history
+        return history
+
+    # ----------------------------------------------------------------- inference
+    def _evaluate_prepared(self, X, labels, targets, ws):
+        loss, correct = network.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
+                                                 ws.capacity)
+        return float(loss), int(correct)
+
+    def evaluate(self, X, y):
+        """Mean data loss on ``(X, y)`` and, for the classification losses, the accuracy.
+
+        Returns
+        -------
+        dict
+            ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for ``mse``).
+        """
+        X, labels, targets = self._prepare(X, y)
+        loss, correct = self._evaluate_prepared(X, labels, targets, self._inference_workspace(X.shape[0]))
+        result = {"loss": loss}
+        if self.is_classifier:
+            result["accuracy"] = correct / X.shape[0]
+        return result
+
+    def _predict(self, X, transform):
+        X = as_features(X, self.n_features_in, self.dtype)
+        ws = self._inference_workspace(X.shape[0])
+        if transform == network.ARGMAX:
+            out = np.empty((X.shape[0], 1), dtype=np.int64)
+        else:
+            out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
+        network.predict_into(ws.net, X, transform, ws.capacity, out)
+        return out
+
+    def decision_function(self, X):
+        """Raw scores of the last layer, shape ``(n_samples, n_outputs)``."""
+        return self._predict(X, network.RAW)
+
+    def predict(self, X):
+        """Predictions for ``X`` of shape ``(n_samples, n_features)``.
+
+        Returns
+        -------
+        ndarray
+            Class labels ``(n_samples,)`` (int64) for ``softmax_cross_entropy`` and
+            ``multiclass_hinge``; 0/1 decisions (int64) for ``binary_cross_entropy``,
+            ``(n_samples,)`` with one output, else ``(n_samples, n_outputs)``; raw outputs
+            for ``mse``, ``(n_samples,)`` with one output, else ``(n_samples, n_outputs)``.
+        """
+        if self._uses_labels:
+            return self._predict(X, network.ARGMAX)[:, 0]
+        if self.loss_code == BINARY_CROSS_ENTROPY:
+            out = self._predict(X, network.THRESHOLD).astype(np.int64)
+        else:
+            out = self._predict(X, network.RAW)
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def predict_proba(self, X):
+        """Probabilities: softmax over classes ``(n_samples, n_classes)`` for
+        ``softmax_cross_entropy``; each output's sigmoid ``(n_samples, n_outputs)`` for
+        ``binary_cross_entropy``.  Not defined for ``multiclass_hinge`` and ``mse``."""
+        if self.loss_code == LOSSES["softmax_cross_entropy"]:
+            return self._predict(X, network.SOFTMAX)
+        if self.loss_code == BINARY_CROSS_ENTROPY:
+            return self._predict(X, network.SIGMOID)
+        raise AttributeError(f"predict_proba is not defined for loss {self.loss!r}: its scores are "
+                             "not probabilities (use decision_function)")
+
+    def score(self, X, y):
+        """Accuracy for the classification losses (subset accuracy for several binary
+        outputs); the coefficient of determination R^2 for ``mse`` (averaged over outputs)."""
+        X, labels, targets = self._prepare(X, y)
+        ws = self._inference_workspace(X.shape[0])
+        if self.is_classifier:
+            return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
+        pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
+        network.predict_into(ws.net, X, network.RAW, ws.capacity, pred)
+        t = targets.astype(np.float64)
+        ss_res = ((t - pred) ** 2).sum(axis=0)
+        ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
+        # Constant targets: R^2 is 1 for a perfect fit, else 0 (scikit-learn's convention).
+        r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                      np.where(ss_res == 0, 1.0, 0.0))
+        return float(r2.mean())
+
+
+def _check_layers(layers):
+    if not layers:
+        raise ValueError("a Sequential model needs at least one layer")
+    for k, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer {k + 1} is {layer!r}, not a fastmlp layer (Dense, Maxout)")
+        if layer.W is not None:
+            raise ValueError(f"layer {k + 1} ({layer!r}) already belongs to a model; "
+                             "use layer.unbuilt_copy() to reuse its specification")
+        if sum(other is layer for other in layers) > 1:
+            raise ValueError(f"layer {k + 1} ({layer!r}) appears twice in the list")
+    for k in range(1, len(layers)):
+        if layers[k].n_in != layers[k - 1].n_out:
+            raise ValueError(f"layer {k + 1} ({layers[k]!r}) takes {layers[k].n_in} inputs, but "
+                             f"layer {k} ({layers[k - 1]!r}) outputs {layers[k - 1].n_out}")

@@ -1,0 +1,88 @@
+"""Preallocated buffers for a given (architecture, capacity in rows, dtype).
+
+Allocated once; every training step and forward pass afterwards writes into them, and a
+batch smaller than the capacity uses contiguous views of the same arrays.
+"""
+
+import numpy as np
+
+from fastmlp.kernels.network import ACT_OFFSET, N_OUT, PIECES, WINNER_OFFSET, Z_OFFSET, NetBuffers
+
+
+def layer_table(layers, dtype):
+    """The integer ``arch`` table, the activation-parameter vector, and the parameter count.
+
+    Weights of all layers come first in the flat parameter vector, then all biases, so
+    that ``params[:n_weights]`` is exactly what weight decay applies to.
+
+    Returns
+    -------
+    arch : ndarray of int64, shape (n_layers, 6)
+    act_params : ndarray of shape (n_layers,), ``dtype``
+    n_weights : int
+    n_params : int
+    """
+    arch = np.zeros((len(layers), 6), dtype=np.int64)
+    offset = 0
+    for k, layer in enumerate(layers):
+        arch[k, :4] = (layer.n_in, layer.n_out, layer.pieces, layer.activation_code)
+        arch[k, 4] = offset
+        offset += layer.n_in * layer.pieces * layer.n_out
+    n_weights = offset
+    for k, layer in enumerate(layers):
+        arch[k, 5] = offset
+        offset += layer.pieces * layer.n_out
+    act_params = np.array([layer.activation_param for layer in layers], dtype=dtype)
+    return arch, act_params, n_weights, offset
+
+
+class Workspace:
+    """Every buffer one forward/backward pass of up to ``capacity`` rows needs.
+
+    Parameters
+    ----------
+    arch, act_params, params
+        From :func:`layer_table` and the model (``params`` is shared, not copied).
+    capacity : int
+        Largest batch the buffers hold.
+    n_targets : int
+        Width of the target rows (binary cross-entropy, MSE), or 0 for class labels.
+    training : bool
+        Also allocate the gradient vector and the minibatch gather buffers.
+    """
+
+    def __init__(self, arch, act_params, params, capacity, n_targets, training):
+        dtype = params.dtype
+        n_out = arch[:, N_OUT]
+        is_maxout = arch[:, PIECES] > 1
+        n_in = int(arch[0, 0])
+        self.capacity = capacity
+        offsets = np.zeros((len(arch), 3), dtype=np.int64)
+        offsets[1:, ACT_OFFSET] = capacity * np.cumsum(n_out)[:-1]
+        z_widths = np.where(is_maxout, n_out * arch[:, PIECES], 0)
+        offsets[1:, Z_OFFSET] = capacity * np.cumsum(z_widths)[:-1]
+        winner_widths = np.where(is_maxout, n_out, 0)
+        offsets[1:, WINNER_OFFSET] = capacity * np.cumsum(winner_widths)[:-1]
+        act_size = capacity * int(n_out.sum())
+        self.net = NetBuffers(
+            arch=arch,
+            act_params=act_params,
+            params=params,
+            grads=np.zeros(params.shape[0] if training else 0, dtype=dtype),  # (n_params,)
+            acts=np.zeros(act_size, dtype=dtype),  # [(capacity, n_out_k)] back to back
+            deltas=np.zeros(act_size, dtype=dtype),  # [(capacity, n_out_k)]
+            zbuf=np.zeros(capacity * int(z_widths.sum()), dtype=dtype),  # [(capacity, pieces*n_out_k)]
+            winner=np.zeros(capacity * int(winner_widths.sum()), dtype=np.int32),  # [(capacity, n_out_k)]
+            buffer_offsets=offsets,
+            row_loss=np.zeros(capacity, dtype=np.float64),  # (capacity,)
+        )
+        gather_rows = capacity if training else 0
+        self.x_batch = np.zeros((gather_rows, n_in), dtype=dtype)  # (capacity, n_in)
+        self.label_batch = np.zeros(gather_rows, dtype=np.int64)  # (capacity,)
+        self.target_batch = np.zeros((gather_rows if n_targets else 0, max(n_targets, 1)), dtype=dtype)
+
+    @property
+    def nbytes(self):
+        """Total bytes held (the shared parameter vector excluded)."""
+        arrays = [a for name, a in self.net._asdict().items() if name != "params"]
+        return sum(a.nbytes for a in arrays + [self.x_batch, self.label_batch, self.target_batch])
