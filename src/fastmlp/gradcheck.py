@@ -4,6 +4,7 @@ import numpy as np
 
 from fastmlp.kernels import network
 from fastmlp.sequential import Sequential
+from fastmlp.threads import get_num_threads
 
 
 def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
@@ -38,7 +39,8 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
     twin.set_weights(model.get_weights())
     Xp, labels, targets = twin._prepare(X, y)
     ws = twin._training_workspace(Xp.shape[0])
-    network.compute_gradients(ws.net, twin.loss_code, Xp, labels, targets)
+    n_threads = get_num_threads()
+    network.compute_gradients(ws.net, twin.loss_code, Xp, labels, targets, n_threads)
     analytic = np.array(ws.net.grads)
 
     probe = twin._inference_workspace(Xp.shape[0])
@@ -46,7 +48,8 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
     def loss_at(index, value):
         saved = twin.params[index]
         twin.params[index] = value
-        loss, _ = network.evaluate_chunked(probe.net, twin.loss_code, Xp, labels, targets, probe.capacity)
+        loss, _ = network.evaluate_chunked(probe.net, twin.loss_code, Xp, labels, targets,
+                                           probe.capacity, n_threads)
         twin.params[index] = saved
         return loss
 

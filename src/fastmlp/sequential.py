@@ -15,6 +15,7 @@ from fastmlp.kernels import network
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
 from fastmlp.layers import Layer
 from fastmlp.optimizers import SGD, Optimizer
+from fastmlp.threads import get_num_threads
 from fastmlp.workspace import Workspace, layer_table
 
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
@@ -251,7 +252,7 @@ class Sequential:
         """
         X, labels, targets = self._prepare(X, y)
         ws = self._training_workspace(X.shape[0])
-        return network.compute_gradients(ws.net, self.loss_code, X, labels, targets)
+        return network.compute_gradients(ws.net, self.loss_code, X, labels, targets, get_num_threads())
 
     def apply_gradients(self):
         """One optimizer update from the gradients of the last :meth:`compute_gradients`."""
@@ -260,7 +261,8 @@ class Sequential:
         opt = self.optimizer
         opt.step_count += 1
         network.optimizer_update(opt.kind, self.params, self._train_workspace.net.grads, opt.state,
-                                 self._hyperparameters(), self._n_weights, opt.step_count)
+                                 self._hyperparameters(), self._n_weights, opt.step_count,
+                                 get_num_threads())
 
     def train_step(self, X, y):
         """One optimizer step on the batch ``(X, y)``; returns the batch's mean loss.
@@ -350,7 +352,8 @@ class Sequential:
             done = network.train_epoch(
                 ws.net, self.loss_code, X, labels, targets, order, batch_size,
                 ws.x_batch, ws.label_batch, ws.target_batch,
-                opt.kind, opt.state, hyper, self._n_weights, opt.step_count, batch_losses)
+                opt.kind, opt.state, hyper, self._n_weights, opt.step_count, batch_losses,
+                get_num_threads())
             opt.step_count += done
             if done < n_batches:
                 restored = ""
@@ -383,7 +386,7 @@ class Sequential:
     # ----------------------------------------------------------------- inference
     def _evaluate_prepared(self, X, labels, targets, ws):
         loss, correct = network.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
-                                                 ws.capacity)
+                                                 ws.capacity, get_num_threads())
         return float(loss), int(correct)
 
     def evaluate(self, X, y):
@@ -408,7 +411,7 @@ class Sequential:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
             out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        network.predict_into(ws.net, X, transform, ws.capacity, out)
+        network.predict_into(ws.net, X, transform, ws.capacity, out, get_num_threads())
         return out
 
     def decision_function(self, X):
@@ -453,7 +456,7 @@ class Sequential:
         if self.is_classifier:
             return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
         pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        network.predict_into(ws.net, X, network.RAW, ws.capacity, pred)
+        network.predict_into(ws.net, X, network.RAW, ws.capacity, pred, get_num_threads())
         t = targets.astype(np.float64)
         ss_res = ((t - pred) ** 2).sum(axis=0)
         ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)

@@ -18,7 +18,6 @@ elu             ``z if z > 0 else           ``1 if a > 0 else a + alpha`` (alpha
 At the kinks (``z == 0``) the derivative used is the left one, as in scikit-learn.
 """
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -122,20 +121,21 @@ def _activation_grad_parallel(a, delta, code, param, n_chunks):
 
 
 @njit(**JIT_OPTIONS)
-def work_chunks(n_units, n_elements):
+def work_chunks(n_units, n_elements, n_threads):
     """How many chunks to split ``n_units`` rows (or columns) of elementwise work into.
 
     One chunk (the serial path) below ``PARALLEL_MIN_ELEMENTS`` elements or with one
-    thread; otherwise one chunk per thread, never more than there are units.
+    thread; otherwise one chunk per thread, never more than there are units.  The caller
+    passes ``n_threads`` (``numba.get_num_threads()`` read in Python): calling that inside
+    a kernel would stop numba from caching it.
     """
-    n_threads = numba.get_num_threads()
     if n_threads < 2 or n_elements < PARALLEL_MIN_ELEMENTS or n_units < 2:
         return 1
     return min(n_threads, n_units)
 
 
 @njit(**JIT_OPTIONS)
-def bias_activation(z, b, code, param):
+def bias_activation(z, b, code, param, n_threads):
     """Add the bias and apply the activation in place: ``z <- f(z + b)``.
 
     Parameters
@@ -147,8 +147,10 @@ def bias_activation(z, b, code, param):
         Activation code (``ACTIVATIONS[name][0]``).
     param : float
         ``negative_slope`` for leaky ReLU, ``alpha`` for ELU, ignored otherwise.
+    n_threads : int
+        Threads the elementwise work may use (it stays serial when small).
     """
-    n_chunks = work_chunks(z.shape[0], z.size)
+    n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
         _bias_activation_rows(z, b, code, param, 0, z.shape[0])
     else:
@@ -156,7 +158,7 @@ def bias_activation(z, b, code, param):
 
 
 @njit(**JIT_OPTIONS)
-def activation_grad(a, delta, code, param):
+def activation_grad(a, delta, code, param, n_threads):
     """Turn ``dL/da`` into ``dL/dz`` in place: ``delta <- delta * f'(z)``, with f' from ``a``.
 
     Parameters
@@ -167,10 +169,11 @@ def activation_grad(a, delta, code, param):
         Upstream gradient ``dL/da`` on entry, ``dL/dz`` on return.
     code : int
     param : float
+    n_threads : int
     """
     if code == IDENTITY:
         return
-    n_chunks = work_chunks(a.shape[0], a.size)
+    n_chunks = work_chunks(a.shape[0], a.size, n_threads)
     if n_chunks == 1:
         _activation_grad_rows(a, delta, code, param, 0, a.shape[0])
     else:

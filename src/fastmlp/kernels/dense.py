@@ -30,7 +30,7 @@ def _column_sum_parallel(x, out, n_chunks):
 
 
 @njit(**JIT_OPTIONS)
-def column_sum(x, out):
+def column_sum(x, out, n_threads):
     """Sum over rows: ``out[j] = sum_i x[i, j]``, rows added in order 0, 1, ...
 
     Parameters
@@ -38,8 +38,9 @@ def column_sum(x, out):
     x : ndarray of shape (batch, n)
     out : ndarray of shape (n,)
         Overwritten.
+    n_threads : int
     """
-    n_chunks = work_chunks(x.shape[1], x.size)
+    n_chunks = work_chunks(x.shape[1], x.size, n_threads)
     if n_chunks == 1:
         _column_sum_range(x, out, 0, x.shape[1])
     else:
@@ -47,7 +48,7 @@ def column_sum(x, out):
 
 
 @njit(**JIT_OPTIONS)
-def dense_forward(x, W, b, code, param, out):
+def dense_forward(x, W, b, code, param, out, n_threads):
     """Fused dense layer ``out = f(x @ W + b)``.
 
     Parameters
@@ -61,13 +62,15 @@ def dense_forward(x, W, b, code, param, out):
         Activation parameter (leaky ReLU slope, ELU alpha).
     out : ndarray of shape (batch, n_out), C-contiguous
         Overwritten with the activation; it is also the cache the backward pass needs.
+    n_threads : int
+        Threads for the elementwise work (BLAS sizes its own pool, see ``fastmlp.threads``).
     """
     np.dot(x, W, out)
-    bias_activation(out, b, code, param)
+    bias_activation(out, b, code, param, n_threads)
 
 
 @njit(**JIT_OPTIONS)
-def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_grad_x):
+def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_grad_x, n_threads):
     """Backward pass of :func:`dense_forward`.
 
     Parameters
@@ -89,10 +92,11 @@ def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_
         Overwritten with ``dL/dx = dL/dz @ W.T`` when ``compute_grad_x``; untouched
         otherwise (the first layer has no use for it).
     compute_grad_x : bool
+    n_threads : int
     """
-    activation_grad(a, delta, code, param)
+    activation_grad(a, delta, code, param, n_threads)
     np.dot(x.T, delta, grad_W)
-    column_sum(delta, grad_b)
+    column_sum(delta, grad_b, n_threads)
     if compute_grad_x:
         np.dot(delta, W.T, grad_x)
 
@@ -121,7 +125,7 @@ def _maxout_select_parallel(z, b, pieces, out, winner, n_chunks):
 
 
 @njit(**JIT_OPTIONS)
-def maxout_forward(x, W, b, pieces, z, out, winner):
+def maxout_forward(x, W, b, pieces, z, out, winner, n_threads):
     """Maxout layer ``out[:, j] = max_k (x @ W_k + b_k)[:, j]``.
 
     Piece ``k`` owns columns ``k * n_out : (k + 1) * n_out`` of ``W`` and ``b``, so
@@ -139,9 +143,10 @@ def maxout_forward(x, W, b, pieces, z, out, winner):
         Overwritten with the maxout output.
     winner : ndarray of int32, shape (batch, n_out)
         Overwritten with the index of the winning piece: the cache the backward pass needs.
+    n_threads : int
     """
     np.dot(x, W, z)
-    n_chunks = work_chunks(z.shape[0], z.size)
+    n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
         _maxout_select_rows(z, b, pieces, out, winner, 0, z.shape[0])
     else:
@@ -149,7 +154,8 @@ def maxout_forward(x, W, b, pieces, z, out, winner):
 
 
 @njit(**JIT_OPTIONS)
-def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x):
+def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x,
+                    n_threads):
     """Backward pass of :func:`maxout_forward`: the gradient flows to the winning piece only.
 
     Parameters
@@ -170,6 +176,7 @@ def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x,
     grad_x : ndarray of shape (batch, n_in)
         Overwritten when ``compute_grad_x``.
     compute_grad_x : bool
+    n_threads : int
     """
     n_out = delta.shape[1]
     for i in range(delta.shape[0]):
@@ -178,6 +185,6 @@ def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x,
         for j in range(n_out):
             grad_z[i, winner[i, j] * n_out + j] = delta[i, j]
     np.dot(x.T, grad_z, grad_W)
-    column_sum(grad_z, grad_b)
+    column_sum(grad_z, grad_b, n_threads)
     if compute_grad_x:
         np.dot(grad_z, W.T, grad_x)

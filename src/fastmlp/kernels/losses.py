@@ -121,7 +121,7 @@ def _loss_parallel(code, scores, labels, targets, grad, row_loss, n_chunks):
 
 
 @njit(**JIT_OPTIONS)
-def loss_and_grad(code, scores, labels, targets, grad, row_loss):
+def loss_and_grad(code, scores, labels, targets, grad, row_loss, n_threads):
     """Mean loss over the batch and its gradient with respect to ``scores``.
 
     ==========================  ================================================  =========
@@ -147,6 +147,7 @@ def loss_and_grad(code, scores, labels, targets, grad, row_loss):
         Overwritten with ``dL/dscores`` of the mean loss.
     row_loss : ndarray of float64, shape (>= batch,)
         Scratch: each row's summed loss.
+    n_threads : int
 
     Returns
     -------
@@ -154,7 +155,7 @@ def loss_and_grad(code, scores, labels, targets, grad, row_loss):
         The mean loss (float64).
     """
     n_rows, n_out = scores.shape
-    n_chunks = work_chunks(n_rows, scores.size)
+    n_chunks = work_chunks(n_rows, scores.size, n_threads)
     if n_chunks == 1:
         _loss_rows(code, scores, labels, targets, grad, row_loss, 0, n_rows)
     else:

@@ -72,23 +72,23 @@ def layer_output(net, k, n_rows):
 
 
 @njit(**JIT_OPTIONS)
-def _layer_forward(net, k, x):
+def _layer_forward(net, k, x, n_threads):
     arch = net.arch
     n_rows = x.shape[0]
     W, b = layer_weights(arch, net.params, k)
     out = layer_output(net, k, n_rows)
     pieces = arch[k, PIECES]
     if pieces == 1:
-        dense_forward(x, W, b, arch[k, ACTIVATION], net.act_params[k], out)
+        dense_forward(x, W, b, arch[k, ACTIVATION], net.act_params[k], out, n_threads)
     else:
         n_out = arch[k, N_OUT]
         z = _rows(net.zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
         winner = _rows(net.winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
-        maxout_forward(x, W, b, pieces, z, out, winner)
+        maxout_forward(x, W, b, pieces, z, out, winner, n_threads)
 
 
 @njit(**JIT_OPTIONS)
-def forward(net, x):
+def forward(net, x, n_threads):
     """Run the network on ``x`` (batch, n_in), ``batch <= capacity``; return the scores view.
 
     Every layer's output is left in ``net.acts`` (and maxout winners in ``net.winner``)
@@ -97,14 +97,14 @@ def forward(net, x):
     n_layers = net.arch.shape[0]
     # Layer 0 reads the caller's array; it is a separate call so that a read-only or
     # differently laid-out input does not have to unify with the workspace views.
-    _layer_forward(net, 0, x)
+    _layer_forward(net, 0, x, n_threads)
     for k in range(1, n_layers):
-        _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]))
+        _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]), n_threads)
     return layer_output(net, n_layers - 1, x.shape[0])
 
 
 @njit(**JIT_OPTIONS)
-def _layer_backward(net, k, x):
+def _layer_backward(net, k, x, n_threads):
     arch = net.arch
     n_rows = x.shape[0]
     n_in = arch[k, N_IN]
@@ -120,21 +120,22 @@ def _layer_backward(net, k, x):
     if pieces == 1:
         a = layer_output(net, k, n_rows)
         dense_backward(x, W, a, arch[k, ACTIVATION], net.act_params[k], delta,
-                       grad_W, grad_b, grad_x, compute_grad_x)
+                       grad_W, grad_b, grad_x, compute_grad_x, n_threads)
     else:
         grad_z = _rows(net.zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
         winner = _rows(net.winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
-        maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x)
+        maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x,
+                        n_threads)
 
 
 @njit(**JIT_OPTIONS)
-def backward(net, x):
+def backward(net, x, n_threads):
     """Backpropagate from the last layer's ``delta`` (already filled by the loss) to the
     gradient vector ``net.grads``, using the activations cached by :func:`forward` on ``x``."""
     n_layers = net.arch.shape[0]
     for k in range(n_layers - 1, 0, -1):
-        _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]))
-    _layer_backward(net, 0, x)
+        _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]), n_threads)
+    _layer_backward(net, 0, x, n_threads)
 
 
 @njit(**JIT_OPTIONS)
@@ -145,7 +146,7 @@ def last_delta(net, n_rows):
 
 
 @njit(**JIT_OPTIONS)
-def compute_gradients(net, loss_code, x, labels, targets):
+def compute_gradients(net, loss_code, x, labels, targets, n_threads):
     """Forward, loss and backward on one batch; the gradient of the mean data loss is left
     in ``net.grads``.
 
@@ -158,22 +159,25 @@ def compute_gradients(net, loss_code, x, labels, targets):
         Class labels (classification losses), empty otherwise.
     targets : ndarray of shape (batch, n_out) or (0, n_out)
         Targets (binary cross-entropy, MSE), empty otherwise.
+    n_threads : int
+        Threads for the elementwise kernels (``numba.get_num_threads()`` of the caller).
 
     Returns
     -------
     float
         The batch's mean loss.
     """
-    scores = forward(net, x)
-    loss = loss_and_grad(loss_code, scores, labels, targets, last_delta(net, x.shape[0]), net.row_loss)
-    backward(net, x)
+    scores = forward(net, x, n_threads)
+    loss = loss_and_grad(loss_code, scores, labels, targets, last_delta(net, x.shape[0]), net.row_loss,
+                         n_threads)
+    backward(net, x, n_threads)
     return loss
 
 
 @njit(**JIT_OPTIONS)
 def train_epoch(net, loss_code, X, labels, targets, order, batch_size,
                 x_batch, label_batch, target_batch,
-                opt_kind, opt_state, opt_hyper, n_weights, first_step, batch_losses):
+                opt_kind, opt_state, opt_hyper, n_weights, first_step, batch_losses, n_threads):
     """One epoch of minibatch training, compiled whole: no Python runs between steps.
 
     Rows are visited in ``order``; batch ``s`` gathers rows ``order[s*batch_size:...]``
@@ -199,6 +203,7 @@ def train_epoch(net, loss_code, X, labels, targets, order, batch_size,
         Number of optimizer steps taken before this epoch.
     batch_losses : ndarray of float64, shape (n_batches,)
         Overwritten with each batch's mean loss.
+    n_threads : int
 
     Returns
     -------
@@ -223,12 +228,12 @@ def train_epoch(net, loss_code, X, labels, targets, order, batch_size,
                 target_batch[i, :] = targets[r, :]
         loss = compute_gradients(net, loss_code, x_batch[:rows],
                                  label_batch[:rows] if has_labels else label_batch[:0],
-                                 target_batch[:rows] if has_targets else target_batch[:0])
+                                 target_batch[:rows] if has_targets else target_batch[:0], n_threads)
         batch_losses[s] = loss
         if not np.isfinite(loss):
             return s
         optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
-                         first_step + s + 1)
+                         first_step + s + 1, n_threads)
     return n_batches
 
 
@@ -253,7 +258,7 @@ def _count_correct(loss_code, scores, labels, targets):
 
 
 @njit(**JIT_OPTIONS)
-def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows):
+def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads):
     """Mean loss and number of correct predictions over all of ``X``, ``chunk_rows`` at a time.
 
     Returns
@@ -268,11 +273,11 @@ def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows):
     has_labels = labels.shape[0] > 0
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
-        scores = forward(net, X[start:stop])
+        scores = forward(net, X[start:stop], n_threads)
         lab = labels[start:stop] if has_labels else labels[:0]
         tgt = targets[start:stop] if targets.shape[0] > 0 else targets[:0]
         loss_sum += (stop - start) * loss_and_grad(loss_code, scores, lab, tgt,
-                                                  last_delta(net, stop - start), net.row_loss)
+                                                  last_delta(net, stop - start), net.row_loss, n_threads)
         if loss_code != MSE:
             correct += _count_correct(loss_code, scores, lab, tgt)
     return loss_sum / n, correct
@@ -313,7 +318,7 @@ def _transform_scores(scores, transform, out):
 
 
 @njit(**JIT_OPTIONS)
-def predict_into(net, X, transform, chunk_rows, out):
+def predict_into(net, X, transform, chunk_rows, out, n_threads):
     """Forward ``X`` in chunks of ``chunk_rows`` rows and write transformed scores to ``out``.
 
     Parameters
@@ -326,9 +331,10 @@ def predict_into(net, X, transform, chunk_rows, out):
     chunk_rows : int
     out : ndarray of shape (n, n_out), or (n, 1) for ``ARGMAX``
         Overwritten.
+    n_threads : int
     """
     n = X.shape[0]
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
-        scores = forward(net, X[start:stop])
+        scores = forward(net, X[start:stop], n_threads)
         _transform_scores(scores, transform, out[start:stop])

@@ -40,7 +40,7 @@ def _sgd_parallel(params, grads, velocity, n_weights, lr, momentum, nesterov, we
 
 
 @njit(**JIT_OPTIONS)
-def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weight_decay):
+def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weight_decay, n_threads):
     """One SGD step in place, with PyTorch's momentum, Nesterov and weight-decay rules.
 
     ``g = grad + weight_decay * W`` (weights only); with momentum ``v = momentum * v + g``
@@ -59,8 +59,9 @@ def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
         ``params[:n_weights]`` receive weight decay.
     lr, momentum, weight_decay : float
     nesterov : bool
+    n_threads : int
     """
-    n_chunks = work_chunks(params.shape[0], params.shape[0])
+    n_chunks = work_chunks(params.shape[0], params.shape[0], n_threads)
     if n_chunks == 1:
         _sgd_range(params, grads, velocity, n_weights, lr, momentum, nesterov, weight_decay,
                    0, params.shape[0])
@@ -69,7 +70,7 @@ def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
 
 
 @njit(**JIT_OPTIONS)
-def optimizer_update(kind, params, grads, state, hyper, n_weights, step):
+def optimizer_update(kind, params, grads, state, hyper, n_weights, step, n_threads):
     """Dispatch one update of optimizer ``kind`` (so a compiled training loop can call it).
 
     Parameters
@@ -84,7 +85,8 @@ def optimizer_update(kind, params, grads, state, hyper, n_weights, step):
     n_weights : int
     step : int
         1-based number of this update (for optimizers with bias correction).
+    n_threads : int
     """
     if kind == SGD:
         sgd_update(params, grads, state[0], n_weights, hyper[SGD_LR], hyper[SGD_MOMENTUM],
-                   hyper[SGD_NESTEROV] != 0, hyper[SGD_WEIGHT_DECAY])
+                   hyper[SGD_NESTEROV] != 0, hyper[SGD_WEIGHT_DECAY], n_threads)
