@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+#: One place for per-dtype tolerances (kernels vs the float64 numpy reference).  float32
+#: products carry ~1e-7 relative error per term; fastmath's reassociation reorders sums.
+TOLERANCES = {
+    np.float32: dict(rtol=2e-4, atol=2e-5),
+    np.float64: dict(rtol=1e-10, atol=1e-12),
+}
+
+DTYPES = [np.float32, np.float64]
+
+#: (batch, n_in, n_out): batch 1, odd widths, widths that are not multiples of 8 or 16.
+SHAPES = [(1, 1, 1), (1, 7, 3), (5, 9, 13), (17, 33, 10), (64, 3, 65)]
+
+ACTIVATIONS = [
+    ("identity", None),
+    ("sigmoid", None),
+    ("tanh", None),
+    ("relu", None),
+    ("leaky_relu", 0.1),
+    ("elu", 0.7),
+]
+
+
+def tolerance(dtype):
+    return TOLERANCES[np.dtype(dtype).type]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def away_from_kinks(z, margin=1e-2):
+    """Push values out of (-margin, margin): ReLU-family derivatives jump at 0."""
+    return np.where(np.abs(z) < margin, np.sign(z + 1e-300) * margin + z, z)

@@ -1,0 +1,144 @@
+"""Plain-numpy twins of every kernel: obviously correct, slow, used as the oracle.
+
+They are written independently of the kernels: derivatives come from the pre-activation
+``z`` (the kernels read them off the output), losses from textbook formulas, and
+everything is computed in float64.
+"""
+
+import numpy as np
+
+
+def activation(z, name, param=None):
+    if name == "identity":
+        return z.copy()
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, param * z)
+    if name == "elu":
+        return np.where(z > 0, z, param * (np.exp(z) - 1.0))
+    raise ValueError(name)
+
+
+def activation_derivative(z, name, param=None):
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return s * (1.0 - s)
+    if name == "tanh":
+        return 1.0 / np.cosh(z) ** 2
+    if name == "relu":
+        return (z > 0).astype(float)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, param)
+    if name == "elu":
+        return np.where(z > 0, 1.0, param * np.exp(z))
+    raise ValueError(name)
+
+
+def dense_forward(x, W, b, name, param=None):
+    """``a = f(x W + b)``."""
+    return activation(x.astype(float) @ W.astype(float) + b, name, param)
+
+
+def dense_backward(x, W, b, name, param, upstream):
+    """Gradients ``(dW, db, dx)`` of ``sum(upstream * dense_forward(x, W, b))``."""
+    x, W = x.astype(float), W.astype(float)
+    z = x @ W + b
+    dz = upstream * activation_derivative(z, name, param)
+    return x.T @ dz, dz.sum(axis=0), dz @ W.T
+
+
+def maxout_forward(x, W, b, pieces):
+    """``(out, winner)``; piece k owns columns ``k*n_out:(k+1)*n_out``."""
+    n_out = W.shape[1] // pieces
+    z = (x.astype(float) @ W.astype(float) + b).reshape(len(x), pieces, n_out)
+    return z.max(axis=1), z.argmax(axis=1)
+
+
+def maxout_backward(x, W, b, pieces, upstream):
+    x, W = x.astype(float), W.astype(float)
+    n_out = W.shape[1] // pieces
+    _, winner = maxout_forward(x, W, b, pieces)
+    dz = np.zeros((len(x), pieces, n_out))
+    rows, cols = np.meshgrid(np.arange(len(x)), np.arange(n_out), indexing="ij")
+    dz[rows, winner, cols] = upstream
+    dz = dz.reshape(len(x), pieces * n_out)
+    return x.T @ dz, dz.sum(axis=0), dz @ W.T
+
+
+def softmax_cross_entropy(s, y):
+    s = s.astype(float)
+    shifted = s - s.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n = len(s)
+    loss = -log_p[np.arange(n), y].mean()
+    grad = np.exp(log_p)
+    grad[np.arange(n), y] -= 1.0
+    return loss, grad / n
+
+
+def multiclass_hinge(s, y):
+    s = s.astype(float)
+    n = len(s)
+    margins = s - s[np.arange(n), y][:, None] + 1.0
+    margins[np.arange(n), y] = 0.0
+    loss = np.maximum(margins, 0.0).sum() / n
+    active = (margins > 0).astype(float)
+    active[np.arange(n), y] = -active.sum(axis=1)
+    return loss, active / n
+
+
+def binary_cross_entropy(s, t):
+    s, t = s.astype(float), t.astype(float)
+    p = 0.5 * (1.0 + np.tanh(0.5 * s))  # the logistic function, without exp overflow
+    # -t log p - (1-t) log(1-p), with log p = -log(1+exp(-s)) written via logaddexp
+    loss = (t * np.logaddexp(0.0, -s) + (1.0 - t) * np.logaddexp(0.0, s)).mean()
+    return loss, (p - t) / s.size
+
+
+def mse(s, t):
+    d = s.astype(float) - t.astype(float)
+    return (d ** 2).mean(), 2.0 * d / d.size
+
+
+LOSSES = {
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "multiclass_hinge": multiclass_hinge,
+    "binary_cross_entropy": binary_cross_entropy,
+    "mse": mse,
+}
+
+
+def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weight_decay):
+    """PyTorch's torch.optim.SGD rule (dampening 0), written out; returns new arrays."""
+    g = grads.astype(float).copy()
+    g[:n_weights] += weight_decay * params[:n_weights]
+    if momentum:
+        v = momentum * velocity + g
+        step = g + momentum * v if nesterov else v
+    else:
+        v = velocity.copy()
+        step = g
+    return params - lr * step, v
+
+
+def network_forward(layers, x):
+    """``layers``: list of dicts with W, b, activation, param, pieces; returns all outputs."""
+    outputs = []
+    for layer in layers:
+        if layer["pieces"] > 1:
+            x, _ = maxout_forward(x, layer["W"], layer["b"], layer["pieces"])
+        else:
+            x = dense_forward(x, layer["W"], layer["b"], layer["activation"], layer["param"])
+        outputs.append(x)
+    return outputs
+
+
+def network_loss(layers, x, y, loss):
+    return LOSSES[loss](network_forward(layers, x)[-1], y)[0]
