@@ -52,7 +52,8 @@ def as_features(X, n_features, dtype, name="X"):
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features per row, but the first layer "
                          f"expects {n_features}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # an overflow becomes Inf, reported just below
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     _check_finite(arr, name, dtype)
     return arr
 
@@ -95,7 +96,8 @@ def as_targets(y, n_samples, n_outputs, dtype, binary, name="y"):
                          f"layer's {n_outputs} outputs, got shape {arr.shape}")
     if arr.shape[0] != n_samples:
         raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_samples} rows")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     _check_finite(arr, name, dtype)
     if binary and count_not_binary(arr):
         raise ValueError(f"{name} must hold 0/1 targets for binary_cross_entropy; "

@@ -1,0 +1,207 @@
+"""The Sequential API: shapes, determinism, batching, history, weights and bad input."""
+
+import numpy as np
+import pytest
+
+from fastmlp import SGD, Dense, DivergenceError, Maxout, Sequential
+from fastmlp.datasets import make_spiral
+
+LOSS_OUTPUTS = {"softmax_cross_entropy": 3, "multiclass_hinge": 3, "binary_cross_entropy": 2, "mse": 2}
+
+
+def _targets(rng, loss, n, n_out):
+    if loss in ("softmax_cross_entropy", "multiclass_hinge"):
+        return rng.integers(0, n_out, size=n)
+    if loss == "binary_cross_entropy":
+        return rng.integers(0, 2, size=(n, n_out))
+    return rng.normal(size=(n, n_out))
+
+
+def _model(loss="softmax_cross_entropy", seed=0, dtype=np.float32, n_out=3, lr=0.05):
+    return Sequential([Dense(4, 8, activation="tanh"), Maxout(8, 6, pieces=2), Dense(6, n_out)],
+                      loss=loss, optimizer=SGD(lr=lr, momentum=0.5), seed=seed, dtype=dtype)
+
+
+@pytest.mark.parametrize("loss", list(LOSS_OUTPUTS))
+def test_predict_shapes_and_types(rng, loss):
+    n_out = LOSS_OUTPUTS[loss]
+    model = _model(loss, n_out=n_out)
+    X = rng.normal(size=(11, 4))
+    y = _targets(rng, loss, 11, n_out)
+    model.fit(X, y, epochs=2, batch_size=4)
+    pred = model.predict(X)
+    scores = model.decision_function(X)
+    assert scores.shape == (11, n_out)
+    if loss in ("softmax_cross_entropy", "multiclass_hinge"):
+        assert pred.shape == (11,) and pred.dtype == np.int64
+        np.testing.assert_array_equal(pred, scores.argmax(axis=1))
+    elif loss == "binary_cross_entropy":
+        assert pred.shape == (11, n_out)
+        np.testing.assert_array_equal(pred, (scores > 0).astype(int))
+    else:
+        np.testing.assert_array_equal(pred, scores)
+    if loss == "softmax_cross_entropy":
+        proba = model.predict_proba(X)
+        np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+        np.testing.assert_array_equal(proba.argmax(axis=1), pred)
+    elif loss == "binary_cross_entropy":
+        np.testing.assert_allclose(model.predict_proba(X), 1 / (1 + np.exp(-scores.astype(float))), rtol=1e-5)
+    else:
+        with pytest.raises(AttributeError, match="predict_proba"):
+            model.predict_proba(X)
+
+
+def test_single_output_predictions_are_vectors(rng):
+    X = rng.normal(size=(9, 4))
+    reg = Sequential([Dense(4, 1)], loss="mse", seed=0)
+    reg.fit(X, rng.normal(size=9), epochs=1)
+    assert reg.predict(X).shape == (9,)
+    clf = Sequential([Dense(4, 1)], loss="binary_cross_entropy", seed=0)
+    clf.fit(X, rng.integers(0, 2, size=9), epochs=1)
+    assert clf.predict(X).shape == (9,)
+    assert set(np.unique(clf.predict(X))) <= {0, 1}
+
+
+def test_predict_in_chunks_equals_one_pass(rng):
+    model = _model()
+    X = rng.normal(size=(2500, 4))  # more rows than one inference chunk
+    scores = model.decision_function(X)
+    np.testing.assert_array_equal(scores[1000:1010], model.decision_function(X[1000:1010]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_seed_same_weights(rng, dtype):
+    X, y = make_spiral(n_per_class=20)
+    a, b, c = _model(seed=3, dtype=dtype), _model(seed=3, dtype=dtype), _model(seed=4, dtype=dtype)
+    for m in (a, b, c):
+        m.fit(X[:, [0, 1, 0, 1]], y, epochs=3, batch_size=7, shuffle=True)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+        assert wa.dtype == dtype
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+
+
+def test_initialisation_he_for_relu_glorot_otherwise():
+    model = Sequential([Dense(400, 300, activation="relu"), Dense(300, 200, activation="tanh"),
+                        Dense(200, 10)], seed=0, dtype=np.float64)
+    W1, b1, W2, _, _, _ = model.get_weights()
+    assert W1.std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    limit = np.sqrt(6 / (300 + 200))
+    assert np.abs(W2).max() <= limit and W2.std() == pytest.approx(limit / np.sqrt(3), rel=0.02)
+    assert not b1.any()
+
+
+def test_fit_with_full_batch_equals_train_step(rng):
+    X = rng.normal(size=(10, 4))
+    y = rng.integers(0, 3, size=10)
+    a, b = _model(seed=1, dtype=np.float64), _model(seed=1, dtype=np.float64)
+    history = a.fit(X, y, epochs=2, batch_size=10, shuffle=False)
+    losses = [b.train_step(X, y) for _ in range(2)]
+    np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-12)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-12)
+
+
+def test_last_smaller_batch_and_epoch_loss(rng):
+    """10 rows in batches of 4: steps on rows 0-3, 4-7 and the short batch 8-9."""
+    X = rng.normal(size=(10, 4))
+    y = rng.integers(0, 3, size=10)
+    a, b = _model(seed=2, dtype=np.float64), _model(seed=2, dtype=np.float64)
+    history = a.fit(X, y, epochs=1, batch_size=4, shuffle=False)
+    losses = [b.train_step(X[s:s + 4], y[s:s + 4]) for s in (0, 4, 8)]
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-12)
+    # The epoch loss is the mean over samples: the short batch weighs 2/10.
+    want = (4 * losses[0] + 4 * losses[1] + 2 * losses[2]) / 10
+    assert history.history["loss"][0] == pytest.approx(want, rel=1e-12)
+    assert a.optimizer.step_count == 3
+
+
+def test_history_with_validation(rng):
+    X = rng.normal(size=(30, 4))
+    y = rng.integers(0, 3, size=30)
+    model = _model()
+    history = model.fit(X, y, epochs=3, batch_size=8, validation_data=(X[:10], y[:10]))
+    assert history.epoch == [1, 2, 3]
+    assert set(history.history) == {"loss", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in history.history.values())
+    evaluation = model.evaluate(X[:10], y[:10])
+    assert history["val_loss"][-1] == pytest.approx(evaluation["loss"], rel=1e-6)
+    assert history["val_accuracy"][-1] == evaluation["accuracy"] == model.score(X[:10], y[:10])
+    assert model.history is history
+
+
+def test_verbose_prints_one_line_per_epoch(rng, capsys):
+    model = _model()
+    model.fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), epochs=2, verbose=1)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("epoch 2/2  loss ")
+    model.fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), epochs=2, verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_score_is_r2_for_mse(rng):
+    X = rng.normal(size=(50, 4))
+    model = Sequential([Dense(4, 2)], loss="mse", seed=0, dtype=np.float64)
+    W, b = model.get_weights()
+    y = X @ W + b  # the model is exact on these targets
+    assert model.score(X, y) == pytest.approx(1.0)
+    noise = y + rng.normal(size=y.shape)
+    pred = model.predict(X)
+    r2 = [1 - ((noise[:, j] - pred[:, j]) ** 2).sum() / ((noise[:, j] - noise[:, j].mean()) ** 2).sum()
+          for j in range(2)]
+    assert model.score(X, noise) == pytest.approx(np.mean(r2))
+
+
+def test_get_and_set_weights_round_trip_and_layout(rng):
+    model = Sequential([Maxout(3, 2, pieces=3), Dense(2, 4)], seed=0)
+    W1, b1, W2, b2 = model.get_weights()
+    assert W1.shape == (3, 6) and b1.shape == (6,) and W2.shape == (2, 4) and b2.shape == (4,)
+    new = [rng.normal(size=w.shape) for w in (W1, b1, W2, b2)]
+    model.set_weights(new)
+    for got, want in zip(model.get_weights(), new):
+        np.testing.assert_allclose(got, want.astype(np.float32))
+    # Maxout layout: piece k of unit j is column k * n_out + j.
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    pieces = (x @ new[0].astype(np.float32) + new[1].astype(np.float32)).reshape(5, 3, 2)
+    hidden = pieces.max(axis=1)
+    np.testing.assert_allclose(model.decision_function(x), hidden @ new[2] + new[3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([np.zeros((3, 6)), np.zeros(6)], "expected 4 arrays"),
+    ([np.zeros((3, 5)), np.zeros(6), np.zeros((2, 4)), np.zeros(4)], r"W1 must have shape \(3, 6\)"),
+    ([np.zeros((3, 6)), np.zeros(6), np.zeros((2, 4)), np.full(4, np.nan)], "b2 contains NaN"),
+])
+def test_set_weights_checks_everything_before_writing(bad, match):
+    model = Sequential([Maxout(3, 2, pieces=3), Dense(2, 4)], seed=0)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=match):
+        model.set_weights(bad)
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_layer_views_are_live():
+    model = Sequential([Dense(2, 3), Dense(3, 2)], seed=0)
+    model.layers[0].b[:] = 5
+    assert (model.get_weights()[1] == 5).all()
+
+
+def test_divergence_stops_training_with_finite_weights(rng):
+    X = rng.normal(size=(64, 4)) * 1e3
+    y = rng.normal(size=(64, 2)) * 1e3
+    model = Sequential([Dense(4, 16, activation="relu"), Dense(16, 2)], loss="mse",
+                       optimizer=SGD(lr=10.0), seed=0)
+    with pytest.raises(DivergenceError, match=r"at epoch \d+, step \d+ of 8"):
+        model.fit(X, y, epochs=50, batch_size=8)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_train_step_refuses_a_non_finite_loss_and_keeps_weights(rng):
+    model = Sequential([Dense(2, 2)], loss="mse", seed=0, dtype=np.float32)
+    before = model.get_weights()
+    with pytest.raises(DivergenceError):
+        model.train_step(np.array([[3e38, 3e38]]), np.array([[0.0, 0.0]]))
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
