@@ -205,3 +205,43 @@ def test_train_step_refuses_a_non_finite_loss_and_keeps_weights(rng):
         model.train_step(np.array([[3e38, 3e38]]), np.array([[0.0, 0.0]]))
     for got, want in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_overflowing_last_update_is_caught_and_undone():
+    X, y = make_spiral(n_per_class=10)
+    X *= 1e3  # gradients of order 100: lr * grad passes float32's 3.4e38
+    model = Sequential([Dense(2, 3)], optimizer=SGD(lr=1e37), seed=0)
+    before = model.get_weights()
+    # One batch per epoch: the only update is the epoch's last, which no later loss checks.
+    with pytest.raises(DivergenceError, match="last update of epoch 1 overflowed"):
+        model.fit(X, y, epochs=1, batch_size=30)
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    assert model.optimizer.step_count == 0
+    with pytest.raises(DivergenceError, match="was undone"):
+        model.train_step(X, y)
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_learning_rate_that_overflows_float32_is_refused():
+    model = Sequential([Dense(2, 3)], optimizer=SGD(lr=1e39), seed=0)
+    X, y = make_spiral(n_per_class=10)
+    with pytest.raises(ValueError, match="lr=1e.39 overflows float32"):
+        model.fit(X, y)
+
+
+def test_flat_gradients_is_the_buffer_apply_gradients_reads(rng):
+    """The data-parallel hook: averaging two half-batch gradients into flat_gradients gives
+    the full-batch step."""
+    X = rng.normal(size=(8, 4))
+    y = rng.integers(0, 3, size=8)
+    full, halves = _model(seed=5, dtype=np.float64), _model(seed=5, dtype=np.float64)
+    full.train_step(X, y)
+    halves.compute_gradients(X[:4], y[:4])
+    first = halves.flat_gradients.copy()
+    halves.compute_gradients(X[4:], y[4:])
+    halves.flat_gradients[:] = (first + halves.flat_gradients) / 2
+    halves.apply_gradients()
+    for a, b in zip(full.get_weights(), halves.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -21,6 +21,16 @@ def _check_real(value, name, low, high, low_inclusive, high_inclusive=False):
     return float(value)
 
 
+def _cast_checked(values, dtype, names):
+    """``values`` as a ``dtype`` vector; a value too large for ``dtype`` is an error, not Inf."""
+    with np.errstate(over="ignore"):
+        cast = np.array(values, dtype=dtype)
+    for name, value, got in zip(names, values, cast):
+        if not np.isfinite(got):
+            raise ValueError(f"{name}={value!r} overflows {np.dtype(dtype).name}")
+    return cast
+
+
 class Optimizer:
     """Base class.  Subclasses define ``kind`` (the kernel code), ``n_slots`` (state buffers
     per parameter) and ``hyperparameters()`` (the float vector the kernel reads)."""
@@ -92,7 +102,7 @@ class SGD(Optimizer):
         values[optim.SGD_MOMENTUM] = momentum
         values[optim.SGD_NESTEROV] = float(nesterov)
         values[optim.SGD_WEIGHT_DECAY] = weight_decay
-        return np.array(values, dtype=dtype)
+        return _cast_checked(values, dtype, self.hyperparameter_names)
 
     def __repr__(self):
         return (f"SGD(lr={self.lr!r}, momentum={self.momentum!r}, nesterov={self.nesterov!r}, "

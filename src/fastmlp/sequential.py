@@ -113,6 +113,10 @@ class Sequential:
         optimizer.bind(self, n_params, dtype)  # first: it may refuse, and nothing is attached yet
         self.optimizer = optimizer
         self.params = np.empty(n_params, dtype=dtype)  # all weights, then all biases
+        # The last known-finite parameters and optimizer state, to undo an update that
+        # overflowed: (n_params,) and (n_slots, n_params).
+        self._saved_params = np.empty_like(self.params)
+        self._saved_state = np.empty_like(optimizer.state)
         for k, layer in enumerate(layers):
             layer.W, layer.b = self._layer_views(self.params, k)
             W, b = layer.init_weights(self._rng, dtype)
@@ -254,15 +258,47 @@ class Sequential:
         ws = self._training_workspace(X.shape[0])
         return network.compute_gradients(ws.net, self.loss_code, X, labels, targets, get_num_threads())
 
-    def apply_gradients(self):
-        """One optimizer update from the gradients of the last :meth:`compute_gradients`."""
+    @property
+    def flat_gradients(self):
+        """The live gradient vector, laid out like :attr:`params` (all weights, then all
+        biases): :meth:`compute_gradients` fills it, :meth:`apply_gradients` reads it.
+
+        Data-parallel training overwrites it with the average across processes in between
+        (one contiguous buffer: one Allreduce).
+        """
         if self._train_workspace is None:
             raise RuntimeError("no gradients yet: call compute_gradients first")
+        return self._train_workspace.net.grads
+
+    def _save_finite_state(self):
+        np.copyto(self._saved_params, self.params)
+        np.copyto(self._saved_state, self.optimizer.state)
+        return self.optimizer.step_count
+
+    def _restore_finite_state(self, step_count):
+        np.copyto(self.params, self._saved_params)
+        np.copyto(self.optimizer.state, self._saved_state)
+        self.optimizer.step_count = step_count
+
+    def apply_gradients(self):
+        """One optimizer update from the gradients of the last :meth:`compute_gradients`.
+
+        Raises
+        ------
+        DivergenceError
+            If the update made a parameter NaN or Inf; it is then undone.
+        """
+        grads = self.flat_gradients
         opt = self.optimizer
+        hyper = self._hyperparameters()
+        steps_before = self._save_finite_state()
         opt.step_count += 1
-        network.optimizer_update(opt.kind, self.params, self._train_workspace.net.grads, opt.state,
-                                 self._hyperparameters(), self._n_weights, opt.step_count,
-                                 get_num_threads())
+        network.optimizer_update(opt.kind, self.params, grads, opt.state, hyper, self._n_weights,
+                                 opt.step_count, get_num_threads())
+        if not network.all_finite(self.params):
+            self._restore_finite_state(steps_before)
+            raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
+                                  "try a smaller learning rate")
 
     def train_step(self, X, y):
         """One optimizer step on the batch ``(X, y)``; returns the batch's mean loss.
@@ -338,34 +374,30 @@ class Sequential:
         hyper = self._hyperparameters()
         order = np.arange(n, dtype=np.int64)
         batch_losses = np.zeros(n_batches)
-        # Parameters and optimizer state at the start of the epoch, restored if an update
-        # itself overflowed to Inf before the loss showed it.
-        saved_params = np.empty_like(self.params)
-        saved_state = np.empty_like(opt.state)
         history = History()
         for epoch in range(1, epochs + 1):
             if shuffle:
                 self._rng.shuffle(order)
-            np.copyto(saved_params, self.params)
-            np.copyto(saved_state, opt.state)
-            saved_steps = opt.step_count
+            # The epoch's start is the fallback should an update overflow: the loss of the
+            # next step shows that, but after the epoch's last step only this check does.
+            steps_before = self._save_finite_state()
             done = network.train_epoch(
                 ws.net, self.loss_code, X, labels, targets, order, batch_size,
                 ws.x_batch, ws.label_batch, ws.target_batch,
                 opt.kind, opt.state, hyper, self._n_weights, opt.step_count, batch_losses,
                 get_num_threads())
             opt.step_count += done
-            if done < n_batches:
-                restored = ""
-                if not np.isfinite(self.params).all():
-                    np.copyto(self.params, saved_params)
-                    np.copyto(opt.state, saved_state)
-                    opt.step_count = saved_steps
-                    restored = " (an update overflowed, so the parameters were restored to the epoch's start)"
-                raise DivergenceError(
-                    f"the training loss became {batch_losses[done]} at epoch {epoch}, step {done + 1} "
-                    f"of {n_batches}; training stopped and the model keeps the parameters of the "
-                    f"last finite step{restored}. Try a smaller learning rate.")
+            params_finite = network.all_finite(self.params)
+            if done < n_batches or not params_finite:
+                where = (f"the training loss became {batch_losses[done]} at epoch {epoch}, step "
+                         f"{done + 1} of {n_batches}" if done < n_batches else
+                         f"the last update of epoch {epoch} overflowed to NaN or Inf")
+                kept = "the parameters of the last finite step"
+                if not params_finite:
+                    self._restore_finite_state(steps_before)
+                    kept = f"the parameters from the start of epoch {epoch}"
+                raise DivergenceError(f"{where}; training stopped and the model keeps {kept}. "
+                                      "Try a smaller learning rate.")
             epoch_loss = (batch_losses[:-1].sum() * batch_size + batch_losses[-1] * last_rows) / n
             history.epoch.append(epoch)
             history.history["loss"].append(float(epoch_loss))

@@ -8,8 +8,27 @@ together.
 
 import contextlib
 import numbers
+import os
 
 import numba
+
+# GNU OpenMP cannot run in a child forked from a process that already used it: numba's
+# omp layer then kills the child ("fork() called from a process already using GNU
+# OpenMP").  fastmlp passes the thread count into its kernels, so a forked child simply
+# runs them serially and never touches the inherited pool.
+_serial_after_fork = False
+
+
+def _after_fork_in_child():
+    global _serial_after_fork
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # the parent never started numba's pool: the child may
+        return
+    _serial_after_fork = layer == "omp"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _load_blas():
@@ -31,7 +50,10 @@ def _check_count(n):
 
 
 def get_num_threads():
-    """Numba's thread count in the calling thread (the BLAS count is set alongside it)."""
+    """Threads fastmlp's kernels use in the calling thread: numba's count, or 1 in a child
+    forked after the parent ran numba's OpenMP pool (see the module notes)."""
+    if _serial_after_fork:
+        return 1
     return numba.get_num_threads()
 
 

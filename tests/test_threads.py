@@ -1,0 +1,152 @@
+"""Thread counts: 1 and 2 threads agree; the settings reach numba and BLAS; concurrent use."""
+
+import concurrent.futures
+import multiprocessing
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+import threadpoolctl
+
+import fastmlp
+from fastmlp import SGD, Dense, Maxout, Sequential
+from fastmlp.config import PARALLEL_MIN_ELEMENTS
+
+BATCH = 256
+WIDE = PARALLEL_MIN_ELEMENTS // BATCH + 44  # every hidden layer takes the parallel path
+
+
+def _train():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(BATCH * 2 + 17, 20))
+    y = rng.integers(0, 10, size=len(X))
+    model = Sequential([Dense(20, WIDE, activation="relu"), Maxout(WIDE, WIDE, pieces=2),
+                        Dense(WIDE, 10)], optimizer=SGD(lr=0.05, momentum=0.9), seed=0)
+    history = model.fit(X, y, epochs=2, batch_size=BATCH)
+    return model.get_weights(), history.history["loss"], model.decision_function(X)
+
+
+needs_two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+
+
+@needs_two_threads
+def test_numba_kernels_give_bitwise_identical_results_on_one_and_two_threads():
+    # Bitwise: the parallel kernels split work so that each element is written by one
+    # thread and every sum runs in the same order, whatever the thread count.  BLAS is
+    # held at one thread here, since OpenBLAS itself does not promise that (next test).
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        numba.set_num_threads(1)
+        weights1, loss1, pred1 = _train()
+        numba.set_num_threads(2)
+        weights2, loss2, pred2 = _train()
+    assert loss1 == loss2
+    np.testing.assert_array_equal(pred1, pred2)
+    for a, b in zip(weights1, weights2):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_two_threads
+def test_one_and_two_threads_agree_within_rounding():
+    # With BLAS on 2 threads too, OpenBLAS splits its products differently and the float32
+    # results move in the last bits (seen here: 1e-9 relative in the loss after 6 steps).
+    with fastmlp.threads(1):
+        weights1, loss1, pred1 = _train()
+    with fastmlp.threads(2):
+        weights2, loss2, pred2 = _train()
+    np.testing.assert_allclose(loss1, loss2, rtol=1e-6)
+    np.testing.assert_allclose(pred1, pred2, rtol=1e-4, atol=1e-5)
+    for a, b in zip(weights1, weights2):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _blas_threads():
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas"}
+
+
+def test_threads_context_sets_numba_and_blas_and_restores():
+    fastmlp.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    before_blas = _blas_threads()
+    with fastmlp.threads(1):
+        assert fastmlp.get_num_threads() == 1 == numba.get_num_threads()
+        blas = _blas_threads()
+        assert blas and set(blas.values()) == {1}
+        # numba's np.dot goes to SciPy's OpenBLAS: it must be among the limited libraries.
+        assert any("scipy" in path for path in blas)
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    assert _blas_threads() == before_blas
+
+
+def test_set_num_threads_checks_its_argument():
+    for bad in (0, -1, numba.config.NUMBA_NUM_THREADS + 1, 1.5, True):
+        with pytest.raises(ValueError, match="thread count must be an integer"):
+            fastmlp.set_num_threads(bad)
+
+
+def _small_model(seed):
+    return Sequential([Dense(8, 32, activation="tanh"), Dense(32, 4)], seed=seed)
+
+
+def test_predict_from_several_threads_while_another_model_trains():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 8))
+    model = _small_model(0)
+    expected = model.predict_proba(X)
+    trainee = _small_model(1)
+    y = rng.integers(0, 4, size=len(X))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        training = pool.submit(trainee.fit, X, y, epochs=3, batch_size=64)
+        results = list(pool.map(lambda _: model.predict_proba(X), range(8)))
+        training.result()
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
+def _wide_model():
+    return Sequential([Dense(8, WIDE, activation="tanh"), Dense(WIDE, 4)], seed=0)
+
+
+def _predict_in_child(queue):
+    X = np.random.default_rng(2).normal(size=(BATCH, 8))
+    queue.put(_wide_model().predict_proba(X))
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_multiprocessing_children_predict_like_the_parent(method):
+    """The parent has already run parallel kernels; a forked or spawned child runs them too."""
+    _train_parent_once()
+    X = np.random.default_rng(2).normal(size=(BATCH, 8))
+    expected = _wide_model().predict_proba(X)
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    child = context.Process(target=_predict_in_child, args=(queue,))
+    child.start()
+    try:
+        result = queue.get(timeout=120)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    # A forked child runs the kernels serially (GNU OpenMP is not fork-safe): same numbers
+    # up to BLAS rounding.
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
+
+
+def _train_parent_once():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(BATCH, 20))
+    Sequential([Dense(20, WIDE, activation="relu"), Dense(WIDE, 3)], seed=0).fit(
+        X, rng.integers(0, 3, size=BATCH), batch_size=BATCH)
+
+
+def test_threading_layer_is_reported():
+    code = ("import numpy as np, numba, fastmlp; from fastmlp import Dense, Sequential;"
+            "m = Sequential([Dense(20, 400, activation='relu'), Dense(400, 3)], seed=0);"
+            "m.fit(np.ones((256, 20)), np.zeros(256, int), batch_size=256);"
+            "print(numba.threading_layer())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in {"omp", "tbb", "workqueue"}
