@@ -5,8 +5,8 @@ import pytest
 
 import reference as ref
 from conftest import ACTIVATIONS, DTYPES, SHAPES, tolerance
-from fastmlp.config import PARALLEL_MIN_ELEMENTS
-from fastmlp.kernels import activations, dense, losses, optim
+from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
+from fastmlp.kernels import activations, blas, dense, losses, optim
 from fastmlp.kernels.checks import count_nonfinite, count_not_binary, first_label_out_of_range
 
 # Big enough that the prange drivers, not the serial paths, run with 2 threads.
@@ -175,3 +175,65 @@ def test_input_checks_see_nan_and_inf_despite_fastmath():
     assert count_not_binary(np.array([0.0, 1.0, 0.5, 2.0])) == 2
     assert first_label_out_of_range(np.array([0, 2, 3, -1]), 3) == 2
     assert first_label_out_of_range(np.array([0, 2, 1]), 3) == -1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 1, 5), (7, 9, 2), (33, 17, 65)])
+def test_gemm_on_views_with_transposes_and_accumulation(rng, dtype, transpose_a, transpose_b, m, k, n):
+    # Operands are column blocks of wider arrays: strided rows, unit inner stride.
+    a_full = rng.normal(size=(k, m + 3) if transpose_a else (m, k + 3)).astype(dtype)
+    b_full = rng.normal(size=(n, k + 2) if transpose_b else (k, n + 2)).astype(dtype)
+    a = a_full[:, 1:1 + m] if transpose_a else a_full[:, 1:1 + k]
+    b = b_full[:, 2:2 + k] if transpose_b else b_full[:, 2:2 + n]
+    want = (a.T if transpose_a else a).astype(float) @ (b.T if transpose_b else b).astype(float)
+    c_full = rng.normal(size=(m, n + 4)).astype(dtype)
+    before = c_full.copy()
+    c = c_full[:, 1:1 + n]
+    blas.gemm(a, transpose_a, b, transpose_b, c, False)
+    np.testing.assert_allclose(c, want, **tolerance(dtype))
+    np.testing.assert_array_equal(c_full[:, 0], before[:, 0])  # outside the view: untouched
+    np.testing.assert_array_equal(c_full[:, 1 + n:], before[:, 1 + n:])
+    blas.gemm(a, transpose_a, b, transpose_b, c, True)
+    np.testing.assert_allclose(c, 2 * want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(300, 64, 200), (20, 64, 700), (700, 64, 20)])
+def test_matmul_in_blocks_agrees_with_one_block(rng, dtype, m, k, n):
+    a = rng.normal(size=(m, k)).astype(dtype)
+    b = rng.normal(size=(k, n)).astype(dtype)
+    assert 2 * m * n * k >= PARALLEL_MIN_FLOPS  # the parallel path runs
+    one, two = np.empty((m, n), dtype), np.empty((m, n), dtype)
+    blas.matmul(a, False, b, False, one, 1)
+    blas.matmul(a, False, b, False, two, 2)
+    # OpenBLAS chooses kernels (and so the order of the k products) by block size: the
+    # results differ by rounding only.
+    np.testing.assert_allclose(one, two, **tolerance(dtype))
+    np.testing.assert_allclose(one, a.astype(float) @ b, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_parallel_kernels_are_bitwise_independent_of_threads(rng, dtype):
+    rows, cols = 300, PARALLEL_MIN_ELEMENTS // 300 + 13
+    z = rng.normal(size=(rows, cols)).astype(dtype)
+    b = rng.normal(size=cols).astype(dtype)
+    labels = rng.integers(0, cols, size=rows).astype(np.int64)
+    results = []
+    for n_threads in (1, 2):
+        a = z.copy()
+        activations.bias_activation(a, b, activations.ELU, dtype(0.5), n_threads)
+        delta = z.copy()
+        activations.activation_grad(a, delta, activations.ELU, dtype(0.5), n_threads)
+        sums = np.empty(cols, dtype)
+        dense.column_sum(delta, sums, n_threads)
+        grad = np.empty_like(z)
+        loss = losses.loss_and_grad(losses.SOFTMAX_CROSS_ENTROPY, z, labels, z[:0], grad,
+                                    np.empty(rows), n_threads)
+        params, velocity = z.ravel().copy(), np.zeros(z.size, dtype)
+        optim.sgd_update(params, delta.ravel(), velocity, z.size // 2, dtype(0.1), dtype(0.9), True,
+                         dtype(0.01), n_threads)
+        results.append((a, delta, sums, grad, loss, params, velocity))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)

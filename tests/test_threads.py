@@ -32,33 +32,18 @@ needs_two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reaso
 
 
 @needs_two_threads
-def test_numba_kernels_give_bitwise_identical_results_on_one_and_two_threads():
-    # Bitwise: the parallel kernels split work so that each element is written by one
-    # thread and every sum runs in the same order, whatever the thread count.  BLAS is
-    # held at one thread here, since OpenBLAS itself does not promise that (next test).
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        numba.set_num_threads(1)
-        weights1, loss1, pred1 = _train()
-        numba.set_num_threads(2)
-        weights2, loss2, pred2 = _train()
-    assert loss1 == loss2
-    np.testing.assert_array_equal(pred1, pred2)
-    for a, b in zip(weights1, weights2):
-        np.testing.assert_array_equal(a, b)
-
-
-@needs_two_threads
-def test_one_and_two_threads_agree_within_rounding():
-    # With BLAS on 2 threads too, OpenBLAS splits its products differently and the float32
-    # results move in the last bits (seen here: 1e-9 relative in the loss after 6 steps).
+def test_one_and_two_threads_agree():
+    # Each parallel kernel splits its output into blocks that one thread writes whole and
+    # splits no sum; the elementwise kernels are bitwise thread-independent (test_kernels),
+    # and OpenBLAS, choosing kernels by block size, may move the last bit of a product.
     with fastmlp.threads(1):
         weights1, loss1, pred1 = _train()
     with fastmlp.threads(2):
         weights2, loss2, pred2 = _train()
     np.testing.assert_allclose(loss1, loss2, rtol=1e-6)
-    np.testing.assert_allclose(pred1, pred2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred1, pred2, rtol=1e-5, atol=1e-6)
     for a, b in zip(weights1, weights2):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def _blas_threads():
@@ -66,17 +51,15 @@ def _blas_threads():
             if lib["user_api"] == "blas"}
 
 
-def test_threads_context_sets_numba_and_blas_and_restores():
+def test_threads_sets_numba_keeps_its_blas_on_one_thread_and_restores():
     fastmlp.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    before_blas = _blas_threads()
     with fastmlp.threads(1):
         assert fastmlp.get_num_threads() == 1 == numba.get_num_threads()
-        blas = _blas_threads()
-        assert blas and set(blas.values()) == {1}
-        # numba's np.dot goes to SciPy's OpenBLAS: it must be among the limited libraries.
-        assert any("scipy" in path for path in blas)
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
-    assert _blas_threads() == before_blas
+    blas = _blas_threads()
+    # The BLAS numba calls is SciPy's copy (scipy.libs in the PyPI wheels): one thread.
+    scipy_blas = [path for path in blas if "scipy.libs" in path or "/scipy/" in path]
+    assert scipy_blas and all(blas[path] == 1 for path in scipy_blas)
 
 
 def test_set_num_threads_checks_its_argument():

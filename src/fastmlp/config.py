@@ -16,6 +16,10 @@ JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
 # Options for the few ``prange`` drivers.
 PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
 
+# Matrix products below this many floating-point operations run in the calling thread:
+# at ~100 GFLOP/s per core they take under ~20 us, a few thread-pool launches' worth.
+PARALLEL_MIN_FLOPS = 1 << 21
+
 # Elementwise work below this many elements runs serially: launching the thread pool
 # costs a few microseconds, more than a small layer's whole bias+activation pass.
 PARALLEL_MIN_ELEMENTS = 1 << 16

@@ -15,7 +15,7 @@ from fastmlp.kernels import network
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
 from fastmlp.layers import Layer
 from fastmlp.optimizers import SGD, Optimizer
-from fastmlp.threads import get_num_threads
+from fastmlp.threads import get_num_threads, pin_blas
 from fastmlp.workspace import Workspace, layer_table
 
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
@@ -104,6 +104,7 @@ class Sequential:
         if not (seed is None or (isinstance(seed, numbers.Integral) and seed >= 0)):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
 
+        pin_blas()
         self.loss = loss
         self.dtype = dtype
         self.layers = layers

@@ -1,9 +1,12 @@
-"""One owner for the thread count of both pools a training step uses.
+"""One owner for the threads a training step uses: numba's pool.
 
-Numba's ``prange`` kernels run on numba's pool; matrix products go to the BLAS that
-numba's ``np.dot`` calls (SciPy's OpenBLAS), which has a pool of its own.  Left to their
-defaults on a small machine the two pools fight for the same cores, so fastmlp sets both
-together.
+Matrix products go to the BLAS numba calls (SciPy's OpenBLAS), which has a thread pool of
+its own.  Left to their defaults the two pools fight for the same cores: a ``prange``
+kernel next to a multithreaded BLAS call ran 30-100 times slower on 2 cores.  So fastmlp
+keeps that BLAS on one thread (:func:`pin_blas`, done when a model is built) and splits
+large products into blocks over numba's threads itself (``kernels.blas.matmul``), which
+also makes results independent of the thread count.  numpy's own BLAS, a separate library
+in the PyPI wheels, is left alone.
 """
 
 import contextlib
@@ -31,14 +34,36 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _load_blas():
-    # threadpoolctl only limits libraries already loaded: load the BLAS numba calls into
-    # (and numpy's own) before asking it to.
-    import numpy  # noqa: F401
+_blas_pinned = False
+
+
+def _is_inside(path, directory):
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
+def fastmlp_blas_libraries():
+    """threadpoolctl's records of the BLAS that numba's kernels call: SciPy's own copy when
+    SciPy ships one (PyPI wheels), else every BLAS loaded (a shared system or conda BLAS)."""
+    # threadpoolctl only sees libraries already loaded: load the one numba calls first.
+    import scipy
     import scipy.linalg.cython_blas  # noqa: F401
     import threadpoolctl
 
-    return threadpoolctl
+    libraries = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    scipy_home = os.path.dirname(os.path.dirname(scipy.__file__))
+    own = [lib.filepath for lib in libraries.lib_controllers
+           if _is_inside(lib.filepath, os.path.join(scipy_home, "scipy.libs"))
+           or _is_inside(lib.filepath, os.path.dirname(scipy.__file__))]
+    return libraries.select(filepath=own) if own else libraries
+
+
+def pin_blas():
+    """Keep the BLAS that numba's kernels call on one thread (idempotent)."""
+    global _blas_pinned
+    if not _blas_pinned:
+        fastmlp_blas_libraries().limit(limits=1)
+        _blas_pinned = True
 
 
 def _check_count(n):
@@ -58,19 +83,22 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads for numba kernels and BLAS calls alike, from now on.
+    """Train and predict on ``n`` threads from now on.
 
-    Numba's setting is per calling thread (numba's own rule): call this from the thread
-    that trains.  The BLAS setting is process-wide.
+    ``n`` threads go to numba's pool, which also runs the matrix products block by block;
+    the BLAS underneath stays on one thread, so the two pools never oversubscribe the
+    cores.  Numba's setting is per calling thread (numba's own rule): call this from the
+    thread that trains.
     """
     n = _check_count(n)
-    _load_blas().threadpool_limits(limits=n, user_api="blas")
+    pin_blas()
     numba.set_num_threads(n)
 
 
 @contextlib.contextmanager
 def threads(n):
-    """Context manager: ``n`` threads for numba and BLAS inside the block, restored after.
+    """Context manager: train and predict on ``n`` threads inside the block (as
+    :func:`set_num_threads`), the previous count restored after.
 
     Examples
     --------
@@ -80,10 +108,10 @@ def threads(n):
     1
     """
     n = _check_count(n)
+    pin_blas()
     previous = numba.get_num_threads()
-    with _load_blas().threadpool_limits(limits=n, user_api="blas"):
-        numba.set_num_threads(n)
-        try:
-            yield n
-        finally:
-            numba.set_num_threads(previous)
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(previous)

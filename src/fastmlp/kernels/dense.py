@@ -1,16 +1,17 @@
 """Dense and maxout layers: fused forward pass and backward pass.
 
-Matrix products go to BLAS through numba's ``np.dot(a, b, out)``; the elementwise work
-(bias, activation, its derivative, the bias gradient) runs in numba, split over rows
-(forward, dX) or over output features (db) so that no two threads write one element and
-every sum runs in the same order whatever the thread count.
+Matrix products go to single-threaded BLAS, split into row or column blocks over numba's
+threads (:func:`fastmlp.kernels.blas.matmul`); the elementwise work (bias, activation, its
+derivative, the bias gradient) runs in numba, split over rows or over output features.
+No two threads write one element and no sum is split: the numba kernels give bitwise the
+same results whatever the thread count, and the BLAS blocks agree up to rounding.
 """
 
-import numpy as np
 from numba import njit, prange
 
 from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from fastmlp.kernels.activations import activation_grad, bias_activation, work_chunks
+from fastmlp.kernels.blas import matmul
 
 
 @njit(**JIT_OPTIONS)
@@ -65,7 +66,7 @@ def dense_forward(x, W, b, code, param, out, n_threads):
     n_threads : int
         Threads for the elementwise work (BLAS sizes its own pool, see ``fastmlp.threads``).
     """
-    np.dot(x, W, out)
+    matmul(x, False, W, False, out, n_threads)
     bias_activation(out, b, code, param, n_threads)
 
 
@@ -95,10 +96,10 @@ def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_
     n_threads : int
     """
     activation_grad(a, delta, code, param, n_threads)
-    np.dot(x.T, delta, grad_W)
+    matmul(x, True, delta, False, grad_W, n_threads)
     column_sum(delta, grad_b, n_threads)
     if compute_grad_x:
-        np.dot(delta, W.T, grad_x)
+        matmul(delta, False, W, True, grad_x, n_threads)
 
 
 @njit(**JIT_OPTIONS)
@@ -145,7 +146,7 @@ def maxout_forward(x, W, b, pieces, z, out, winner, n_threads):
         Overwritten with the index of the winning piece: the cache the backward pass needs.
     n_threads : int
     """
-    np.dot(x, W, z)
+    matmul(x, False, W, False, z, n_threads)
     n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
         _maxout_select_rows(z, b, pieces, out, winner, 0, z.shape[0])
@@ -184,7 +185,7 @@ def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x,
             grad_z[i, c] = 0
         for j in range(n_out):
             grad_z[i, winner[i, j] * n_out + j] = delta[i, j]
-    np.dot(x.T, grad_z, grad_W)
+    matmul(x, True, grad_z, False, grad_W, n_threads)
     column_sum(grad_z, grad_b, n_threads)
     if compute_grad_x:
-        np.dot(grad_z, W.T, grad_x)
+        matmul(grad_z, False, W, True, grad_x, n_threads)
