@@ -13,7 +13,7 @@ from numba.core.runtime import rtsys  # noqa: E402
 
 from fastmlp import SGD, Dense, Maxout, Sequential  # noqa: E402
 
-N_ROWS, N_IN, N_OUT = 1000, 32, 16
+N_ROWS, N_IN, N_OUT = 1000, 32, 64
 
 
 def nrt_allocations():

@@ -41,7 +41,7 @@ def test_train_step_allocates_nothing_per_layer_and_frees_what_numba_wraps(measu
 
 
 def test_train_step_makes_no_numpy_arrays(measured):
-    # Any array the size of even the smallest buffer (40 rows x 16 outputs of float32)
+    # Any array the size of even the smallest layer buffer (40 rows x 64 outputs of float32)
     # would lift the peak past this; Python's own small objects stay well under it.
     assert measured["train_step_peak_bytes"] < measured["smallest_buffer_bytes"]
     assert measured["train_step_retained_bytes"] < measured["smallest_buffer_bytes"]

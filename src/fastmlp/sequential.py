@@ -236,10 +236,16 @@ class Sequential:
     def _hyperparameters(self):
         # Rebuilt only when a hyperparameter changed (a user may lower lr between calls).
         opt = self.optimizer
-        key = tuple(getattr(opt, name) for name in opt.hyperparameter_names)
-        if key != self._hyper_key:
-            self._hyper = opt.hyperparameters(self.dtype)
-            self._hyper_key = key
+        if self._hyper_key is not None:
+            # Compared one by one: building a tuple per step would fill Python's tuple free
+            # list, which the allocation test would rightly count.
+            for name, seen in zip(opt.hyperparameter_names, self._hyper_key):
+                if getattr(opt, name) != seen:
+                    break
+            else:
+                return self._hyper
+        self._hyper = opt.hyperparameters(self.dtype)
+        self._hyper_key = [getattr(opt, name) for name in opt.hyperparameter_names]
         return self._hyper
 
     # ----------------------------------------------------------------- training
