@@ -1,0 +1,155 @@
+"""One class per kernel.  ``setup`` builds fixed-seed data and calls the kernel once, so
+compilation is never timed."""
+
+import numpy as np
+
+from fastmlp.kernels import activations, blas, dense, losses, optim
+
+from .common import DTYPES, use_threads
+
+WIDTHS = {"64x128": (64, 128), "784x256": (784, 256), "1024x2048": (1024, 2048)}
+
+
+def _dense_arrays(batch, widths, dtype, pieces=1):
+    n_in, n_out = WIDTHS[widths]
+    rng = np.random.default_rng(0)
+    dtype = DTYPES[dtype]
+    x = rng.normal(size=(batch, n_in)).astype(dtype)
+    W = (rng.normal(size=(n_in, pieces * n_out)) / np.sqrt(n_in)).astype(dtype)
+    b = np.zeros(pieces * n_out, dtype)
+    return x, W, b, np.empty((batch, n_out), dtype)
+
+
+class DenseForward:
+    """Fused ``f(x @ W + b)`` per activation."""
+
+    # Every parameter grid point costs asv a fresh interpreter (~0.8 s here): the grids
+    # cover each axis once rather than their full product.
+    params = ([512], ["784x256"], list(activations.ACTIVATIONS), ["float32", "float64"], [1, 2])
+    param_names = ["batch", "widths", "activation", "dtype", "threads"]
+
+    def setup(self, batch, widths, activation, dtype, threads):
+        use_threads(threads)
+        self.x, self.W, self.b, self.out = _dense_arrays(batch, widths, dtype)
+        code, _, default = activations.ACTIVATIONS[activation]
+        self.args = (code, self.out.dtype.type(default), self.out, threads)
+        self.time_dense_forward(batch, widths, activation, dtype, threads)
+
+    def time_dense_forward(self, *params):
+        dense.dense_forward(self.x, self.W, self.b, *self.args)
+
+
+class DenseBackward:
+    """dZ (ReLU derivative fused), dW, db and dX of one dense layer."""
+
+    params = ([32, 512], ["784x256", "1024x2048"], ["float32"], [1, 2])
+    param_names = ["batch", "widths", "dtype", "threads"]
+
+    def setup(self, batch, widths, dtype, threads):
+        use_threads(threads)
+        self.x, self.W, self.b, self.a = _dense_arrays(batch, widths, dtype)
+        dense.dense_forward(self.x, self.W, self.b, activations.RELU, self.a.dtype.type(0), self.a, threads)
+        self.delta = np.ones_like(self.a)
+        self.grads = (np.empty_like(self.W), np.empty_like(self.b), np.empty_like(self.x))
+        self.threads = threads
+        self.time_dense_backward(batch, widths, dtype, threads)
+
+    def time_dense_backward(self, *params):
+        dense.dense_backward(self.x, self.W, self.a, activations.RELU, self.a.dtype.type(0), self.delta,
+                             *self.grads, True, self.threads)
+
+
+class Maxout:
+    """Maxout forward and backward (3 pieces)."""
+
+    params = ([512], ["784x256"], ["float32", "float64"], [1, 2])
+    param_names = ["batch", "widths", "dtype", "threads"]
+
+    def setup(self, batch, widths, dtype, threads):
+        use_threads(threads)
+        self.x, self.W, self.b, self.out = _dense_arrays(batch, widths, dtype, pieces=3)
+        self.z = np.empty((batch, self.W.shape[1]), self.out.dtype)
+        self.winner = np.empty(self.out.shape, np.int32)
+        self.delta = np.ones_like(self.out)
+        self.grads = (np.empty_like(self.W), np.empty_like(self.b), np.empty_like(self.x))
+        self.threads = threads
+        self.time_maxout_forward()
+        self.time_maxout_backward()
+
+    def time_maxout_forward(self, *params):
+        dense.maxout_forward(self.x, self.W, self.b, 3, self.z, self.out, self.winner, self.threads)
+
+    def time_maxout_backward(self, *params):
+        dense.maxout_backward(self.x, self.W, self.winner, 3, self.delta, self.z, *self.grads, True,
+                              self.threads)
+
+
+class Loss:
+    """Loss value and gradient with respect to the scores, in one pass."""
+
+    params = (list(losses.LOSSES), [4096], [10, 1000], ["float32"])
+    param_names = ["loss", "batch", "n_outputs", "dtype"]
+
+    def setup(self, loss, batch, n_outputs, dtype):
+        rng = np.random.default_rng(0)
+        dtype = DTYPES[dtype]
+        self.scores = rng.normal(size=(batch, n_outputs)).astype(dtype)
+        self.labels = rng.integers(0, n_outputs, size=batch).astype(np.int64)
+        self.targets = rng.integers(0, 2, size=(batch, n_outputs)).astype(dtype)
+        self.grad = np.empty_like(self.scores)
+        self.row_loss = np.empty(batch)
+        self.code = losses.LOSSES[loss]
+        self.time_loss_and_grad()
+
+    def time_loss_and_grad(self, *params):
+        losses.loss_and_grad(self.code, self.scores, self.labels, self.targets, self.grad, self.row_loss, 1)
+
+
+class SGDUpdate:
+    """In-place SGD step over the flat parameter vector."""
+
+    params = ([10_000, 6_300_000], ["plain", "momentum", "nesterov"], ["float32"], [1, 2])
+    param_names = ["n_params", "variant", "dtype", "threads"]
+
+    def setup(self, n_params, variant, dtype, threads):
+        use_threads(threads)
+        dtype = DTYPES[dtype]
+        rng = np.random.default_rng(0)
+        self.params_ = rng.normal(size=n_params).astype(dtype)
+        self.grads = rng.normal(size=n_params).astype(dtype) * 1e-6
+        self.velocity = np.zeros(n_params, dtype)
+        momentum = 0.0 if variant == "plain" else 0.9
+        self.args = (n_params // 2, dtype(1e-6), dtype(momentum), variant == "nesterov", dtype(1e-4), threads)
+        self.time_sgd_update()
+
+    def time_sgd_update(self, *params):
+        optim.sgd_update(self.params_, self.grads, self.velocity, *self.args)
+
+
+class MatMul:
+    """The product kernel alone, against numpy's ``@`` (both single-threaded BLAS at 1 thread)."""
+
+    params = (["32x784x256", "512x1024x2048"], ["float32"], [1, 2])
+    param_names = ["mkn", "dtype", "threads"]
+
+    def setup(self, mkn, dtype, threads):
+        use_threads(threads)
+        m, k, n = map(int, mkn.split("x"))
+        rng = np.random.default_rng(0)
+        self.a = rng.normal(size=(m, k)).astype(dtype)
+        self.b = rng.normal(size=(k, n)).astype(dtype)
+        self.c = np.empty((m, n), dtype)
+        self.threads = threads
+        self.time_matmul()
+
+    def time_matmul(self, *params):
+        blas.matmul(self.a, False, self.b, False, self.c, self.threads)
+
+    def track_gflops(self, mkn, dtype, threads):
+        import timeit
+
+        m, k, n = map(int, mkn.split("x"))
+        seconds = min(timeit.repeat(self.time_matmul, number=5, repeat=3)) / 5
+        return 2 * m * k * n / seconds / 1e9
+
+    track_gflops.unit = "GFLOP/s"
