@@ -14,11 +14,10 @@ import hashlib
 import os
 
 
-def _drop_stale_cache():
-    here = os.path.dirname(os.path.abspath(__file__))
+def _drop_stale_cache(here=os.path.dirname(os.path.abspath(__file__))):
     cache = os.path.join(here, "__pycache__")
     digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(here, "*.py"))) + [os.path.join(here, "..", "config.py")]:
+    for path in sorted(glob.glob(os.path.join(here, "*.py"))) + glob.glob(os.path.join(here, "..", "config.py")):
         with open(path, "rb") as source:
             digest.update(source.read())
     stamp_path = os.path.join(cache, "fastmlp-kernels.sha256")
