@@ -142,3 +142,18 @@ def network_forward(layers, x):
 
 def network_loss(layers, x, y, loss):
     return LOSSES[loss](network_forward(layers, x)[-1], y)[0]
+
+
+def adam_update(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+    """torch.optim.Adam / AdamW (amsgrad=False, maximize=False) for one step; new arrays."""
+    p = params.astype(float).copy()
+    g = grads.astype(float).copy()
+    if decoupled:
+        p[:n_weights] *= 1 - lr * weight_decay
+    else:
+        g[:n_weights] += weight_decay * p[:n_weights]
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1 ** step)
+    v_hat = v / (1 - beta2 ** step)
+    return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v

@@ -6,13 +6,15 @@
 from fastmlp.baselines import random_search
 from fastmlp.gradcheck import gradcheck
 from fastmlp.layers import Dense, Layer, Maxout
-from fastmlp.optimizers import SGD, Optimizer
+from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
 from fastmlp.sequential import DivergenceError, History, Sequential
 from fastmlp.threads import get_num_threads, set_num_threads, threads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam",
+    "AdamW",
     "Dense",
     "DivergenceError",
     "History",

@@ -107,3 +107,70 @@ class SGD(Optimizer):
     def __repr__(self):
         return (f"SGD(lr={self.lr!r}, momentum={self.momentum!r}, nesterov={self.nesterov!r}, "
                 f"weight_decay={self.weight_decay!r})")
+
+
+class Adam(Optimizer):
+    """Adam, with PyTorch's update rule and defaults (bias-corrected moment estimates).
+
+    Parameters
+    ----------
+    lr : float, default 0.001
+    betas : (float, float), default (0.9, 0.999)
+        Decay rates of the first and second moment estimates, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the denominator, > 0.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient of every weight matrix (not the biases).
+    """
+
+    kind = optim.ADAM
+    n_slots = 2
+    hyperparameter_names = ("lr", "betas", "eps", "weight_decay")
+    decoupled = False
+
+    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__()
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self._checked()
+
+    def _checked(self):
+        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=False)
+        try:
+            beta1, beta2 = self.betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}") from None
+        beta1 = _check_real(beta1, "betas[0]", 0.0, 1.0, low_inclusive=True)
+        beta2 = _check_real(beta2, "betas[1]", 0.0, 1.0, low_inclusive=True)
+        eps = _check_real(self.eps, "eps", 0.0, math.inf, low_inclusive=False)
+        weight_decay = _check_real(self.weight_decay, "weight_decay", 0.0, math.inf, low_inclusive=True)
+        return lr, beta1, beta2, eps, weight_decay
+
+    def hyperparameters(self, dtype):
+        """The hyperparameters, checked again, as the vector ``optim.adam_update`` reads."""
+        lr, beta1, beta2, eps, weight_decay = self._checked()
+        values = [0.0] * 6
+        values[optim.ADAM_LR] = lr
+        values[optim.ADAM_BETA1] = beta1
+        values[optim.ADAM_BETA2] = beta2
+        values[optim.ADAM_EPS] = eps
+        values[optim.ADAM_WEIGHT_DECAY] = weight_decay
+        values[optim.ADAM_DECOUPLED] = float(self.decoupled)
+        names = ("lr", "betas[0]", "betas[1]", "eps", "weight_decay", "decoupled")
+        return _cast_checked(values, dtype, names)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(lr={self.lr!r}, betas={tuple(self.betas)!r}, eps={self.eps!r}, "
+                f"weight_decay={self.weight_decay!r})")
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay, as in PyTorch (default ``weight_decay=0.01``).
+
+    Each step first shrinks every weight matrix, ``W *= 1 - lr * weight_decay`` (biases are
+    not decayed), then applies the Adam update without the penalty in the gradient.
+    """
+
+    decoupled = True
+
+    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -5,15 +5,19 @@ All parameters live in one contiguous vector, weights first and biases after the
 weight decay touches weights only.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from fastmlp.kernels.activations import work_chunks
 
 SGD = 0
+ADAM = 1
 
 #: Layout of ``hyper`` for SGD.
 SGD_LR, SGD_MOMENTUM, SGD_NESTEROV, SGD_WEIGHT_DECAY = range(4)
+#: Layout of ``hyper`` for Adam and AdamW (``ADAM_DECOUPLED`` != 0 is AdamW).
+ADAM_LR, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WEIGHT_DECAY, ADAM_DECOUPLED = range(6)
 
 
 @njit(**JIT_OPTIONS)
@@ -70,16 +74,77 @@ def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
 
 
 @njit(**JIT_OPTIONS)
+def _adam_range(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled,
+                step_size, bias_correction2_sqrt, start, stop):
+    one = params.dtype.type(1.0)
+    for i in range(start, stop):
+        g = grads[i]
+        if i < n_weights and weight_decay != 0:
+            if decoupled:
+                params[i] *= one - lr * weight_decay
+            else:
+                g += weight_decay * params[i]
+        m[i] = beta1 * m[i] + (one - beta1) * g
+        v[i] = beta2 * v[i] + (one - beta2) * g * g
+        # PyTorch's arrangement: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+        params[i] -= step_size * m[i] / (np.sqrt(v[i]) / bias_correction2_sqrt + eps)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _adam_parallel(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   step_size, bias_correction2_sqrt, n_chunks):
+    n = params.shape[0]
+    for c in prange(n_chunks):
+        _adam_range(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    step_size, bias_correction2_sqrt, c * n // n_chunks, (c + 1) * n // n_chunks)
+
+
+@njit(**JIT_OPTIONS)
+def adam_update(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled, step,
+                n_threads):
+    """One Adam (or, with ``decoupled``, AdamW) step in place, following PyTorch.
+
+    ``m = beta1 m + (1 - beta1) g``, ``v = beta2 v + (1 - beta2) g**2``, then
+    ``W -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)``.
+    Weight decay touches ``params[:n_weights]`` only: Adam adds ``weight_decay * W`` to
+    the gradient (L2), AdamW first scales ``W *= 1 - lr * weight_decay``.
+
+    Parameters
+    ----------
+    params, grads : ndarray of shape (n_params,)
+    m, v : ndarray of shape (n_params,)
+        First and second moment estimates, updated in place (start at zero).
+    n_weights : int
+    lr, beta1, beta2, eps, weight_decay : float
+    decoupled : bool
+    step : int
+        1-based number of this update (bias correction).
+    n_threads : int
+    """
+    one = params.dtype.type(1.0)
+    # beta ** step is float64 whatever beta's type: back to the parameters' precision
+    step_size = params.dtype.type(lr / (one - beta1 ** step))
+    bias_correction2_sqrt = params.dtype.type(np.sqrt(one - beta2 ** step))
+    n_chunks = work_chunks(params.shape[0], params.shape[0], n_threads)
+    if n_chunks == 1:
+        _adam_range(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled,
+                    step_size, bias_correction2_sqrt, 0, params.shape[0])
+    else:
+        _adam_parallel(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled,
+                       step_size, bias_correction2_sqrt, n_chunks)
+
+
+@njit(**JIT_OPTIONS)
 def optimizer_update(kind, params, grads, state, hyper, n_weights, step, n_threads):
     """Dispatch one update of optimizer ``kind`` (so a compiled training loop can call it).
 
     Parameters
     ----------
     kind : int
-        Optimizer code (``SGD``).
+        Optimizer code (``SGD``, ``ADAM``).
     params, grads : ndarray of shape (n_params,)
     state : ndarray of shape (n_slots, n_params)
-        The optimizer's buffers (SGD: one slot, the velocity).
+        The optimizer's buffers (SGD: the velocity; Adam: the two moment estimates).
     hyper : ndarray of shape (n_hyper,)
         Hyperparameters in the optimizer's layout (``SGD_LR`` ...).
     n_weights : int
@@ -90,3 +155,7 @@ def optimizer_update(kind, params, grads, state, hyper, n_weights, step, n_threa
     if kind == SGD:
         sgd_update(params, grads, state[0], n_weights, hyper[SGD_LR], hyper[SGD_MOMENTUM],
                    hyper[SGD_NESTEROV] != 0, hyper[SGD_WEIGHT_DECAY], n_threads)
+    elif kind == ADAM:
+        adam_update(params, grads, state[0], state[1], n_weights, hyper[ADAM_LR], hyper[ADAM_BETA1],
+                    hyper[ADAM_BETA2], hyper[ADAM_EPS], hyper[ADAM_WEIGHT_DECAY],
+                    hyper[ADAM_DECOUPLED] != 0, step, n_threads)
