@@ -1,0 +1,533 @@
+"""scikit-learn estimators backed by fastmlp: :class:`MLPClassifier` and :class:`MLPRegressor`.
+
+They wrap a :class:`~fastmlp.Sequential` model (``model_`` once fitted) behind the
+estimator API, so they work in ``Pipeline``, ``GridSearchCV``, ``cross_val_score`` and pass
+``sklearn.utils.estimator_checks.check_estimator``.  This is the only fastmlp module that
+imports scikit-learn (>= 1.6); ``import fastmlp`` does not load it.
+
+>>> from fastmlp.sklearn import MLPClassifier
+>>> from fastmlp.datasets import make_spiral
+>>> X, y = make_spiral(n_per_class=50)
+>>> clf = MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.01, max_iter=300,
+...                     random_state=0).fit(X, y)
+>>> clf.score(X, y) > 0.9
+True
+"""
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from fastmlp.kernels.activations import ACTIVATIONS
+from fastmlp.layers import Dense, Maxout
+from fastmlp.optimizers import SGD, Adam, AdamW
+from fastmlp.sequential import DivergenceError, Sequential
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+#: scikit-learn's name for the logistic sigmoid, accepted as an alias.
+_ACTIVATION_ALIASES = {"logistic": "sigmoid"}
+_HIDDEN_ACTIVATIONS = tuple(ACTIVATIONS) + ("maxout",) + tuple(_ACTIVATION_ALIASES)
+_OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Rows per forward pass when predicting; see ``_BaseMLP._raw``.  The same as
+#: ``fastmlp.kernels.blas.BLOCK_ALIGN``, the smallest product that is split over threads.
+_PREDICT_BLOCK = 64
+
+
+def _check_int(value, name, low):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_nonnegative_real(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+class _BaseMLP(BaseEstimator):
+    """Shared parameters, validation and the epoch loop of the two estimators."""
+
+    _losses = ()
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss, optimizer="adam",
+                 learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, n_iter_no_change=10, dtype="float32", verbose=0):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.loss = loss
+        self.optimizer = optimizer
+        self.learning_rate_init = learning_rate_init
+        self.momentum = momentum
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------- validation
+    def _np_dtype(self):
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        return dtype
+
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, numbers.Integral) and not isinstance(sizes, (bool, np.bool_)):
+            sizes = (sizes,)
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise ValueError("hidden_layer_sizes must be an integer or a sequence of integers, "
+                             f"got {self.hidden_layer_sizes!r}") from None
+        return [_check_int(s, "each entry of hidden_layer_sizes", 1) for s in sizes]
+
+    def _check_params(self):
+        """Every hyperparameter checked before anything is built or changed."""
+        if self.activation not in _HIDDEN_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(_HIDDEN_ACTIVATIONS)}; "
+                             f"got {self.activation!r}")
+        if self.loss not in self._losses:
+            raise ValueError(f"loss must be one of {', '.join(self._losses)}; got {self.loss!r}")
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}; "
+                             f"got {self.optimizer!r}")
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            _check_int(self.batch_size, "batch_size ('auto' or an integer)", 1)
+        _check_int(self.max_iter, "max_iter", 1)
+        _check_int(self.n_iter_no_change, "n_iter_no_change", 1)
+        _check_nonnegative_real(self.tol, "tol")
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}")
+        if isinstance(self.verbose, bool) or not isinstance(self.verbose, numbers.Integral):
+            raise ValueError(f"verbose must be an integer, got {self.verbose!r}")
+        self._hidden_sizes()
+        self._np_dtype()
+        try:
+            self._make_optimizer()  # the optimizers check their own hyperparameters
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the {self.optimizer!r} optimizer's lr is learning_rate_init, "
+                             "its betas are (beta_1, beta_2), its eps is epsilon)") from None
+
+    def _make_optimizer(self):
+        decay = {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
+        if self.optimizer == "sgd":
+            return SGD(lr=self.learning_rate_init, momentum=self.momentum, **decay)
+        cls = Adam if self.optimizer == "adam" else AdamW
+        return cls(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
+                   **decay)
+
+    # ----------------------------------------------------------------- model
+    def _build_model(self, n_features, n_outputs):
+        activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
+        widths = [n_features] + self._hidden_sizes()
+        layers = [Maxout(a, b) if activation == "maxout" else Dense(a, b, activation=activation)
+                  for a, b in zip(widths[:-1], widths[1:])]
+        layers.append(Dense(widths[-1], n_outputs))
+        # Sequential wants a non-negative int seed; an int random_state maps to a fixed one.
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        return Sequential(layers, loss=self.loss, optimizer=self._make_optimizer(), seed=seed,
+                          dtype=self._np_dtype())
+
+    def _run_epochs(self, X, targets, first_call, incremental):
+        """Train ``model_`` (built on ``first_call`` with ``n_outputs_`` outputs) for one
+        epoch (incremental) or up to ``max_iter`` epochs with scikit-learn's stopping rule on
+        the training loss."""
+        if first_call:
+            self.model_ = self._build_model(X.shape[1], self.n_outputs_)
+            self.loss_curve_ = []
+            self.n_iter_ = 0
+            self.best_loss_ = np.inf
+            self._no_improvement_count = 0
+        n = X.shape[0]
+        batch_size = min(200, n) if isinstance(self.batch_size, str) else min(self.batch_size, n)
+        for _ in range(1 if incremental else self.max_iter):
+            try:
+                history = self.model_.fit(X, targets, epochs=1, batch_size=batch_size,
+                                          shuffle=bool(self.shuffle))
+            except DivergenceError as exc:
+                # Each epoch is its own Sequential.fit call, whose message counts from 1.
+                raise DivergenceError(
+                    f"epoch {self.n_iter_ + 1} of {type(self).__name__}: {exc}") from None
+            loss = history.history["loss"][0]
+            self.loss_curve_.append(loss)
+            self.n_iter_ += 1
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
+            if loss > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, loss)
+            if not incremental and self._no_improvement_count > self.n_iter_no_change:
+                if self.verbose:
+                    print(f"Training loss did not improve more than tol={self.tol} for "
+                          f"{self.n_iter_no_change} consecutive epochs. Stopping.", flush=True)
+                break
+        else:
+            if not incremental:
+                warnings.warn(f"{type(self).__name__}: reached max_iter={self.max_iter} epochs and "
+                              "the optimization has not converged yet.", ConvergenceWarning,
+                              stacklevel=4)
+        return self
+
+    def _raw(self, X):
+        """The output layer's scores for ``X`` as float64 ``(n_samples, n_outputs_)``.
+
+        The rows go through the network in blocks of exactly ``_PREDICT_BLOCK`` rows (the
+        last one zero-padded).  OpenBLAS picks its inner kernels, and with them the order
+        of the sums, by matrix size, so in float32 a row's scores would otherwise depend on
+        how many rows came with it (by ~1 ulp: enough to fail scikit-learn's
+        ``check_methods_subset_invariance``, and to make cross-validation folds disagree).
+        Same-shaped calls make each row's result independent of the batch, and of the
+        thread count, since a 64-row product is never split across threads.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C")
+        n, block = X.shape[0], _PREDICT_BLOCK
+        out = np.empty((n, self.model_.n_outputs), dtype=np.float64)
+        padded = np.zeros((block, X.shape[1]), dtype=X.dtype)
+        for start in range(0, n, block):
+            rows = X[start:start + block]
+            m = rows.shape[0]
+            if m < block:
+                padded[:m] = rows
+                rows = padded
+            out[start:start + m] = self.model_.decision_function(rows)[:m]
+        return out
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        model = self.__dict__.get("model_")
+        if model is not None:
+            # Pickling and deepcopy rebuild each layer's W and b as separate arrays, no
+            # longer views of model.params (the array training and prediction use); point
+            # them back so model_.get_weights()/set_weights() see the live parameters.
+            for k, layer in enumerate(model.layers):
+                layer.W, layer.b = model._layer_views(model.params, k)
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multilayer perceptron classifier trained by fastmlp, with scikit-learn's estimator API.
+
+    The network is ``len(hidden_layer_sizes)`` hidden layers of the chosen activation and a
+    linear output layer with one unit per class (one unit in total for two classes with
+    ``binary_cross_entropy``); the loss applies the softmax or sigmoid.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : int or sequence of int, default (100,)
+        Width of each hidden layer; ``()`` gives a linear model (softmax regression).
+    activation : str, default "relu"
+        Hidden activation: ``identity``, ``sigmoid`` (alias ``logistic``), ``tanh``, ``relu``,
+        ``leaky_relu`` (slope 0.01), ``elu`` (alpha 1.0) or ``maxout`` (2 pieces).
+    loss : str, default "softmax_cross_entropy"
+        ``softmax_cross_entropy``; ``multiclass_hinge`` (a multiclass SVM loss: no
+        ``predict_proba``); or ``binary_cross_entropy``, one sigmoid per class, which also
+        accepts multilabel targets (a 0/1 indicator matrix).
+    optimizer : {"adam", "sgd", "adamw"}, default "adam"
+        fastmlp's :class:`~fastmlp.Adam`, :class:`~fastmlp.SGD` or :class:`~fastmlp.AdamW`.
+    learning_rate_init : float, default 0.001
+        The (constant) learning rate; named as in scikit-learn's MLP.
+    momentum : float, default 0.9
+        SGD only.
+    beta_1, beta_2, epsilon : float, default 0.9, 0.999, 1e-8
+        Adam and AdamW only.
+    weight_decay : float or None, default None
+        L2 penalty on the weight matrices as the optimizer defines it (added to the gradient
+        for SGD and Adam, decoupled for AdamW); None keeps the optimizer's default (0 for SGD
+        and Adam, 0.01 for AdamW).  Not scikit-learn's ``alpha``, which is also scaled by
+        the batch size.
+    batch_size : int or "auto", default "auto"
+        ``"auto"`` is ``min(200, n_samples)``, as in scikit-learn.
+    max_iter : int, default 200
+        Maximum number of epochs (``fit``); ``partial_fit`` always runs one.
+    shuffle : bool, default True
+        Shuffle the rows every epoch.
+    random_state : int, RandomState or None, default None
+        Seeds the weight initialisation and the shuffling.  A fixed int and the same thread
+        count give the same model.
+    tol : float, default 1e-4
+        ``fit`` stops when the training loss has not improved by ``tol`` for more than
+        ``n_iter_no_change`` consecutive epochs.  ``tol=0`` effectively trains ``max_iter``
+        epochs.
+    n_iter_no_change : int, default 10
+    dtype : {"float32", "float64"}, default "float32"
+        Precision of the network.  Probabilities and scores are returned as float64.
+    verbose : int, default 0
+        Print the loss after each epoch.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The labels seen in ``fit`` (any sortable labels: ints, strings, ...).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when ``X`` was a dataframe with string column names.
+    n_outputs_ : int
+        Units of the output layer.
+    loss_curve_ : list of float
+        Mean training loss of every epoch.
+    best_loss_ : float
+    n_iter_ : int
+        Epochs trained.
+    model_ : fastmlp.Sequential
+        The trained network (``get_weights()`` and friends).
+    """
+
+    _losses = ("softmax_cross_entropy", "multiclass_hinge", "binary_cross_entropy")
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="softmax_cross_entropy",
+                 optimizer="adam", learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, n_iter_no_change=10, dtype="float32", verbose=0):
+        super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
+                         learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
+                         beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
+                         batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
+                         dtype=dtype, verbose=verbose)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = self.loss == "binary_cross_entropy"
+        return tags
+
+    @property
+    def _sigmoid_outputs(self):
+        return self.loss == "binary_cross_entropy"
+
+    def _validate_Xy(self, X, y, reset):
+        dtype = self._np_dtype() if reset else self.model_.dtype
+        X, y = validate_data(self, X, y, reset=reset, dtype=dtype, order="C", multi_output=True)
+        if not self._sigmoid_outputs and y.ndim == 2 and y.shape[1] > 1:
+            raise ValueError(f"y has shape {y.shape}: multilabel targets (a 0/1 indicator matrix) "
+                             "need loss='binary_cross_entropy'")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        return X, y
+
+    def _encode(self, y, classes, first_call):
+        """Targets for the network: class indices (softmax, hinge) or a 0/1 matrix (sigmoid).
+        On the first call, fix ``classes_`` from ``classes`` (partial_fit) or ``y``."""
+        if self._sigmoid_outputs:
+            if first_call:
+                binarizer = LabelBinarizer()
+                multilabel = type_of_target(y).startswith("multilabel")
+                binarizer.fit(y if classes is None or multilabel else classes)
+                if not multilabel and len(binarizer.classes_) < 2:
+                    raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes; "
+                                     f"got 1 class ({binarizer.classes_[0]!r})")
+                self._binarizer = binarizer
+                self.classes_ = binarizer.classes_
+            self._check_labels_known(y)
+            return self._binarizer.transform(y)
+        if first_call:
+            self.classes_ = np.unique(y if classes is None else classes)
+            if len(self.classes_) < 2:
+                raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes; "
+                                 f"got 1 class ({self.classes_[0]!r})")
+        self._check_labels_known(y)
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _check_labels_known(self, y):
+        if type_of_target(y).startswith("multilabel"):
+            if self._binarizer.y_type_ != "multilabel-indicator" or y.shape[1] != len(self.classes_):
+                raise ValueError(f"y is a multilabel indicator matrix with {y.shape[1]} columns, "
+                                 f"but the classifier was set up for classes {self.classes_!r}")
+            return
+        unknown = np.setdiff1d(y, self.classes_)
+        if unknown.size:
+            raise ValueError(f"y contains labels {unknown!r} that are not in classes_ "
+                             f"{self.classes_!r}")
+
+    def _fit(self, X, y, classes, incremental):
+        self._check_params()
+        first_call = not (incremental and hasattr(self, "model_"))
+        if not first_call and self.loss != self.model_.loss:
+            raise ValueError(f"loss is {self.loss!r} but the network was built for "
+                             f"{self.model_.loss!r}; call fit to start afresh")
+        if (not first_call and classes is not None
+                and not np.array_equal(np.unique(classes), self.classes_)):
+            raise ValueError(f"classes={classes!r} differs from classes_={self.classes_!r} set by "
+                             "the first call to partial_fit")
+        X, y = self._validate_Xy(X, y, reset=first_call)
+        if (incremental and first_call and classes is None
+                and not type_of_target(y).startswith("multilabel")):
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        targets = self._encode(y, classes, first_call)
+        if first_call:
+            self.n_outputs_ = targets.shape[1] if targets.ndim == 2 else len(self.classes_)
+        return self._run_epochs(X, targets, first_call, incremental)
+
+    def fit(self, X, y):
+        """Train a fresh network on ``(X, y)`` for up to ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), or (n_samples, n_classes) 0/1 indicator
+            matrix (multilabel, ``binary_cross_entropy`` only)
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, classes=None, incremental=False)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over ``(X, y)``, continuing from the current weights.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_classes)
+        classes : array-like of shape (n_classes,), optional
+            Every label the classifier will ever see; required on the first call (not for
+            multilabel targets), then optional and must not change.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, classes=classes, incremental=True)
+
+    def decision_function(self, X):
+        """Raw output scores (float64): ``(n_samples,)`` for two classes (positive means
+        ``classes_[1]``), else ``(n_samples, n_classes)``."""
+        raw = self._raw(X)
+        if len(self.classes_) == 2 and not self._is_multilabel():
+            return raw[:, 0] if raw.shape[1] == 1 else raw[:, 1] - raw[:, 0]
+        return raw
+
+    def _fitted_sigmoid(self):
+        # The fitted network decides, not a loss changed by set_params since.
+        return self.model_.loss == "binary_cross_entropy"
+
+    def _is_multilabel(self):
+        return self._fitted_sigmoid() and self._binarizer.y_type_.startswith("multilabel")
+
+    def predict(self, X):
+        """Predicted labels from ``classes_``: ``(n_samples,)``, or a 0/1 indicator matrix
+        ``(n_samples, n_classes)`` for multilabel targets."""
+        raw = self._raw(X)
+        if self._fitted_sigmoid():
+            return self._binarizer.inverse_transform(raw, threshold=0.0)
+        return self.classes_[np.argmax(raw, axis=1)]
+
+    def _has_proba(self):
+        if self.loss == "multiclass_hinge":
+            raise AttributeError("predict_proba is not available for loss='multiclass_hinge': "
+                                 "its scores are not probabilities (use decision_function)")
+        return True
+
+    @available_if(_has_proba)
+    def predict_proba(self, X):
+        """Class probabilities, float64 of shape ``(n_samples, n_classes)``: a softmax, or
+        per-class sigmoids (binary: ``[1 - p, p]``; multiclass: normalised to sum to 1;
+        multilabel: each label's own probability)."""
+        raw = self._raw(X)
+        if self._fitted_sigmoid():
+            p = 0.5 * (1.0 + np.tanh(0.5 * raw))  # the logistic sigmoid without overflow
+            if raw.shape[1] == 1:
+                return np.hstack([1.0 - p, p])
+            if self._is_multilabel():
+                return p
+            return p / p.sum(axis=1, keepdims=True)
+        raw -= raw.max(axis=1, keepdims=True)
+        p = np.exp(raw)
+        return p / p.sum(axis=1, keepdims=True)
+
+    @available_if(_has_proba)
+    def predict_log_proba(self, X):
+        """``log(predict_proba(X))``."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multilayer perceptron regressor trained by fastmlp (mean squared error), with
+    scikit-learn's estimator API.
+
+    Parameters are those of :class:`MLPClassifier`, except ``loss``, which is ``"mse"``
+    (the only choice).  ``y`` may have several columns (multi-output regression);
+    predictions are float64 of shape ``(n_samples,)`` for one output, else
+    ``(n_samples, n_outputs)``.  ``score`` is R^2.
+
+    Attributes
+    ----------
+    n_features_in_, feature_names_in_, loss_curve_, best_loss_, n_iter_, model_
+        As for :class:`MLPClassifier`.
+    n_outputs_ : int
+        Number of target columns.
+    """
+
+    _losses = ("mse",)
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="mse", optimizer="adam",
+                 learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, n_iter_no_change=10, dtype="float32", verbose=0):
+        super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
+                         learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
+                         beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
+                         batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
+                         dtype=dtype, verbose=verbose)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _fit(self, X, y, incremental):
+        self._check_params()
+        first_call = not (incremental and hasattr(self, "model_"))
+        dtype = self._np_dtype() if first_call else self.model_.dtype
+        X, y = validate_data(self, X, y, reset=first_call, dtype=dtype, order="C",
+                             multi_output=True, y_numeric=True)
+        targets = y.reshape(-1, 1) if y.ndim == 1 else y
+        if first_call:
+            self.n_outputs_ = targets.shape[1]
+        elif targets.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {targets.shape[1]} target columns, but the model was fitted "
+                             f"with {self.n_outputs_}")
+        return self._run_epochs(X, targets, first_call, incremental)
+
+    def fit(self, X, y):
+        """Train a fresh network on ``X`` ``(n_samples, n_features)`` and ``y``
+        ``(n_samples,)`` or ``(n_samples, n_outputs)`` for up to ``max_iter`` epochs;
+        returns ``self``."""
+        return self._fit(X, y, incremental=False)
+
+    def partial_fit(self, X, y):
+        """One epoch over ``(X, y)``, continuing from the current weights; returns ``self``."""
+        return self._fit(X, y, incremental=True)
+
+    def predict(self, X):
+        """Predictions, float64 of shape ``(n_samples,)`` (one output) or
+        ``(n_samples, n_outputs)``."""
+        out = self._raw(X)
+        return out[:, 0] if self.n_outputs_ == 1 else out
