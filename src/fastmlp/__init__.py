@@ -5,6 +5,7 @@
 
 from fastmlp.baselines import random_search
 from fastmlp.gradcheck import gradcheck
+from fastmlp.io import FormatError, load
 from fastmlp.layers import Dense, Layer, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
 from fastmlp.sequential import DivergenceError, History, Sequential
@@ -17,6 +18,7 @@ __all__ = [
     "AdamW",
     "Dense",
     "DivergenceError",
+    "FormatError",
     "History",
     "Layer",
     "Maxout",
@@ -25,6 +27,7 @@ __all__ = [
     "Sequential",
     "get_num_threads",
     "gradcheck",
+    "load",
     "random_search",
     "set_num_threads",
     "threads",

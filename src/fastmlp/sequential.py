@@ -7,9 +7,11 @@ the compiled drivers.
 
 import math
 import numbers
+import os
 
 import numpy as np
 
+from fastmlp import io as _io
 from fastmlp._validation import as_features, as_labels, as_targets, check_positive_int
 from fastmlp.kernels import network
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
@@ -208,6 +210,20 @@ class Sequential:
             grads += [g.copy() for g in self._layer_views(self._train_workspace.net.grads, k)]
         return grads
 
+    def save(self, path):
+        """Write the model to ``path`` in fastmlp's file format (``docs/file-format.md``).
+
+        The file holds the weights, architecture, loss, dtype, optimizer (hyperparameters,
+        state, step count) and RNG state, and no code: :func:`fastmlp.load` reads it back
+        without unpickling anything.  The write is atomic: a crash during it leaves the
+        previous file at ``path`` (if any) intact.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        """
+        _io.save(self, path)
+
     # ----------------------------------------------------------------- input handling
     def _prepare(self, X, y):
         """Validated ``(X, labels, targets)``; the unused one of labels/targets is empty."""
@@ -324,7 +340,8 @@ class Sequential:
         self.apply_gradients()
         return loss
 
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=0):
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=0,
+            checkpoint=None, checkpoint_every=None, resume=False):
         """Train by minibatch gradient descent.
 
         Parameters
@@ -343,10 +360,26 @@ class Sequential:
             Evaluated after every epoch.
         verbose : int, default 0
             0 is silent; 1 or more prints one line per epoch.
+        checkpoint : str or os.PathLike, optional
+            Save a checkpoint there (atomically: a crash never leaves a broken file) every
+            ``checkpoint_every`` epochs and after the last epoch: the model, optimizer state
+            and step count, RNG state, row order and epoch count.
+        checkpoint_every : int, optional
+            Epochs between checkpoints (default 1); counted from the run's first epoch.
+        resume : bool, default False
+            With ``checkpoint``: if that file exists, continue the run it belongs to
+            instead of starting afresh (without it, start afresh).  Rerunning the same script
+            after a crash thus resumes it, and ends bit-identical to a run that never
+            stopped (same seed, same thread count).  ``epochs`` counts the whole run, done
+            epochs included; the checkpoint must come from the same architecture, loss,
+            dtype, optimizer class, row count, batch size and ``shuffle`` (else
+            ``ValueError``), and the optimizer's hyperparameters are this model's.
 
         Returns
         -------
         History
+            The epochs run by this call; after a resume their numbers continue the run's
+            (``history.epoch == [4, 5, ...]``).
 
         Raises
         ------
@@ -361,6 +394,7 @@ class Sequential:
             raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
         if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
             raise ValueError(f"verbose must be an integer, got {verbose!r}")
+        checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
         X, labels, targets = self._prepare(X, y)
         validation = None
         if validation_data is not None:
@@ -376,13 +410,20 @@ class Sequential:
         batch_size = min(batch_size, n)
         n_batches = -(-n // batch_size)
         last_rows = n - (n_batches - 1) * batch_size
+        resumed, epochs_done = None, 0
+        if resume and os.path.exists(checkpoint):
+            # Read and checked in full before the model changes.
+            resumed, epochs_done = _io.read_checkpoint(self, checkpoint, epochs, batch_size,
+                                                       bool(shuffle), n)
         ws = self._training_workspace(batch_size)
         opt = self.optimizer
         hyper = self._hyperparameters()
-        order = np.arange(n, dtype=np.int64)
+        order = np.arange(n, dtype=np.int64)  # shuffled in place: each epoch's order depends on it
+        if resumed is not None:
+            _io.apply_checkpoint(self, resumed, order)
         batch_losses = np.zeros(n_batches)
         history = History()
-        for epoch in range(1, epochs + 1):
+        for epoch in range(epochs_done + 1, epochs + 1):
             if shuffle:
                 self._rng.shuffle(order)
             # The epoch's start is the fallback should an update overflow: the loss of the
@@ -417,6 +458,8 @@ class Sequential:
                     accuracy = correct / validation[0].shape[0]
                     history.history.setdefault("val_accuracy", []).append(accuracy)
                     line += f"  val_accuracy {accuracy:.4f}"
+            if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+                _io.save_checkpoint(self, checkpoint, order, epoch, epochs, batch_size, bool(shuffle))
             if verbose:
                 print(line, flush=True)
         self.history = history
@@ -503,6 +546,23 @@ class Sequential:
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
                       np.where(ss_res == 0, 1.0, 0.0))
         return float(r2.mean())
+
+
+def _check_checkpoint_args(checkpoint, checkpoint_every, resume):
+    """``checkpoint_every`` as an int (1 by default), after checking the three together."""
+    if not isinstance(resume, (bool, np.bool_)):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if checkpoint is None:
+        if checkpoint_every is not None or resume:
+            raise ValueError("checkpoint_every and resume need a checkpoint path")
+        return None
+    path = _io._check_path(checkpoint, "checkpoint")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path!r} is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"checkpoint directory {directory!r} does not exist")
+    return 1 if checkpoint_every is None else check_positive_int(checkpoint_every, "checkpoint_every")
 
 
 def _check_layers(layers):

@@ -1,0 +1,615 @@
+"""Saving and loading models in a format that cannot run code: the ``.fmlp`` file.
+
+One file holds everything a model needs to predict and to go on training exactly where it
+stopped: the weights, the architecture, the loss, the dtype, the optimizer (class,
+hyperparameters, state buffers, step count) and the shuffle RNG's state; a checkpoint
+written by :meth:`Sequential.fit <fastmlp.Sequential.fit>` adds the epoch counter and the
+current row order.  Layout (all integers little-endian; see ``docs/file-format.md``)::
+
+    magic        8 bytes   b"\\x89FML\\r\\n\\x1a\\n"
+    header_len   8 bytes   uint64, length of the header in bytes (a multiple of 8)
+    header       JSON, UTF-8, padded with spaces (format version, model, tensor table)
+    payload      raw little-endian tensors at the offsets the header gives
+    checksum     32 bytes  SHA-256 of every byte before it
+
+Nothing here unpickles, evaluates or imports anything named in a file.  :func:`load` checks
+the header's claims against the file's real size before it allocates, verifies the
+checksum, and checks every field against the architecture; whatever it refuses raises
+:class:`FormatError` naming the problem.  Writes go to a temporary file in the same
+directory, are flushed and fsynced, and replace the target in one ``os.replace``, so a
+crash during a save leaves the previous file intact.
+"""
+
+import errno
+import hashlib
+import json
+import math
+import os
+import secrets
+import stat
+from collections import namedtuple
+
+import numpy as np
+
+from fastmlp.kernels.activations import ACTIVATIONS
+from fastmlp.kernels.losses import LOSSES
+from fastmlp.layers import Dense, Maxout
+from fastmlp.optimizers import SGD, Adam, AdamW
+
+MAGIC = b"\x89FML\r\n\x1a\n"  # PNG-style: a non-ASCII byte, and CR LF / ^Z / LF catch text-mode damage
+FORMAT_VERSION = 1
+PREFIX_BYTES = len(MAGIC) + 8
+CHECKSUM_BYTES = 32  # SHA-256
+
+#: Refused outright, before anything is allocated: far beyond any real model.
+MAX_HEADER_BYTES = 16 << 20
+MAX_LAYERS = 4096
+
+#: Optimizer classes a file may name (a name is looked up here, never imported).
+OPTIMIZERS = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+
+#: Tensor dtype names in the header -> the little-endian numpy dtype stored.
+TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "int64": np.dtype("<i8")}
+
+_TOP_KEYS = {"format", "format_version", "fastmlp_version", "checksum", "model", "optimizer",
+             "rng", "training", "tensors"}
+_TRAINING_KEYS = {"epochs_completed", "epochs", "batch_size", "shuffle", "n_samples"}
+
+
+class FormatError(ValueError):
+    """A file is not a valid fastmlp model file: wrong magic, another format version,
+    truncated, corrupted (checksum), or a header whose claims do not hold up."""
+
+
+#: What :func:`read` returns: the validated header and the tensors (read-only arrays).
+Contents = namedtuple("Contents", ["header", "tensors"])
+
+
+# ----------------------------------------------------------------------------- writing
+def _write_all(f, chunks):
+    # One function for every byte written, so a test can slow it down and kill the
+    # process mid-save.
+    for chunk in chunks:
+        f.write(chunk)
+
+
+def _fsync_directory(directory):
+    if os.name != "posix":
+        return  # Windows cannot open a directory; os.replace is what it offers
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems cannot sync a directory; nothing to do then
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, chunks):
+    """Write ``chunks`` (bytes-like) to ``path`` so that ``path`` is always either the old
+    file or the complete new one: temporary file in the same directory, flush, fsync,
+    ``os.replace``, fsync of the directory."""
+    path = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: never follow or reuse an existing file; 0o666 lets the umask decide the mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_all(f, chunks)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _layer_entry(layer):
+    if type(layer) is Dense:
+        _, param_name, _ = ACTIVATIONS[layer.activation]
+        params = {param_name: float(layer.activation_param)} if param_name else {}
+        return {"kind": "dense", "n_in": layer.n_in, "n_out": layer.n_out,
+                "activation": layer.activation, "activation_params": params}
+    if type(layer) is Maxout:
+        return {"kind": "maxout", "n_in": layer.n_in, "n_out": layer.n_out, "pieces": layer.pieces}
+    raise TypeError(f"cannot save layer {layer!r}: only Dense and Maxout have a file format")
+
+
+def _optimizer_entry(opt):
+    name = type(opt).__name__
+    if OPTIMIZERS.get(name) is not type(opt):
+        raise TypeError(f"cannot save optimizer {opt!r}: the file format knows {', '.join(OPTIMIZERS)}")
+    hyper = {key: _hyper_to_json(getattr(opt, key)) for key in opt.hyperparameter_names}
+    return {"class": name, "hyperparameters": hyper, "step_count": int(opt.step_count)}
+
+
+def _hyper_to_json(value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (tuple, list)):  # Adam's betas
+        return [_hyper_to_json(v) for v in value]
+    return float(value)
+
+
+def _hyper_from_json(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _encode(model, training=None, order=None):
+    """The file's chunks: prefix, header, tensors, checksum."""
+    from fastmlp import __version__
+
+    dtype_name = model.dtype.name
+    tensors = [("params", dtype_name, model.params),
+               ("optimizer_state", dtype_name, model.optimizer.state)]
+    if training is not None:
+        tensors.append(("shuffle_order", "int64", order))
+    table = {}
+    data = []
+    offset = 0
+    for name, dtype_name_k, arr in tensors:
+        if dtype_name_k != "int64" and not np.isfinite(arr).all():
+            raise ValueError(f"cannot save: the model's {name} contain NaN or Inf")
+        # Little-endian on disk whatever the machine; no copy on a little-endian one.
+        arr = np.ascontiguousarray(arr, dtype=TENSOR_DTYPES[dtype_name_k])
+        table[name] = {"dtype": dtype_name_k, "shape": list(arr.shape),
+                       "offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        data.append(memoryview(arr).cast("B"))
+    seed = model.seed
+    header = {
+        "format": "fastmlp",
+        "format_version": FORMAT_VERSION,
+        "fastmlp_version": __version__,
+        "checksum": "sha256",
+        "model": {"loss": model.loss, "dtype": dtype_name,
+                  "seed": None if seed is None else int(seed),
+                  "layers": [_layer_entry(layer) for layer in model.layers]},
+        "optimizer": _optimizer_entry(model.optimizer),
+        "rng": model._rng.bit_generator.state,
+        "training": training,
+        "tensors": table,
+    }
+    text = json.dumps(header, allow_nan=False, separators=(",", ":"), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)  # so the payload starts 8-byte aligned
+    digest = hashlib.sha256()
+    chunks = [MAGIC + len(text).to_bytes(8, "little"), text] + data
+    for chunk in chunks:
+        digest.update(chunk)
+    return chunks + [digest.digest()]
+
+
+def _check_path(path, what="path"):
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"{what} must be a str or os.PathLike file name, got {path!r}")
+    path = os.fspath(path)
+    if path == "":
+        raise ValueError(f"{what} is empty")
+    return path
+
+
+def save(model, path):
+    """Write ``model`` to ``path`` atomically (see :meth:`Sequential.save`)."""
+    path = _check_path(path)
+    atomic_write(path, _encode(model))
+
+
+def save_checkpoint(model, path, order, epochs_completed, epochs, batch_size, shuffle):
+    """Write a checkpoint: the model plus the epoch counter and the current row ``order``
+    (``fit`` shuffles it in place each epoch, so the next epoch's order depends on it)."""
+    training = {"epochs_completed": int(epochs_completed), "epochs": int(epochs),
+                "batch_size": int(batch_size), "shuffle": bool(shuffle),
+                "n_samples": int(order.shape[0])}
+    atomic_write(path, _encode(model, training, order))
+
+
+# ----------------------------------------------------------------------------- reading
+def _fail(path, message):
+    raise FormatError(f"{path}: {message}")
+
+
+def _no_duplicates(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not allowed")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Checker:
+    """Field checks that name the offending field in their error."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, message):
+        _fail(self.path, message)
+
+    def keys(self, obj, where, required, optional=()):
+        if not isinstance(obj, dict):
+            self.fail(f"{where} must be a JSON object, got {type(obj).__name__}")
+        missing = sorted(set(required) - set(obj))
+        if missing:
+            self.fail(f"{where} lacks {', '.join(missing)}")
+        extra = sorted(set(obj) - set(required) - set(optional))
+        if extra:
+            self.fail(f"{where} has unknown field(s) {', '.join(map(repr, extra))}")
+        return obj
+
+    def int(self, value, where, low, high):
+        if not _is_int(value) or not low <= value <= high:
+            self.fail(f"{where} must be an integer in [{low}, {high}], got {_short(value)}")
+        return value
+
+    def choice(self, value, where, choices):
+        if not isinstance(value, str) or value not in choices:
+            self.fail(f"{where} must be one of {', '.join(map(repr, choices))}, got {_short(value)}")
+        return value
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_foreign(prefix):
+    if prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "it looks like a Python pickle, which fastmlp never loads (unpickling can run code)"
+    if prefix.startswith(b"PK\x03\x04"):
+        return "it looks like a zip archive (e.g. a numpy .npz), not a fastmlp file"
+    if prefix.startswith(b"\x93NUMPY"):
+        return "it looks like a numpy .npy file, not a fastmlp file"
+    return "it does not start with the fastmlp magic bytes"
+
+
+def _read_header(path, f, size):
+    if size == 0:
+        _fail(path, "the file is empty (0 bytes)")
+    if size < PREFIX_BYTES + CHECKSUM_BYTES:
+        prefix = f.read(PREFIX_BYTES)
+        if not MAGIC.startswith(prefix[:len(MAGIC)]):
+            _fail(path, f"not a fastmlp model file: {_describe_foreign(prefix)}")
+        _fail(path, f"file is truncated: {size} bytes, shorter than the smallest fastmlp file")
+    prefix = f.read(PREFIX_BYTES)
+    if prefix[:len(MAGIC)] != MAGIC:
+        _fail(path, f"not a fastmlp model file: {_describe_foreign(prefix)}")
+    header_len = int.from_bytes(prefix[len(MAGIC):], "little")
+    room = size - PREFIX_BYTES - CHECKSUM_BYTES
+    if header_len > MAX_HEADER_BYTES:
+        _fail(path, f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit "
+                    "(corrupted or crafted file)")
+    if header_len > room:
+        _fail(path, f"file is truncated or corrupted: the header claims {header_len} bytes but "
+                    f"only {room} remain")
+    text = f.read(header_len)
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                            parse_float=_finite_float, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return prefix + text, None, f"the header is not valid JSON ({_short(str(exc))})"
+    if not isinstance(header, dict):
+        return prefix + text, None, "the header is not a JSON object"
+    return prefix + text, header, None
+
+
+def _tensor_table(check, header, header_len, size):
+    """Validated ``{name: (dtype, shape, begin, end)}`` whose ranges tile the payload."""
+    tensors = header.get("tensors")
+    if not isinstance(tensors, dict) or not tensors or len(tensors) > 16:
+        check.fail("the header's tensor table is missing or malformed")
+    payload = size - PREFIX_BYTES - header_len - CHECKSUM_BYTES
+    table = {}
+    for name, entry in tensors.items():
+        where = f"tensor {_short(name)}"
+        check.keys(entry, where, ("dtype", "shape", "offsets"))
+        dtype = TENSOR_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        if dtype is None:
+            check.fail(f"{where} has dtype {_short(entry['dtype'])}; allowed: "
+                       f"{', '.join(TENSOR_DTYPES)} (never Python objects)")
+        shape, offsets = entry["shape"], entry["offsets"]
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 2:
+            check.fail(f"{where} has shape {_short(shape)}; expected a list of 1 or 2 sizes")
+        for dim in shape:
+            check.int(dim, f"{where} shape", 0, size)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+            check.fail(f"{where} offsets must be [begin, end] integers, got {_short(offsets)}")
+        begin, end = offsets
+        if not 0 <= begin <= end:
+            check.fail(f"{where} has offsets [{begin}, {end}]: negative or reversed")
+        if end > payload:
+            check.fail(f"{where} ends at payload byte {end}, past the payload's {payload} bytes "
+                       "(the file is truncated or the header is corrupted)")
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            check.fail(f"{where} spans {end - begin} bytes but shape {shape} of {entry['dtype']} "
+                       f"needs {math.prod(shape) * dtype.itemsize}")
+        table[name] = (dtype, tuple(shape), begin, end)
+    cursor = 0
+    for name, (_, _, begin, end) in sorted(table.items(), key=lambda item: item[1][2:]):
+        if begin != cursor:
+            what = "overlaps the previous tensor" if begin < cursor else f"leaves a gap at byte {cursor}"
+            check.fail(f"tensor {_short(name)} at payload byte {begin} {what}")
+        cursor = end
+    if cursor != payload:
+        check.fail(f"the tensors cover {cursor} payload bytes but the file holds {payload}: "
+                   "trailing bytes, or a truncated or corrupted file")
+    return table
+
+
+def _check_layers(check, layers):
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
+        count = len(layers) if isinstance(layers, list) else _short(layers)
+        check.fail(f"model.layers must be a list of 1 to {MAX_LAYERS} layers, got {count}")
+    built = []
+    for k, entry in enumerate(layers):
+        where = f"layer {k + 1}"
+        kind = check.choice(entry.get("kind") if isinstance(entry, dict) else None,
+                            f"{where} kind", ("dense", "maxout"))
+        if kind == "dense":
+            check.keys(entry, where, ("kind", "n_in", "n_out", "activation", "activation_params"))
+        else:
+            check.keys(entry, where, ("kind", "n_in", "n_out", "pieces"))
+        # Sizes are bounded here and again by the parameter tensor, which must fit in the file.
+        n_in = check.int(entry["n_in"], f"{where} n_in", 1, 1 << 40)
+        n_out = check.int(entry["n_out"], f"{where} n_out", 1, 1 << 40)
+        if kind == "maxout":
+            pieces = check.int(entry["pieces"], f"{where} pieces", 2, 1 << 20)
+            built.append(("maxout", n_in, n_out, pieces, None, None))
+            continue
+        activation = check.choice(entry["activation"], f"{where} activation", tuple(ACTIVATIONS))
+        _, param_name, _ = ACTIVATIONS[activation]
+        params = check.keys(entry["activation_params"], f"{where} activation_params",
+                            (param_name,) if param_name else ())
+        for name, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                check.fail(f"{where} {name} must be a number, got {_short(value)}")
+        built.append(("dense", n_in, n_out, 1, activation, params))
+    for k in range(1, len(built)):
+        if built[k][1] != built[k - 1][2]:
+            check.fail(f"layer {k + 1} takes {built[k][1]} inputs but layer {k} outputs {built[k - 1][2]}")
+    return built
+
+
+def _check_rng(check, rng):
+    check.keys(rng, "rng", ("bit_generator", "state", "has_uint32", "uinteger"))
+    check.choice(rng["bit_generator"], "rng bit_generator", ("PCG64",))
+    check.keys(rng["state"], "rng state", ("state", "inc"))
+    check.int(rng["state"]["state"], "rng state.state", 0, (1 << 128) - 1)
+    check.int(rng["state"]["inc"], "rng state.inc", 0, (1 << 128) - 1)
+    check.int(rng["has_uint32"], "rng has_uint32", 0, 1)
+    check.int(rng["uinteger"], "rng uinteger", 0, (1 << 32) - 1)
+
+
+def _check_header(check, header, table):
+    """Everything but the tensor table: the model, optimizer, RNG and training sections."""
+    check.keys(header, "the header", _TOP_KEYS)
+    if header["format"] != "fastmlp":
+        check.fail(f"format is {_short(header['format'])}, not 'fastmlp'")
+    if header["checksum"] != "sha256":
+        check.fail(f"unknown checksum {_short(header['checksum'])}")
+    if not isinstance(header["fastmlp_version"], str) or len(header["fastmlp_version"]) > 64:
+        check.fail("fastmlp_version must be a short string")
+    model = check.keys(header["model"], "model", ("loss", "dtype", "seed", "layers"))
+    check.choice(model["loss"], "model loss", tuple(LOSSES))
+    dtype = check.choice(model["dtype"], "model dtype", ("float32", "float64"))
+    if model["seed"] is not None:
+        check.int(model["seed"], "model seed", 0, math.inf)
+    layers = _check_layers(check, model["layers"])
+    opt = check.keys(header["optimizer"], "optimizer", ("class", "hyperparameters", "step_count"))
+    opt_class = OPTIMIZERS[check.choice(opt["class"], "optimizer class", tuple(OPTIMIZERS))]
+    hyper = check.keys(opt["hyperparameters"], "optimizer hyperparameters",
+                       opt_class.hyperparameter_names)
+    for name, value in hyper.items():
+        items = value if isinstance(value, list) and 1 <= len(value) <= 4 else [value]
+        if not all(isinstance(v, (int, float)) for v in items):  # bools are ints
+            check.fail(f"optimizer hyperparameter {name} must be a number, a boolean or a short "
+                       f"list of numbers, got {_short(value)}")
+    check.int(opt["step_count"], "optimizer step_count", 0, 1 << 62)
+    _check_rng(check, header["rng"])
+
+    # The tensors the architecture implies, compared with the table before anything is built.
+    n_params = sum(n_in * pieces * n_out + pieces * n_out for _, n_in, n_out, pieces, _, _ in layers)
+    expected = {"params": (dtype, (n_params,)),
+                "optimizer_state": (dtype, (opt_class.n_slots, n_params))}
+    training = header["training"]
+    if training is not None:
+        check.keys(training, "training", _TRAINING_KEYS)
+        n_samples = check.int(training["n_samples"], "training n_samples", 1, 1 << 62)
+        check.int(training["epochs"], "training epochs", 1, 1 << 62)
+        check.int(training["epochs_completed"], "training epochs_completed", 1, training["epochs"])
+        check.int(training["batch_size"], "training batch_size", 1, n_samples)
+        if not isinstance(training["shuffle"], bool):
+            check.fail("training shuffle must be true or false")
+        expected["shuffle_order"] = ("int64", (n_samples,))
+    if set(table) != set(expected):
+        check.fail(f"the file holds tensors {sorted(table)}, expected {sorted(expected)}")
+    for name, (dtype_name, shape) in expected.items():
+        got_dtype, got_shape = table[name][:2]
+        if got_dtype != TENSOR_DTYPES[dtype_name] or got_shape != shape:
+            check.fail(f"tensor {name} is {got_dtype.name} {got_shape}, but the architecture "
+                       f"needs {dtype_name} {shape}")
+    return layers
+
+
+def read(path):
+    """Read and check a fastmlp file completely, building nothing.
+
+    Returns
+    -------
+    Contents
+        ``header`` (the parsed JSON, every field checked) and ``tensors`` (name -> read-only
+        little-endian array).
+
+    Raises
+    ------
+    FormatError
+        For anything but a complete, intact file of this format version.
+    OSError
+        When the file cannot be opened or read.
+    """
+    path = _check_path(path)
+    check = _Checker(path)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            check.fail("not a regular file")
+        size = st.st_size
+        head, header, json_problem = _read_header(path, f, size)
+        if header is not None:
+            version = header.get("format_version")
+            if not _is_int(version) or version != FORMAT_VERSION:
+                check.fail(f"unsupported format version {_short(version)}: this fastmlp reads "
+                           f"version {FORMAT_VERSION}")
+        # ``size`` is the real file size, so this allocates what the file holds, no more.
+        rest = f.read(size - len(head))
+    if len(rest) != size - len(head):
+        check.fail("the file changed size while it was read")
+    digest = hashlib.sha256(head)
+    digest.update(memoryview(rest)[:-CHECKSUM_BYTES])
+    intact = digest.digest() == rest[-CHECKSUM_BYTES:]
+    if json_problem is not None:
+        check.fail(f"{json_problem}; " + ("the checksum matches, so the writer was faulty" if intact
+                                         else "checksum mismatch: the file is corrupted or truncated"))
+    try:
+        table = _tensor_table(check, header, len(head) - PREFIX_BYTES, size)
+    except FormatError as exc:
+        if intact:
+            raise
+        raise FormatError(f"{exc}; checksum mismatch: the file is corrupted or truncated") from None
+    if not intact:
+        check.fail("checksum mismatch: the file is corrupted (bit flips, or a partial write)")
+    _check_header(check, header, table)
+    tensors = {}
+    for name, (dtype, shape, begin, end) in table.items():
+        arr = np.frombuffer(rest, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
+        tensors[name] = arr.reshape(shape)
+    for name in ("params", "optimizer_state"):
+        if not np.isfinite(tensors[name]).all():
+            check.fail(f"tensor {name} contains NaN or Inf")
+    if "shuffle_order" in tensors:
+        order = tensors["shuffle_order"]
+        if not np.array_equal(np.sort(order), np.arange(order.shape[0])):
+            check.fail("tensor shuffle_order is not a permutation of the rows")
+    return Contents(header, tensors)
+
+
+def _build(path, contents):
+    """A new Sequential from checked contents (its constructors re-check every value)."""
+    from fastmlp.sequential import Sequential
+
+    header, tensors = contents
+    model_h, opt_h = header["model"], header["optimizer"]
+    try:
+        layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
+                  else Maxout(n_in, n_out, pieces)
+                  for kind, n_in, n_out, pieces, activation, params in _check_layers(_Checker(path),
+                                                                                     model_h["layers"])]
+        optimizer = OPTIMIZERS[opt_h["class"]](
+            **{k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()})
+        model = Sequential(layers, loss=model_h["loss"], optimizer=optimizer, seed=model_h["seed"],
+                           dtype=np.dtype(model_h["dtype"]))
+    except (TypeError, ValueError) as exc:
+        _fail(path, f"the file describes an invalid model: {exc}")
+    _apply_state(model, contents)
+    return model
+
+
+def _apply_state(model, contents):
+    header, tensors = contents
+    np.copyto(model.params, tensors["params"])
+    np.copyto(model.optimizer.state, tensors["optimizer_state"])
+    model.optimizer.step_count = header["optimizer"]["step_count"]
+    model._rng.bit_generator.state = header["rng"]
+
+
+def load(path):
+    """Load a model saved by :meth:`Sequential.save` (or a ``fit`` checkpoint).
+
+    The file is checked completely (magic, format version, sizes against the real file
+    size, SHA-256 checksum, every header field against the architecture) before anything
+    is built; nothing in it can run code.  The model comes back with its weights, loss,
+    dtype, optimizer (hyperparameters, state, step count) and RNG state, so training goes
+    on exactly as it would have without the save.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    FormatError
+        When the file is not an intact fastmlp file of a supported version; the message
+        names the problem.
+    """
+    path = _check_path(path)
+    return _build(path, read(path))
+
+
+def _model_description(model):
+    return {"loss": model.loss, "dtype": model.dtype.name,
+            "layers": [_layer_entry(layer) for layer in model.layers],
+            "optimizer": type(model.optimizer).__name__}
+
+
+def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples):
+    """Check that the checkpoint at ``path`` can resume ``fit`` on ``model``; change nothing.
+
+    Returns the checked contents and the number of epochs it completed.  A checkpoint of
+    another model or another run (architecture, loss, dtype, optimizer class, row count,
+    batch size, shuffle) is refused with ``ValueError``; a damaged file with ``FormatError``.
+    """
+    contents = read(path)
+    header = contents.header
+    training = header["training"]
+    if training is None:
+        raise ValueError(f"{path} is a saved model, not a checkpoint written by fit; "
+                         "pass resume=False or another checkpoint path")
+    mine = _model_description(model)
+    theirs = dict(header["model"], optimizer=header["optimizer"]["class"])
+    for key, value in mine.items():
+        if theirs[key] != value:
+            raise ValueError(f"checkpoint {path} belongs to another model: its {key} is "
+                             f"{_short(theirs[key])}, this model's {_short(value)}")
+    for key, value in (("n_samples", n_samples), ("batch_size", batch_size), ("shuffle", shuffle)):
+        if training[key] != value:
+            raise ValueError(f"checkpoint {path} was written by fit with {key}={training[key]!r}, "
+                             f"this call has {key}={value!r}; resuming would not continue that run "
+                             "(pass resume=False to start afresh)")
+    done = training["epochs_completed"]
+    if done > epochs:
+        raise ValueError(f"checkpoint {path} has already completed {done} epochs, more than "
+                         f"epochs={epochs}")
+    return contents, done
+
+
+def apply_checkpoint(model, contents, order):
+    """Put the checkpoint's parameters, optimizer state, step count, RNG state and row
+    order into ``model`` and ``order`` (after :func:`read_checkpoint` accepted it)."""
+    _apply_state(model, contents)
+    np.copyto(order, contents.tensors["shuffle_order"])
+
