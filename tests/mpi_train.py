@@ -100,7 +100,8 @@ if mode == "equal":
     X, y = parts[rank]
     # Different seeds on purpose: rank 0's weights must reach every rank.
     model = make_model(seed=rank)
-    history = fit_distributed(model, X, y, comm, epochs=2, batch_size=5, shuffle=False)
+    # The public entry point: Sequential.fit(comm=...) hands over to fit_distributed.
+    history = model.fit(X, y, epochs=2, batch_size=5, shuffle=False, comm=comm)
     check_against_reference(result, "equal", model, history, parts, "softmax_cross_entropy",
                             N_CLASSES, 5, 2)
     # Adam: two state slots and a step count (bias correction) to keep in step.

@@ -1,11 +1,14 @@
-"""The command line and the demo (the README's main job)."""
+"""The command line: demo (the README's main job), train, predict, evaluate, bench, and
+clear one-line errors for bad files and arguments."""
 
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fastmlp.cli import main
+from fastmlp.datasets import make_spiral
 
 
 def test_demo_runs_and_reaches_its_accuracy():
@@ -20,12 +23,107 @@ def test_demo_runs_and_reaches_its_accuracy():
 
 
 def test_help_and_usage(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
-    assert "demo" in capsys.readouterr().out
+    for command in ([], ["train"], ["predict"], ["evaluate"], ["demo"], ["bench"]):
+        with pytest.raises(SystemExit) as exc:
+            main(command + ["--help"])
+        assert exc.value.code == 0
+        assert "usage: fastmlp" in capsys.readouterr().out
     assert main([]) == 2
-    with pytest.raises(SystemExit) as exc:
-        main(["demo", "--threads", "0"])
-    assert exc.value.code == 2
+    assert main(["demo", "--threads", "0"]) == 1
     assert "thread count must be an integer" in capsys.readouterr().err
+
+
+@pytest.fixture
+def spiral_csv(tmp_path):
+    X, y = make_spiral(n_per_class=60, seed=0)
+    path = tmp_path / "spiral.csv"
+    rows = ["x,y,cls"] + [f"{a:.6f},{b:.6f},{c}" for (a, b), c in zip(X, y)]
+    path.write_text("\n".join(rows) + "\n")
+    return path, X, y
+
+
+def test_train_predict_evaluate_round_trip(tmp_path, spiral_csv, capsys):
+    csv, X, y = spiral_csv
+    model = tmp_path / "spiral.fastmlp"
+    assert main(["train", str(csv), "--label", "cls", "--hidden", "100", "--epochs", "150",
+                 "--lr", "0.1", "--seed", "1", "--val-split", "0.1", "--out", str(model), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "saved to" in out and "accuracy" in out
+    # predict takes the training file as it is (its label column is dropped) ...
+    assert main(["predict", str(model), str(csv), "--label", "cls"]) == 0
+    labels = np.array(capsys.readouterr().out.split(), dtype=int)
+    assert labels.shape == (180,) and (labels == y).mean() > 0.9
+    # ... and an unlabelled file, written to --out
+    np.save(tmp_path / "X.npy", X)
+    predictions = tmp_path / "pred.txt"
+    assert main(["predict", str(model), str(tmp_path / "X.npy"), "--out", str(predictions)]) == 0
+    np.testing.assert_array_equal(np.loadtxt(predictions, dtype=int), labels)
+    assert main(["predict", str(model), str(csv), "--label", "cls", "--proba"]) == 0
+    proba = np.array([line.split() for line in capsys.readouterr().out.splitlines()], dtype=float)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-4)
+    assert main(["evaluate", str(model), str(csv), "--label", "cls"]) == 0
+    report = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert float(report["accuracy"]) == pytest.approx((labels == y).mean())
+
+
+def test_train_regression_from_npy_pair(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(200, 3))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", X @ [1.0, -2.0, 0.5])
+    data = f"{tmp_path / 'X.npy'}:{tmp_path / 'y.npy'}"
+    assert main(["train", data, "--loss", "mse", "--hidden", "", "--epochs", "60", "--lr", "0.05",
+                 "--out", str(tmp_path / "lin.fastmlp"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "lin.fastmlp"), data]) == 0
+    report = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert float(report["r2"]) > 0.99
+
+
+BAD_FILES = [
+    ("missing.csv", None, "no such file"),
+    ("empty.csv", "", "empty file"),
+    ("header.csv", "a,b,c\n", "a header but no data rows"),
+    ("ragged.csv", "a,b,c\n1,2,3\n4,5\n", "line 3: 2 cells, the header has 3"),
+    ("words.csv", "a,b,c\n1,2,3\n4,five,6\n", "line 3, column 'b': 'five' is not a number"),
+    ("binary.csv", b"\xff\xfe\x00\x01garbage", "not a text CSV file"),
+    ("broken.npz", b"PK\x03\x04 not really a zip", "not a readable .npz file"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_FILES)
+def test_malformed_files_get_one_clear_line(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["train", str(path), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastmlp: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_columns_and_arguments(tmp_path, spiral_csv, capsys):
+    csv, _, _ = spiral_csv
+    cases = [
+        (["train", str(csv), "--label", "nope"], "no column named 'nope'"),
+        (["train", str(csv), "--label", "7"], "column 7 is out of range"),
+        (["train", str(csv), "--hidden", "ten"], "--hidden must be comma-separated integers"),
+        (["train", str(csv), "--lr", "0"], "lr must be in (0.0, inf)"),
+        (["train", str(csv), "--epochs", "0"], "epochs must be a positive integer"),
+        (["train", str(csv), "--val-split", "1.5"], "--val-split must be in [0, 1)"),
+        (["train", str(csv), "--label", "x"], "labels must be class indices"),
+        (["predict", str(tmp_path / "nomodel"), str(csv)], "nomodel"),
+        (["evaluate", str(csv), str(csv)], str(csv)),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_bench_quick_prints_every_shape():
+    out = subprocess.run([sys.executable, "-m", "fastmlp", "bench", "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 5 and all(float(r.split()[-1].replace(",", "")) > 0 for r in rows)

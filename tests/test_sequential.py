@@ -245,3 +245,22 @@ def test_flat_gradients_is_the_buffer_apply_gradients_reads(rng):
     halves.apply_gradients()
     for a, b in zip(full.get_weights(), halves.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_copies_keep_layers_tied_to_the_parameter_vector(rng, how):
+    import copy
+    import pickle
+
+    X = rng.normal(size=(12, 4))
+    y = rng.integers(0, 3, size=12)
+    model = _model(seed=6)
+    model.fit(X, y, epochs=2, batch_size=4)
+    twin = pickle.loads(pickle.dumps(model)) if how == "pickle" else copy.deepcopy(model)
+    np.testing.assert_array_equal(twin.decision_function(X), model.decision_function(X))
+    twin.fit(X, y, epochs=1, batch_size=4)
+    for layer_weights, flat in zip(twin.get_weights(), twin._layer_views(twin.params, 0)):
+        np.testing.assert_array_equal(layer_weights, flat)  # get_weights sees the training
+    twin.set_weights([np.zeros_like(w) for w in twin.get_weights()])
+    assert not twin.decision_function(X).any()  # set_weights reaches the model
+    assert model.decision_function(X).any()  # and not the original

@@ -1,19 +1,91 @@
-"""The ``fastmlp`` command line."""
+"""The ``fastmlp`` command line: ``train``, ``predict``, ``evaluate``, ``demo``, ``bench``.
+
+Every expected failure (a bad file, a missing column, bad hyperparameters, a model file
+that does not load) is printed as one ``fastmlp: error: ...`` line with exit status 1;
+usage errors exit with 2, as argparse does.
+"""
 
 import argparse
 import sys
+import time
+
+LOSSES = ["softmax_cross_entropy", "multiclass_hinge", "binary_cross_entropy", "mse"]
+ACTIVATIONS = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu"]
+
+
+class CommandError(Exception):
+    """A failure to report as one line, without a traceback."""
+
+
+def _data_arguments(parser):
+    parser.add_argument("data", metavar="DATA",
+                        help="file.csv (header row; label column chosen by --label, default the "
+                             "last), file.npz (arrays X and y), or X.npy:y.npy")
+    parser.add_argument("--label", metavar="NAME|INDEX", default=None,
+                        help="CSV label column, by header name or 0-based position (default: last)")
+
+
+def _threads_argument(parser):
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for training and prediction (default: all cores)")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastmlp", description="Fast JIT-compiled MLPs for CPUs.")
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model on a data file and save it",
+                                description="Train an MLP on DATA; save it with --out.")
+    _data_arguments(train)
+    train.add_argument("--hidden", default="100", metavar="N,N,...",
+                       help="hidden layer widths, comma-separated; '' for none (default: 100)")
+    train.add_argument("--activation", default="relu", choices=ACTIVATIONS + ["maxout"],
+                       help="hidden-layer activation (default: relu)")
+    train.add_argument("--loss", default="softmax_cross_entropy", choices=LOSSES,
+                       help="loss (default: softmax_cross_entropy)")
+    train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+                       help="optimizer (default: sgd)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default: 0.01 for sgd, 0.001 for adam/adamw)")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    train.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
+    train.add_argument("--batch-size", type=int, default=32, help="minibatch size (default: 32)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--val-split", type=float, default=0.0, metavar="FRACTION",
+                       help="hold out this fraction of DATA for validation (default: 0)")
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--out", metavar="MODEL", default=None, help="save the trained model here")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    _threads_argument(train)
+
+    predict = commands.add_parser("predict", help="predict with a saved model, one line per sample",
+                                  description="Predict DATA with MODEL: one prediction per line. "
+                                              "A label column in DATA (as used for train) is ignored.")
+    predict.add_argument("model", metavar="MODEL")
+    _data_arguments(predict)
+    predict.add_argument("--proba", action="store_true", help="print probabilities instead of labels")
+    predict.add_argument("--out", metavar="FILE", default=None, help="write here instead of stdout")
+    _threads_argument(predict)
+
+    evaluate = commands.add_parser("evaluate", help="loss and accuracy (or R^2) of a saved model",
+                                   description="Evaluate MODEL on the labelled DATA.")
+    evaluate.add_argument("model", metavar="MODEL")
+    _data_arguments(evaluate)
+    _threads_argument(evaluate)
+
     demo = commands.add_parser("demo", help="train on built-in data (spiral, digits) and report accuracy",
                                description="Train on the 3-class spiral and the shipped digits set; "
                                            "prints per-epoch progress and the final accuracy.")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--threads", type=int, default=None,
-                      help="threads for numba and BLAS together (default: all cores)")
+    _threads_argument(demo)
+
+    bench = commands.add_parser("bench", help="fastmlp's training and prediction throughput",
+                                description="Samples/s of fit and predict on the standard shapes "
+                                            "(random data). benchmarks/compare.py in the source "
+                                            "tree compares with PyTorch, JAX and scikit-learn.")
+    bench.add_argument("--quick", action="store_true", help="less work per shape (noisier)")
+    _threads_argument(bench)
     return parser
 
 
@@ -23,22 +95,140 @@ def _version():
     return f"fastmlp {__version__}"
 
 
+def _set_threads(n):
+    if n is not None:
+        from fastmlp.threads import set_num_threads
+
+        try:
+            set_num_threads(n)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+
+def _load(path, label, n_features=None, need_labels=True):
+    from fastmlp.datafiles import DataFileError, load_data
+
+    try:
+        X, y = load_data(path, label=label, n_features=n_features)
+    except DataFileError as exc:
+        raise CommandError(str(exc)) from None
+    if need_labels and y is None:
+        raise CommandError(f"{path}: no labels found (use --label, or X.npy:y.npy)")
+    return X, y
+
+
+def _train(args):
+    import numpy as np
+
+    from fastmlp import SGD, Adam, AdamW, Dense, Maxout, Sequential
+
+    X, y = _load(args.data, args.label)
+    try:
+        hidden = [int(w) for w in args.hidden.split(",") if w.strip()]
+    except ValueError:
+        raise CommandError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
+    if args.loss in ("softmax_cross_entropy", "multiclass_hinge"):
+        if (y < 0).any() or (y != np.round(y)).any():
+            raise CommandError(f"{args.data}: labels must be class indices 0, 1, 2, ... for {args.loss}")
+        n_out = int(y.max()) + 1
+    else:
+        n_out = 1 if y.ndim == 1 else y.shape[1]
+    if not 0.0 <= args.val_split < 1.0:
+        raise CommandError(f"--val-split must be in [0, 1), got {args.val_split}")
+    widths = [X.shape[1]] + hidden
+    layers = [Maxout(a, b) if args.activation == "maxout" else Dense(a, b, activation=args.activation)
+              for a, b in zip(widths[:-1], widths[1:])]
+    layers.append(Dense(widths[-1], n_out))
+    if args.optimizer == "sgd":
+        optimizer = SGD(lr=0.01 if args.lr is None else args.lr, momentum=args.momentum)
+    else:
+        optimizer = (Adam if args.optimizer == "adam" else AdamW)(lr=0.001 if args.lr is None else args.lr)
+    model = Sequential(layers, loss=args.loss, optimizer=optimizer, seed=args.seed,
+                       dtype=getattr(np, args.dtype))
+    validation = None
+    if args.val_split > 0:
+        order = np.random.default_rng(args.seed).permutation(len(X))
+        n_val = max(1, int(round(len(X) * args.val_split)))
+        if n_val >= len(X):
+            raise CommandError("--val-split leaves no training data")
+        val, keep = order[:n_val], order[n_val:]
+        validation = (X[val], y[val])
+        X, y = X[keep], y[keep]
+    start = time.perf_counter()
+    model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=validation,
+              verbose=0 if args.quiet else 1)
+    seconds = time.perf_counter() - start
+    result = model.evaluate(X, y)
+    summary = " ".join(f"{k} {v:.4f}" for k, v in result.items())
+    print(f"trained {len(X)} samples x {args.epochs} epochs in {seconds:.1f} s; training {summary}")
+    if args.out:
+        model.save(args.out)
+        print(f"saved to {args.out}")
+
+
+def _load_model(path):
+    import fastmlp
+
+    try:
+        return fastmlp.load(path)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: {exc}") from None
+
+
+def _predict(args):
+    import numpy as np
+
+    model = _load_model(args.model)
+    X, _ = _load(args.data, args.label, n_features=model.n_features_in, need_labels=False)
+    predictions = model.predict_proba(X) if args.proba else model.predict(X)
+    lines = [" ".join(f"{v:.6g}" for v in np.atleast_1d(row)) if args.proba or row.ndim else str(row)
+             for row in predictions]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _evaluate(args):
+    model = _load_model(args.model)
+    X, y = _load(args.data, args.label, n_features=None)
+    result = model.evaluate(X, y)
+    if not model.is_classifier:
+        result["r2"] = model.score(X, y)
+    for key, value in result.items():
+        print(f"{key} {value:.6f}")
+
+
+def _bench(args):
+    from fastmlp.bench import run_bench
+
+    run_bench(quick=args.quick)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "demo":
-        from fastmlp.demo import run_demo
-        from fastmlp.threads import set_num_threads
+    from fastmlp.sequential import DivergenceError
 
-        if args.threads is not None:
-            try:
-                set_num_threads(args.threads)
-            except ValueError as exc:
-                parser.error(str(exc))
-        run_demo(seed=args.seed)
+    try:
+        _set_threads(args.threads)
+        if args.command == "demo":
+            from fastmlp.demo import run_demo
+
+            run_demo(seed=args.seed)
+        else:
+            {"train": _train, "predict": _predict, "evaluate": _evaluate, "bench": _bench}[args.command](args)
+    except (CommandError, DivergenceError) as exc:
+        print(f"fastmlp: error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as exc:  # fastmlp's input checks: clear messages already
+        print(f"fastmlp: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

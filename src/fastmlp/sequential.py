@@ -157,6 +157,13 @@ class Sequential:
         return (f"Sequential([\n    {inner}\n], loss={self.loss!r}, optimizer={self.optimizer!r}, "
                 f"dtype={self.dtype.name})")
 
+    def __setstate__(self, state):
+        # pickle and deepcopy restore each layer's W and b as arrays of their own (numpy
+        # copies views): point them back into the parameter vector.
+        self.__dict__.update(state)
+        for k, layer in enumerate(self.layers):
+            layer.W, layer.b = self._layer_views(self.params, k)
+
     # ----------------------------------------------------------------- weights
     def _layer_views(self, flat, k):
         layer = self.layers[k]
@@ -341,7 +348,7 @@ class Sequential:
         return loss
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=0,
-            checkpoint=None, checkpoint_every=None, resume=False):
+            checkpoint=None, checkpoint_every=None, resume=False, comm=None):
         """Train by minibatch gradient descent.
 
         Parameters
@@ -387,7 +394,20 @@ class Sequential:
             When a batch's loss is NaN or Inf.  The message gives the epoch and step; the
             parameters are those of the last finite step (or of the start of that epoch if
             the last update already made them non-finite).
+        comm : mpi4py.MPI.Comm, optional
+            Train data-parallel over the communicator's ranks: ``X`` and ``y`` are this
+            rank's shard and ``batch_size`` is per rank (see docs/distributed.md).
+            Checkpoints are not supported there yet.
         """
+        if comm is not None:
+            # Before any local check: fit_distributed validates on every rank at once, so
+            # bad input on one rank raises everywhere instead of leaving the others waiting.
+            if checkpoint is not None or resume:
+                raise NotImplementedError("checkpoint/resume are not supported with comm= yet")
+            from fastmlp.distributed import fit_distributed
+
+            return fit_distributed(self, X, y, comm, epochs=epochs, batch_size=batch_size,
+                                   shuffle=shuffle, validation_data=validation_data, verbose=verbose)
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         if not isinstance(shuffle, (bool, np.bool_)):
