@@ -28,13 +28,11 @@ needs_mpi = pytest.mark.skipif(
     reason=f"needs mpi4py and {MPIEXEC} (pip install 'fastmlp[mpi]')")
 
 
-def mpirun(mode, n, tmp_path):
-    """Run tests/mpi_train.py MODE under ``mpiexec -n N``; (returncode, output, rank 0's JSON)."""
-    out = tmp_path / f"{mode}-{n}.json"
+def mpiexec(n, program):
+    """Run ``program`` (argv) under ``mpiexec -n N`` on loopback; (returncode, output)."""
     env = dict(os.environ, UCX_NET_DEVICES="lo", HYDRA_IFACE="lo", PYTHONUNBUFFERED="1")
     env.pop("NUMBA_NUM_THREADS", None)  # the threads test needs numba's default
-    cmd = [str(MPIEXEC), "-launcher", "fork", "-n", str(n), sys.executable, str(SCRIPT), mode,
-           str(n), str(out)]
+    cmd = [str(MPIEXEC), "-launcher", "fork", "-n", str(n), *program]
     # A session of its own, so a timeout can kill every rank (and hydra's proxy) at once.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=HERE, start_new_session=True)
@@ -43,9 +41,16 @@ def mpirun(mode, n, tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail(f"mpiexec -n {n} {mode} hung for {TIMEOUT_S} s and was killed:\n{output}")
+        pytest.fail(f"mpiexec -n {n} {program} hung for {TIMEOUT_S} s and was killed:\n{output}")
+    return proc.returncode, output
+
+
+def mpirun(mode, n, tmp_path):
+    """Run tests/mpi_train.py MODE under ``mpiexec -n N``; (returncode, output, rank 0's JSON)."""
+    out = tmp_path / f"{mode}-{n}.json"
+    returncode, output = mpiexec(n, [sys.executable, str(SCRIPT), mode, str(n), str(out)])
     result = json.loads(out.read_text()) if out.exists() else None
-    return proc.returncode, output, result
+    return returncode, output, result
 
 
 @needs_mpi
@@ -131,3 +136,23 @@ def test_core_does_not_import_mpi4py():
         "    raise AssertionError('no ImportError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@needs_mpi
+def test_cli_train_mpi_saves_one_model_from_rank_zero(tmp_path):
+    import numpy as np
+
+    import fastmlp
+    from fastmlp.datasets import make_spiral
+
+    X, y = make_spiral(n_per_class=40, seed=0)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    model_path = tmp_path / "spiral.fastmlp"
+    argv = [sys.executable, "-m", "fastmlp", "train", f"{tmp_path / 'X.npy'}:{tmp_path / 'y.npy'}",
+            "--mpi", "--epochs", "3", "--hidden", "16", "--threads", "1", "--out", str(model_path)]
+    returncode, output = mpiexec(2, argv)
+    assert returncode == 0, output
+    assert output.count("saved to") == 1 and "on 2 ranks" in output
+    assert output.count("epoch 3/3") == 1
+    assert fastmlp.load(str(model_path)).predict(X).shape == (120,)

@@ -57,6 +57,9 @@ def build_parser():
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--out", metavar="MODEL", default=None, help="save the trained model here")
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    train.add_argument("--mpi", action="store_true",
+                       help="data-parallel over MPI: run under mpiexec; each rank trains on its "
+                            "slice of DATA's rows, rank 0 prints and saves (needs fastmlp[mpi])")
     _threads_argument(train)
 
     predict = commands.add_parser("predict", help="predict with a saved model, one line per sample",
@@ -117,12 +120,22 @@ def _load(path, label, n_features=None, need_labels=True):
     return X, y
 
 
+def _mpi_world():
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise CommandError("--mpi needs mpi4py: pip install 'fastmlp[mpi]'") from None
+    return MPI.COMM_WORLD
+
+
 def _train(args):
     import numpy as np
 
     from fastmlp import SGD, Adam, AdamW, Dense, Maxout, Sequential
 
     X, y = _load(args.data, args.label)
+    comm = _mpi_world() if args.mpi else None
+    rank = comm.Get_rank() if comm is not None else 0
     try:
         hidden = [int(w) for w in args.hidden.split(",") if w.strip()]
     except ValueError:
@@ -154,13 +167,27 @@ def _train(args):
         val, keep = order[:n_val], order[n_val:]
         validation = (X[val], y[val])
         X, y = X[keep], y[keep]
+    n_total = len(X)
+    if comm is not None:
+        # Every rank read the whole file; each keeps a contiguous slice of the rows (and of
+        # the validation rows).  fit_distributed weighs the ranks' losses by their rows.
+        size = comm.Get_size()
+        rows = slice(rank * len(X) // size, (rank + 1) * len(X) // size)
+        X, y = X[rows], y[rows]
+        if validation is not None:
+            v = slice(rank * len(validation[0]) // size, (rank + 1) * len(validation[0]) // size)
+            validation = (validation[0][v], validation[1][v])
     start = time.perf_counter()
     model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=validation,
-              verbose=0 if args.quiet else 1)
+              verbose=0 if args.quiet else 1, comm=comm)
     seconds = time.perf_counter() - start
+    if rank != 0:
+        return
+    ranks = f" on {comm.Get_size()} ranks" if comm is not None else ""
     result = model.evaluate(X, y)
     summary = " ".join(f"{k} {v:.4f}" for k, v in result.items())
-    print(f"trained {len(X)} samples x {args.epochs} epochs in {seconds:.1f} s; training {summary}")
+    print(f"trained {n_total} samples x {args.epochs} epochs{ranks} in {seconds:.1f} s; "
+          f"training {summary}{' (rank 0 slice)' if ranks else ''}")
     if args.out:
         model.save(args.out)
         print(f"saved to {args.out}")
