@@ -35,3 +35,16 @@ def rng():
 def away_from_kinks(z, margin=1e-2):
     """Push values out of (-margin, margin): ReLU-family derivatives jump at 0."""
     return np.where(np.abs(z) < margin, np.sign(z + 1e-300) * margin + z, z)
+
+
+#: Output width used with each loss by the API tests.
+LOSS_OUTPUTS = {"softmax_cross_entropy": 3, "multiclass_hinge": 3, "binary_cross_entropy": 2, "mse": 2}
+
+
+def random_targets(rng, loss, n, n_out):
+    """``y`` for ``n`` rows: class labels, 0/1 targets or real targets, as ``loss`` takes."""
+    if loss in ("softmax_cross_entropy", "multiclass_hinge"):
+        return rng.integers(0, n_out, size=n)
+    if loss == "binary_cross_entropy":
+        return rng.integers(0, 2, size=(n, n_out))
+    return rng.normal(size=(n, n_out))

@@ -15,6 +15,7 @@ import pytest
 import fastmlp
 import fastmlp.io as fio
 from fastmlp import SGD, Adam, AdamW, Dense, FormatError, Maxout, Sequential
+from conftest import LOSS_OUTPUTS, random_targets as _targets
 
 DTYPES = [np.float32, np.float64]
 
@@ -25,15 +26,6 @@ OPTIMIZERS = [
     lambda: AdamW(lr=0.01),
 ]
 
-LOSS_OUTPUTS = {"softmax_cross_entropy": 3, "multiclass_hinge": 3, "binary_cross_entropy": 2, "mse": 2}
-
-
-def _targets(rng, loss, n, n_out):
-    if loss in ("softmax_cross_entropy", "multiclass_hinge"):
-        return rng.integers(0, n_out, size=n)
-    if loss == "binary_cross_entropy":
-        return rng.integers(0, 2, size=(n, n_out))
-    return rng.normal(size=(n, n_out))
 
 
 def _model(loss="softmax_cross_entropy", dtype=np.float32, optimizer=None, seed=0, n_out=3):

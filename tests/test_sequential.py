@@ -5,16 +5,8 @@ import pytest
 
 from fastmlp import SGD, Dense, DivergenceError, Maxout, Sequential
 from fastmlp.datasets import make_spiral
+from conftest import LOSS_OUTPUTS, random_targets as _targets
 
-LOSS_OUTPUTS = {"softmax_cross_entropy": 3, "multiclass_hinge": 3, "binary_cross_entropy": 2, "mse": 2}
-
-
-def _targets(rng, loss, n, n_out):
-    if loss in ("softmax_cross_entropy", "multiclass_hinge"):
-        return rng.integers(0, n_out, size=n)
-    if loss == "binary_cross_entropy":
-        return rng.integers(0, 2, size=(n, n_out))
-    return rng.normal(size=(n, n_out))
 
 
 def _model(loss="softmax_cross_entropy", seed=0, dtype=np.float32, n_out=3, lr=0.05):

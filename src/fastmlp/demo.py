@@ -2,8 +2,6 @@
 
 import time
 
-import numpy as np
-
 from fastmlp.datasets import load_digits, make_spiral, train_test_split
 from fastmlp.layers import Dense
 from fastmlp.optimizers import SGD

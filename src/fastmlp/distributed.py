@@ -12,7 +12,6 @@ never needs it.
 """
 
 import math
-import numbers
 import os
 import sys
 import traceback
@@ -21,7 +20,6 @@ import zlib
 import numba
 import numpy as np
 
-from fastmlp._validation import check_positive_int
 from fastmlp.kernels import network
 from fastmlp.sequential import DivergenceError, History, Sequential
 from fastmlp.threads import get_num_threads
@@ -103,23 +101,7 @@ def _validate(model, X, y, epochs, batch_size, shuffle, validation_data, verbose
     """This rank's arguments, checked and converted, or an exception (never raised here)."""
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a fastmlp Sequential, got {type(model).__name__}")
-    epochs = check_positive_int(epochs, "epochs")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
-    if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
-        raise ValueError(f"verbose must be an integer, got {verbose!r}")
-    X, labels, targets = model._prepare(X, y)
-    validation = None
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
-        try:
-            X_val, labels_val, targets_val = model._prepare(*validation_data)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"validation_data: {exc}") from None
-        validation = (X_val, labels_val, targets_val, model._inference_workspace(X_val.shape[0]))
-    return epochs, batch_size, bool(shuffle), X, labels, targets, validation
+    return model._check_fit_arguments(X, y, epochs, batch_size, shuffle, validation_data, verbose)
 
 
 def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, validation_data=None,
@@ -191,7 +173,6 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
       which ends the whole job with a non-zero exit status.
     """
     MPI = _mpi()
-    rank, size = comm.Get_rank(), comm.Get_size()
 
     # -------- 1. every check, then one collective agreement (nothing changed yet)
     error, checked = None, None

@@ -408,23 +408,9 @@ class Sequential:
 
             return fit_distributed(self, X, y, comm, epochs=epochs, batch_size=batch_size,
                                    shuffle=shuffle, validation_data=validation_data, verbose=verbose)
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
-        if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
-            raise ValueError(f"verbose must be an integer, got {verbose!r}")
         checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
-        X, labels, targets = self._prepare(X, y)
-        validation = None
-        if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
-            try:
-                X_val, labels_val, targets_val = self._prepare(*validation_data)
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(f"validation_data: {exc}") from None
-            validation = (X_val, labels_val, targets_val, self._inference_workspace(X_val.shape[0]))
+        epochs, batch_size, shuffle, X, labels, targets, validation = self._check_fit_arguments(
+            X, y, epochs, batch_size, shuffle, validation_data, verbose)
 
         n = X.shape[0]
         batch_size = min(batch_size, n)
@@ -484,6 +470,32 @@ class Sequential:
                 print(line, flush=True)
         self.history = history
         return history
+
+    def _check_fit_arguments(self, X, y, epochs, batch_size, shuffle, validation_data, verbose):
+        """``fit``'s arguments checked and converted (shared with ``fit_distributed``).
+
+        Returns
+        -------
+        epochs, batch_size, shuffle, X, labels, targets, validation
+            ``validation`` is None or ``(X_val, labels_val, targets_val, workspace)``.
+        """
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
+        if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
+            raise ValueError(f"verbose must be an integer, got {verbose!r}")
+        X, labels, targets = self._prepare(X, y)
+        validation = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            try:
+                X_val, labels_val, targets_val = self._prepare(*validation_data)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"validation_data: {exc}") from None
+            validation = (X_val, labels_val, targets_val, self._inference_workspace(X_val.shape[0]))
+        return epochs, batch_size, bool(shuffle), X, labels, targets, validation
 
     # ----------------------------------------------------------------- inference
     def _evaluate_prepared(self, X, labels, targets, ws):
