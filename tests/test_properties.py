@@ -39,36 +39,34 @@ def score_batches(draw, classification):
     return scores, labels, targets
 
 
-def _loss(name, scores, labels, targets):
+def _checked_loss(name, scores, labels, targets, terms_per_row=1):
+    """Run the loss kernel; assert value and gradient are finite and the value matches the
+    reference.  Returns ``(grad, reference grad, magnitude of the largest score)``."""
     grad = np.full_like(scores, np.nan)
     value = losses.loss_and_grad(losses.LOSSES[name], scores, labels, targets, grad,
                                  np.empty(len(scores)), 1)
-    return value, grad
+    uses_labels = name in ("softmax_cross_entropy", "multiclass_hinge")
+    want_value, want_grad = ref.LOSSES[name](scores, labels if uses_labels else targets)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    # The loss itself is up to ~|score| large: compare relative to that scale.
+    scale = max(1.0, float(np.abs(scores.astype(float)).max()))
+    assert abs(value - want_value) <= tolerance(scores.dtype)["rtol"] * scale * terms_per_row * 4
+    return grad, want_grad, scale
 
 
 @SETTINGS
 @given(score_batches(classification=True))
 def test_softmax_cross_entropy_is_finite_and_right_for_any_finite_logits(batch):
-    scores, labels, targets = batch
-    value, grad = _loss("softmax_cross_entropy", scores, labels, targets)
-    want_value, want_grad = ref.softmax_cross_entropy(scores, labels)
-    assert np.isfinite(value) and np.isfinite(grad).all()
-    # The loss itself is up to ~|logit| large: compare relative to that scale.
-    scale = max(1.0, float(np.abs(scores.astype(float)).max()))
-    assert abs(value - want_value) <= tolerance(scores.dtype)["rtol"] * scale * 4
-    np.testing.assert_allclose(grad, want_grad, atol=1e-5 if scores.dtype == np.float32 else 1e-12)
+    grad, want_grad, _ = _checked_loss("softmax_cross_entropy", *batch)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-5 if grad.dtype == np.float32 else 1e-12)
     np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-5)  # softmax rows minus one-hot
 
 
 @SETTINGS
 @given(score_batches(classification=True))
 def test_multiclass_hinge_matches_reference(batch):
-    scores, labels, targets = batch
-    value, grad = _loss("multiclass_hinge", scores, labels, targets)
-    want_value, want_grad = ref.multiclass_hinge(scores, labels)
-    assert np.isfinite(value) and np.isfinite(grad).all()
-    scale = max(1.0, float(np.abs(scores.astype(float)).max()))
-    assert abs(value - want_value) <= tolerance(scores.dtype)["rtol"] * scale * scores.shape[1] * 4
+    scores = batch[0]
+    grad, want_grad, scale = _checked_loss("multiclass_hinge", *batch, terms_per_row=scores.shape[1])
     if scale < 1e6:  # at 1e30 a margin of "+1" vanishes in rounding: which side is ambiguous
         np.testing.assert_allclose(grad, want_grad)
 
@@ -76,13 +74,8 @@ def test_multiclass_hinge_matches_reference(batch):
 @SETTINGS
 @given(score_batches(classification=False))
 def test_binary_cross_entropy_is_finite_and_right_for_any_finite_logits(batch):
-    scores, labels, targets = batch
-    value, grad = _loss("binary_cross_entropy", scores, labels, targets)
-    want_value, want_grad = ref.binary_cross_entropy(scores, targets)
-    assert np.isfinite(value) and np.isfinite(grad).all()
-    scale = max(1.0, float(np.abs(scores.astype(float)).max()))
-    assert abs(value - want_value) <= tolerance(scores.dtype)["rtol"] * scale * 4
-    np.testing.assert_allclose(grad, want_grad, atol=1e-6 if scores.dtype == np.float32 else 1e-12)
+    grad, want_grad, _ = _checked_loss("binary_cross_entropy", *batch)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-6 if grad.dtype == np.float32 else 1e-12)
 
 
 @st.composite
