@@ -8,13 +8,20 @@ bad      models or arguments that differ between ranks (caught), then rank 1 get
          X: every rank must raise the same ValueError
 crash    rank 1 fails inside the training loop: the job must abort, not hang
 threads  numba's thread count per rank during training: default, and chosen by the user
+resume   ``mpi_train.py resume SIZE OUT.json DTYPE CHECKPOINT LENGTHS KILL``: fit(comm=...,
+         checkpoint=CHECKPOINT ("-" for none), checkpoint_every=1, resume=True), shuffled,
+         on shards of LENGTHS rows ("9,7"); KILL "rank:call" makes that rank SIGKILL itself
+         at its call-th compute_gradients ("-1:0": never).  Records every rank's final state.
 
 Rank 0 writes what it measured as JSON to OUT.json.  Every comparison with single-process
 training is made on rank 0, against a model stepped with compute_gradients/apply_gradients
 on the concatenation of the ranks' minibatches.
 """
 
+import hashlib
 import json
+import os
+import signal
 import sys
 
 import numpy as np
@@ -36,10 +43,10 @@ if size != expected_size:
 N_FEATURES, N_CLASSES = 5, 3
 
 
-def make_model(seed, loss="softmax_cross_entropy", n_out=N_CLASSES, adam=False):
+def make_model(seed, loss="softmax_cross_entropy", n_out=N_CLASSES, adam=False, dtype=np.float64):
     optimizer = fastmlp.Adam(lr=0.05) if adam else SGD(lr=0.2, momentum=0.9)
     return Sequential([Dense(N_FEATURES, 7, activation="tanh"), Dense(7, n_out)], loss=loss,
-                      optimizer=optimizer, seed=seed, dtype=np.float64)
+                      optimizer=optimizer, seed=seed, dtype=dtype)
 
 
 def shards(lengths, targets="labels"):
@@ -140,6 +147,32 @@ elif mode == "bad":
             fit_distributed(model, X, y, comm, epochs=1, batch_size=2, **kwargs)
         except ValueError as exc:
             print(f"rank {rank} refused: {exc}", flush=True)
+    checkpoint = out_path + ".ck"
+    refusals = [
+        dict(checkpoint=checkpoint, checkpoint_every=0 if rank == 1 else 1),
+        dict(checkpoint=checkpoint if rank == 0 else None),  # rank 1 would not gather
+        dict(checkpoint=checkpoint, resume=rank == 0),
+    ]
+    for kwargs in refusals:
+        try:
+            make_model(0).fit(X, y, epochs=1, batch_size=2, comm=comm, **kwargs)
+        except ValueError as exc:
+            print(f"rank {rank} refused: {exc}", flush=True)
+    # Rank 0 cannot write the checkpoint: every rank raises its OSError, none waits.
+    import fastmlp.io as fio
+
+    real_write = fio.atomic_write
+
+    def full_disk(path, chunks):
+        raise OSError(28, "No space left on device")
+
+    if rank == 0:
+        fio.atomic_write = full_disk
+    try:
+        make_model(0).fit(X, y, epochs=2, batch_size=2, comm=comm, checkpoint=checkpoint)
+    except OSError as exc:
+        print(f"rank {rank} refused: {exc}", flush=True)
+    fio.atomic_write = real_write
     if rank == 1:
         X[2, 3] = np.nan
     fit_distributed(make_model(0), X, y, comm, epochs=1, batch_size=2)  # raises everywhere
@@ -189,6 +222,34 @@ elif mode == "threads":
                          "after": comm.gather(after, root=0),
                          "user_set": comm.gather(sorted(set(user_set)), root=0),
                          "max": numba.config.NUMBA_NUM_THREADS}
+elif mode == "resume":
+    dtype, checkpoint, lengths, kill = sys.argv[4:8]
+    kill_rank, kill_call = (int(v) for v in kill.split(":"))
+    X, y = shards([int(n) for n in lengths.split(",")])[rank]
+    model = make_model(seed=0, adam=True, dtype=np.dtype(dtype))
+    if rank == kill_rank:
+        calls, original = [], model.compute_gradients
+
+        def dying(*args):
+            calls.append(1)
+            if len(calls) == kill_call:  # updates since the last checkpoint: in memory only
+                print(f"rank {rank} kills itself", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args)
+
+        model.compute_gradients = dying
+    kwargs = {} if checkpoint == "-" else dict(checkpoint=checkpoint, checkpoint_every=1,
+                                               resume=True)
+    history = model.fit(X, y, epochs=8, batch_size=3, shuffle=True, validation_data=(X, y),
+                        comm=comm, **kwargs)
+
+    def digest(arr):
+        return hashlib.sha256(arr.tobytes()).hexdigest()
+
+    state = comm.gather({"params": digest(model.params), "optimizer": digest(model.optimizer.state),
+                         "step_count": model.optimizer.step_count,
+                         "rng": model._rng.bit_generator.state}, root=0)
+    result["resume"] = {"ranks": state, "epoch": history.epoch, "history": history.history}
 else:
     raise SystemExit(f"unknown mode {mode!r}")
 

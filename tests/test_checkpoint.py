@@ -378,3 +378,82 @@ def test_killed_at_random_times_then_rerun_ends_identical(workdir, reference):
     assert landed >= 3
     _run(workdir, ck, out, every=1)
     assert _same_model(out, reference)
+
+
+# ----------------------------------------------------------------------------- distributed format
+def _distributed_checkpoint(path, lengths=(5, 3)):
+    """A fit_distributed checkpoint written in-process: each rank's order, streams and rows."""
+    import fastmlp.io as fio
+
+    model = _model()
+    states = []
+    for r, n in enumerate(lengths):
+        stream = np.random.default_rng(100 + r)
+        order = stream.permutation(n)
+        states.append(fio.rank_state(model, order, stream))
+    fio.save_distributed_checkpoint(model, path, states, 2, 4, 3, True)
+    return model, states
+
+
+def _rewrite(path, edit):
+    """Apply ``edit(header, order)`` to a file and give it a valid checksum again."""
+    import hashlib
+    import json
+
+    import fastmlp.io as fio
+
+    data = path.read_bytes()
+    n = int.from_bytes(data[8:16], "little")
+    header = json.loads(data[16:16 + n])
+    payload = bytearray(data[16 + n:-32])
+    begin, end = header["tensors"]["shuffle_order"]["offsets"]
+    order = np.frombuffer(payload, "<i8", count=(end - begin) // 8, offset=begin).copy()
+    edit(header, order)
+    payload[begin:end] = order.tobytes()
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    body = fio.MAGIC + len(text).to_bytes(8, "little") + text + bytes(payload)
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def test_distributed_checkpoint_layout_and_round_trip(tmp_path):
+    import fastmlp.io as fio
+
+    path = tmp_path / "ck.fmlp"
+    model, states = _distributed_checkpoint(path)
+    contents = fio.read(path)
+    training = contents.header["training"]
+    assert training["n_samples"] == 8 and [r["n_samples"] for r in training["ranks"]] == [5, 3]
+    assert set(training["ranks"][0]) == {"n_samples", "rng", "shuffle_rng"}
+    # One shuffle_order over every rank's rows: rank 1's rows are numbered from 5.
+    order = contents.tensors["shuffle_order"]
+    assert sorted(order[:5]) == [0, 1, 2, 3, 4] and sorted(order[5:]) == [5, 6, 7]
+    for (o, shuffle_rng, rng), (o2, shuffle_rng2, rng2) in zip(fio.rank_states(contents), states):
+        assert np.array_equal(o, o2) and shuffle_rng == shuffle_rng2 and rng == rng2
+    assert _state(fastmlp.load(path)) == _state(model)  # a model file like any other
+    # Resumable by a run of 2 ranks with these shards, and by nothing else.
+    assert fio.read_checkpoint(_model(), path, 4, 3, True, 8, lengths=[5, 3])[1] == 2
+    for lengths, message in (([5, 3, 1], "written by 2 rank\\(s\\), this job has 3"),
+                             ([4, 4], "shards of \\[5, 3\\] rows"),
+                             (None, "written by fit_distributed on 2 rank")):
+        with pytest.raises(ValueError, match=message):
+            fio.read_checkpoint(_model(), path, 4, 3, True, 8, lengths=lengths)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h, o: h["training"]["ranks"][1].update(n_samples=2), "hold 7 rows in all"),
+    (lambda h, o: h["training"]["ranks"][0].update(extra=1), "unknown field"),
+    (lambda h, o: h["training"]["ranks"][1].pop("shuffle_rng"), "lacks shuffle_rng"),
+    (lambda h, o: h["training"]["ranks"][1]["shuffle_rng"].update(bit_generator="MT19937"),
+     r"ranks\[1\] shuffle_rng bit_generator"),
+    (lambda h, o: h["training"]["ranks"][0]["rng"]["state"].update(inc=-1), r"ranks\[0\] rng state\.inc"),
+    (lambda h, o: h["training"].update(ranks=[]), "list of 1 to n_samples"),
+    (lambda h, o: h["training"].update(ranks={"n_samples": 8}), "list of 1 to n_samples"),
+    (lambda h, o: o.__setitem__(slice(4, 6), o[4:6][::-1].copy()), "gives rank 0 rows of another rank"),
+])
+def test_damaged_distributed_checkpoint_is_refused(tmp_path, edit, message):
+    path = tmp_path / "ck.fmlp"
+    _distributed_checkpoint(path)
+    _rewrite(path, edit)
+    with pytest.raises(FormatError, match=message):
+        fastmlp.load(path)

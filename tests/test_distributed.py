@@ -110,6 +110,15 @@ def test_bad_input_on_one_rank_raises_on_every_rank(n, tmp_path):
                 "its optimizer;") in output
         assert (f"rank {r} refused: fit_distributed: validation_data was given on some ranks "
                 f"but not on rank(s) {list(range(1, n))}") in output
+        # Checkpoint arguments: checked on every rank, and the same on every rank.
+        assert (f"rank {r} refused: fit_distributed: rank 1 of {n}: checkpoint_every must be a "
+                "positive integer, got 0") in output
+        assert (f"rank {r} refused: fit_distributed: rank 1's checkpoint (given or not) differs "
+                "from rank 0's") in output
+        assert f"rank {r} refused: fit_distributed: rank 1's resume differs from rank 0's" in output
+        assert (f"rank {r} refused: fit_distributed: rank 0 of {n}: could not write checkpoint "
+                f"{tmp_path / f'bad-{n}.json.ck'}: [Errno 28] No space left on device") in output
+    assert not (tmp_path / f"bad-{n}.json.ck").exists()
 
 
 @needs_mpi
@@ -156,3 +165,112 @@ def test_cli_train_mpi_saves_one_model_from_rank_zero(tmp_path):
     assert output.count("saved to") == 1 and "on 2 ranks" in output
     assert output.count("epoch 3/3") == 1
     assert fastmlp.load(str(model_path)).predict(X).shape == (120,)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def resume_run(n, tmp_path, dtype, checkpoint, lengths="9,7", kill="-1:0"):
+    """tests/mpi_train.py resume under ``mpiexec -n N``; (returncode, output, rank 0's JSON)."""
+    out = tmp_path / "resume.json"
+    out.unlink(missing_ok=True)
+    returncode, output = mpiexec(n, [sys.executable, str(SCRIPT), "resume", str(n), str(out),
+                                     dtype, str(checkpoint), lengths, kill])
+    return returncode, output, json.loads(out.read_text())["resume"] if out.exists() else None
+
+
+def epochs_in(checkpoint):
+    from fastmlp.io import read
+
+    return read(checkpoint).header["training"]["epochs_completed"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_killed_job_resumes_bit_identical(dtype, tmp_path):
+    # Shards of 9 and 7 rows, batch 3: 3 steps per epoch on each rank, 8 epochs, Adam,
+    # shuffle=True, a checkpoint after every epoch.
+    rc, output, plain = resume_run(2, tmp_path, dtype, "-")
+    assert rc == 0, output
+    reference_ck = tmp_path / "reference.fmlp"
+    rc, output, reference = resume_run(2, tmp_path, dtype, reference_ck)
+    assert rc == 0, output
+    assert reference == plain  # checkpointing changes nothing, on any rank
+    assert reference["epoch"] == list(range(1, 9))
+    assert reference["ranks"][0]["step_count"] == 24
+    assert len({r["params"] for r in reference["ranks"]}) == 1
+
+    ck = tmp_path / "killed.fmlp"
+    # Rank 1 dies in the 2nd step of epoch 3: epoch 3's first update is in memory only.
+    rc, output, _ = resume_run(2, tmp_path, dtype, ck, kill="1:8")
+    assert rc != 0 and "rank 1 kills itself" in output, output
+    assert epochs_in(ck) == 2
+    # Resumed, then rank 0 (the writer) dies in the 1st step of its 4th epoch, epoch 6.
+    rc, output, _ = resume_run(2, tmp_path, dtype, ck, kill="0:10")
+    assert rc != 0 and "rank 0 kills itself" in output, output
+    assert epochs_in(ck) == 5
+    rc, output, resumed = resume_run(2, tmp_path, dtype, ck)
+    assert rc == 0, output
+    # Weights, optimizer state, step count and model RNG of every rank, bit for bit.
+    assert resumed["ranks"] == reference["ranks"]
+    assert resumed["epoch"] == [6, 7, 8]
+    for key, values in reference["history"].items():
+        assert resumed["history"][key] == values[5:]
+    # The final checkpoints (every rank's row order and streams included) are the same bytes.
+    assert ck.read_bytes() == reference_ck.read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+    # Rerunning the finished job trains nothing and changes nothing.
+    rc, output, again = resume_run(2, tmp_path, dtype, ck)
+    assert rc == 0, output
+    assert again["epoch"] == [] and again["ranks"] == reference["ranks"]
+
+
+@needs_mpi
+def test_checkpoint_of_another_job_is_refused_on_every_rank(tmp_path):
+    import numpy as np
+
+    import fastmlp
+    from fastmlp import Adam, Dense, Sequential
+
+    ck = tmp_path / "two-ranks.fmlp"
+    rc, output, _ = resume_run(2, tmp_path, "float64", ck)
+    assert rc == 0, output
+    before = ck.read_bytes()
+    # Another world size: every rank raises the same error, the job ends non-zero, no hang.
+    rc, output, result = resume_run(3, tmp_path, "float64", ck, lengths="9,7,5")
+    assert rc != 0 and result is None
+    message = (f"ValueError: fit_distributed: rank 0 of 3: checkpoint {ck} was written by 2 "
+               "rank(s), this job has 3; resuming would not continue that run")
+    assert output.count(message) == 3, output
+    # The same world size with other shard lengths.
+    rc, output, result = resume_run(2, tmp_path, "float64", ck, lengths="8,8")
+    assert rc != 0 and result is None
+    message = (f"ValueError: fit_distributed: rank 0 of 2: checkpoint {ck} was written with "
+               "shards of [9, 7] rows (rank 0, 1, ...), this job's shards have [8, 8]")
+    assert output.count(message) == 2, output
+    assert ck.read_bytes() == before  # refused, never overwritten
+    # A damaged checkpoint: the FormatError, on every rank.
+    damaged = tmp_path / "damaged.fmlp"
+    data = bytearray(before)
+    data[len(data) // 2] ^= 0x10
+    damaged.write_bytes(data)
+    rc, output, result = resume_run(2, tmp_path, "float64", damaged)
+    assert rc != 0 and result is None
+    assert output.count(f"fastmlp.io.FormatError: fit_distributed: rank 0 of 2: {damaged}: "
+                        "checksum mismatch") == 2, output
+    assert damaged.read_bytes() == data
+
+    # A distributed checkpoint is a model file, but no single-process run resumes it ...
+    model = fastmlp.load(ck)
+    assert model.optimizer.step_count == 24
+    X = np.random.default_rng(0).normal(size=(16, 5))
+    y = np.arange(16) % 3
+    fresh = Sequential([Dense(5, 7, activation="tanh"), Dense(7, 3)], optimizer=Adam(lr=0.05),
+                       seed=0, dtype=np.float64)
+    with pytest.raises(ValueError, match="written by fit_distributed on 2 rank"):
+        fresh.fit(X, y, epochs=8, batch_size=3, checkpoint=ck, resume=True)
+    # ... and a single-process checkpoint resumes no distributed run.
+    single = tmp_path / "single.fmlp"
+    fresh.fit(X, y, epochs=1, batch_size=3, checkpoint=single)
+    rc, output, result = resume_run(2, tmp_path, "float64", single, lengths="8,8")
+    assert rc != 0 and result is None
+    assert output.count(f"fit_distributed: rank 0 of 2: checkpoint {single} was written by a "
+                        "single-process fit; it cannot resume a run on 2 rank(s)") == 2, output

@@ -20,8 +20,9 @@ import zlib
 import numba
 import numpy as np
 
+from fastmlp import io as _io
 from fastmlp.kernels import network
-from fastmlp.sequential import DivergenceError, History, Sequential
+from fastmlp.sequential import DivergenceError, History, Sequential, _check_checkpoint_args
 from fastmlp.threads import get_num_threads
 from fastmlp.threads import threads as threads_context
 
@@ -35,6 +36,11 @@ def _mpi():
     return MPI
 
 
+#: Exception classes an agreed error keeps on every rank (others become RuntimeError).
+_AGREED_KINDS = {cls.__name__: cls for cls in (TypeError, ValueError, _io.FormatError, OSError,
+                                               PermissionError, FileNotFoundError)}
+
+
 def _agree(comm, error):
     """Collective: raise the same error on every rank if any rank has one.
 
@@ -43,11 +49,15 @@ def _agree(comm, error):
     collective: they all raise, with the first failing rank's message.
     """
     mine = None if error is None else (type(error).__name__, str(error))
-    everyone = comm.allgather(mine)
+    _raise_first(comm, comm.allgather(mine), error)
+
+
+def _raise_first(comm, everyone, error):
+    """Raise the first rank's error of ``everyone`` (allgathered ``(name, message)`` or None)."""
     for rank, found in enumerate(everyone):
         if found is not None:
             name, message = found
-            kind = {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
+            kind = _AGREED_KINDS.get(name, RuntimeError)
             others = sum(f is not None for f in everyone) - 1
             more = f" (and {others} other rank(s) refused too)" if others else ""
             raise kind(f"fit_distributed: rank {rank} of {len(everyone)}: {message}{more}") from (
@@ -97,15 +107,21 @@ def _user_chose_threads():
             or numba.get_num_threads() != numba.config.NUMBA_NUM_THREADS)
 
 
-def _validate(model, X, y, epochs, batch_size, shuffle, validation_data, verbose):
-    """This rank's arguments, checked and converted, or an exception (never raised here)."""
+def _validate(model, X, y, epochs, batch_size, shuffle, validation_data, verbose, checkpoint,
+              checkpoint_every, resume, rank):
+    """This rank's arguments, checked and converted (raises on the first bad one)."""
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a fastmlp Sequential, got {type(model).__name__}")
-    return model._check_fit_arguments(X, y, epochs, batch_size, shuffle, validation_data, verbose)
+    # Only rank 0 touches the checkpoint file, so only its file system is asked about the
+    # path: the other ranks' nodes need not see rank 0's directory.
+    checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume,
+                                              filesystem=rank == 0)
+    return model._check_fit_arguments(X, y, epochs, batch_size, shuffle, validation_data,
+                                      verbose) + (checkpoint_every,)
 
 
 def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-                    verbose=0):
+                    verbose=0, checkpoint=None, checkpoint_every=None, resume=False):
     """Data-parallel :meth:`~fastmlp.Sequential.fit` over the ranks of an MPI communicator.
 
     Call it on every rank of ``comm`` at the same time, each rank with its own shard
@@ -137,6 +153,19 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
         to split the work, or the same set everywhere).
     verbose : int, default 0
         1 or more: rank 0 prints one line per epoch.
+    checkpoint : str or os.PathLike, optional
+        Rank 0 saves a checkpoint there (atomically) every ``checkpoint_every`` epochs and
+        after the last epoch: the model, optimizer state and step count (the same on every
+        rank), the epoch count and every rank's row order and random streams, gathered to
+        rank 0.  Give the same settings on every rank; only rank 0's path is used.
+    checkpoint_every : int, optional
+        Epochs between checkpoints (default 1), counted from the run's first epoch.
+    resume : bool, default False
+        With ``checkpoint``: if rank 0 finds that file, every rank continues the run it
+        belongs to, ending bit-identical to a run that never stopped; without it, the run
+        starts afresh.  The checkpoint must come from as many ranks, each with as many rows,
+        as this job (and the same model, batch size and ``shuffle``, as for
+        :meth:`Sequential.fit`); otherwise every rank raises the same ``ValueError``.
 
     Returns
     -------
@@ -147,8 +176,11 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
     Raises
     ------
     ValueError, TypeError
-        Bad arguments on **any** rank: every rank raises the same error, naming the rank,
-        before anything in the model changes (so no rank is left waiting).
+        Bad arguments on **any** rank, or settings (``epochs``, ``batch_size``, ``shuffle``,
+        checkpointing) that differ between ranks: every rank raises the same error, naming
+        the rank, before anything in the model changes (so no rank is left waiting).  So
+        does a checkpoint that rank 0 cannot resume (:class:`~fastmlp.FormatError` when it
+        is damaged).
     DivergenceError
         When the averaged gradient or the update is NaN or Inf.  The averaged gradient is
         the same on every rank, so every rank raises it at the same step.
@@ -173,15 +205,17 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
       which ends the whole job with a non-zero exit status.
     """
     MPI = _mpi()
+    rank = comm.Get_rank()
 
     # -------- 1. every check, then one collective agreement (nothing changed yet)
     error, checked = None, None
     try:
-        checked = _validate(model, X, y, epochs, batch_size, shuffle, validation_data, verbose)
+        checked = _validate(model, X, y, epochs, batch_size, shuffle, validation_data, verbose,
+                            checkpoint, checkpoint_every, resume, rank)
     except (TypeError, ValueError) as exc:
         error = exc
     _agree(comm, error)
-    epochs, batch_size, shuffle, X, labels, targets, validation = checked
+    epochs, batch_size, shuffle, X, labels, targets, validation, checkpoint_every = checked
 
     # Each check below is decided from allgathered values, the same on every rank: every
     # rank raises, or none does.
@@ -193,6 +227,17 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
             what = next(n for n, a, b in zip(names, signature, signatures[0]) if a != b)
             raise ValueError(f"fit_distributed: rank {other}'s model differs from rank 0's in "
                              f"its {what}; build the same model on every rank")
+    # Settings that shape the schedule and the collectives: a rank that ran another number
+    # of epochs or steps, or saved when the others did not, would leave them waiting.
+    settings = comm.allgather((epochs, batch_size, shuffle, checkpoint is not None,
+                               checkpoint_every, bool(resume)))
+    setting_names = ("epochs", "batch_size", "shuffle", "checkpoint (given or not)",
+                     "checkpoint_every", "resume")
+    for other, setting in enumerate(settings):
+        if setting != settings[0]:
+            what = next(n for n, a, b in zip(setting_names, setting, settings[0]) if a != b)
+            raise ValueError(f"fit_distributed: rank {other}'s {what} differs from rank 0's; "
+                             "pass the same training settings on every rank")
     lengths = np.array(comm.allgather(X.shape[0]), dtype=np.int64)  # rows per rank
     has_validation = comm.allgather(validation is not None)
     if any(has_validation) and not all(has_validation):
@@ -200,32 +245,81 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
         raise ValueError(f"fit_distributed: validation_data was given on some ranks but not on "
                          f"rank(s) {missing}; give it on every rank or on none")
 
+    # A batch larger than every shard gives the same one-step schedule as the largest
+    # shard's length: that effective size is what a checkpoint records and compares.
+    batch_size = min(batch_size, int(lengths.max()))
+
+    # -------- 2. resume: rank 0 decides (file there or not), reads and checks; all agree
+    resumed = None
+    if resume:
+        error = None
+        if rank == 0 and os.path.exists(checkpoint):
+            try:
+                contents, done = _io.read_checkpoint(model, checkpoint, epochs, batch_size,
+                                                     shuffle, int(lengths.sum()),
+                                                     lengths=lengths.tolist())
+                resumed = (contents, done)
+            except (ValueError, OSError) as exc:  # FormatError is a ValueError
+                error = exc
+        _agree(comm, error)
+        found = comm.bcast(resumed is not None, root=0)
+        if found:
+            resumed = _scatter_checkpoint(comm, model, resumed)
+
     # Collective on every rank, whatever each rank decides next.
     threads = default_num_threads(comm)
     if _user_chose_threads():
         threads = get_num_threads()
     with threads_context(threads):
         history = _train(model, comm, MPI, X, labels, targets, validation, lengths, epochs,
-                         batch_size, shuffle, verbose)
+                         batch_size, shuffle, verbose, checkpoint, checkpoint_every, resumed)
     model.history = history
     return history
 
 
+def _scatter_checkpoint(comm, model, resumed):
+    """Collective, after every rank agreed that rank 0's checkpoint resumes this run: put
+    rank 0's parameters, optimizer state and step count into rank 0's model (``_train``
+    broadcasts them), and hand each rank its own row order and random streams.
+
+    Returns this rank's ``(epochs_done, order, shuffle_rng_state)``.
+    """
+    states = None
+    if comm.Get_rank() == 0:
+        contents, done = resumed
+        _io.apply_checkpoint_model(model, contents)
+        states = [(done, order, shuffle_rng, rng)
+                  for order, shuffle_rng, rng in _io.rank_states(contents)]
+    done, order, shuffle_rng, rng = comm.scatter(states, root=0)
+    model._rng.bit_generator.state = rng
+    return done, order, shuffle_rng
+
+
 def _train(model, comm, MPI, X, labels, targets, validation, lengths, epochs, batch_size, shuffle,
-           verbose):
+           verbose, checkpoint, checkpoint_every, resumed):
     rank, size = comm.Get_rank(), comm.Get_size()
 
-    # -------- 2. identical start: rank 0's parameters, optimizer state and RNG draw
+    # -------- 3. identical start: rank 0's parameters, optimizer state and RNG draw
     opt = model.optimizer
     comm.Bcast(model.params, root=0)
     if opt.state.size:
         comm.Bcast(opt.state, root=0)
     opt.step_count = comm.bcast(opt.step_count, root=0)
-    # Every rank draws (keeping the replicas' RNGs in step); rank 0's draw is used.
-    entropy = comm.bcast(int(model._rng.integers(2 ** 63)), root=0)
-    rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(rank,)))
+    n = X.shape[0]
+    order = np.arange(n, dtype=np.int64)
+    if resumed is None:
+        epochs_done = 0
+        # Every rank draws (keeping the replicas' RNGs in step); rank 0's draw is used.
+        entropy = comm.bcast(int(model._rng.integers(2 ** 63)), root=0)
+        rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(rank,)))
+    else:
+        # The checkpoint's streams are already past that draw: restore, draw nothing.
+        epochs_done, saved_order, shuffle_rng = resumed
+        np.copyto(order, saved_order)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = shuffle_rng
 
-    # -------- 3. the schedule: the same on every rank, computed from the shard lengths
+    # -------- 4. the schedule: the same on every rank, computed from the shard lengths
     n_steps = int(max(-(-lengths // batch_size)))
     # rows[k, r]: rank r's rows in step k (0 once its shard is used up)
     starts = np.arange(n_steps, dtype=np.int64)[:, None] * batch_size
@@ -234,17 +328,16 @@ def _train(model, comm, MPI, X, labels, targets, validation, lengths, epochs, ba
     uniform = (rows == rows[:, :1]).all(axis=1)
     total_rows = int(lengths.sum())
 
-    n = X.shape[0]
-    order = np.arange(n, dtype=np.int64)
     local_batch = min(batch_size, n)
     x_batch = np.empty((local_batch, X.shape[1]), dtype=model.dtype)
     y_source = labels if model._uses_labels else targets
     y_batch = np.empty((local_batch,) + y_source.shape[1:], dtype=y_source.dtype)
     sums = np.zeros(3)  # loss * rows, then validation: loss * rows, correct, rows
     history = History()
+    failure = None  # an error every rank agreed on inside the loop, raised after it
 
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(epochs_done + 1, epochs + 1):
             if shuffle:
                 rng.shuffle(order)
             loss_sum = 0.0
@@ -301,6 +394,11 @@ def _train(model, comm, MPI, X, labels, targets, validation, lengths, epochs, ba
                     accuracy = float(sums[1] / sums[2])
                     history.history.setdefault("val_accuracy", []).append(accuracy)
                     line += f"  val_accuracy {accuracy:.4f}"
+            if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+                failure = _save_checkpoint(comm, model, checkpoint, order, rng, epoch, epochs,
+                                           batch_size, shuffle)
+                if failure is not None:
+                    break
             if verbose and rank == 0:
                 print(line, flush=True)
     except DivergenceError:
@@ -314,7 +412,27 @@ def _train(model, comm, MPI, X, labels, targets, validation, lengths, epochs, ba
         sys.stdout.flush()
         comm.Abort(1)
         raise  # pragma: no cover - Abort does not return
+    if failure is not None:
+        _raise_first(comm, failure, None)
     return history
+
+
+def _save_checkpoint(comm, model, path, order, rng, epoch, epochs, batch_size, shuffle):
+    """Collective: gather every rank's row order and streams to rank 0, which writes the
+    checkpoint.  Returns None, or (on every rank) the allgather-shaped record of rank 0's
+    write error, so that a full disk raises the same ``OSError`` everywhere instead of
+    leaving the other ranks in the next step's Allreduce."""
+    states = comm.gather(_io.rank_state(model, order, rng), root=0)
+    error = None
+    if comm.Get_rank() == 0:
+        try:
+            _io.save_distributed_checkpoint(model, path, states, epoch, epochs, batch_size, shuffle)
+        except (OSError, ValueError) as exc:
+            error = (type(exc).__name__, f"could not write checkpoint {path}: {exc}")
+    error = comm.bcast(error, root=0)
+    if error is None:
+        return None
+    return [error] + [None] * (comm.Get_size() - 1)
 
 
 def _check_replicas(comm, model, epoch):

@@ -4,7 +4,9 @@ One file holds everything a model needs to predict and to go on training exactly
 stopped: the weights, the architecture, the loss, the dtype, the optimizer (class,
 hyperparameters, state buffers, step count) and the shuffle RNG's state; a checkpoint
 written by :meth:`Sequential.fit <fastmlp.Sequential.fit>` adds the epoch counter and the
-current row order.  Layout (all integers little-endian; see ``docs/file-format.md``)::
+current row order, and one written by :func:`~fastmlp.distributed.fit_distributed` adds
+every rank's row count, row order and random streams.  Layout (all integers
+little-endian; see ``docs/file-format.md``)::
 
     magic        8 bytes   b"\\x89FML\\r\\n\\x1a\\n"
     header_len   8 bytes   uint64, length of the header in bytes (a multiple of 8)
@@ -54,6 +56,8 @@ TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "int64"
 _TOP_KEYS = {"format", "format_version", "fastmlp_version", "checksum", "model", "optimizer",
              "rng", "training", "tensors"}
 _TRAINING_KEYS = {"epochs_completed", "epochs", "batch_size", "shuffle", "n_samples"}
+#: Per-rank entries of a checkpoint written by fit_distributed (``training.ranks``).
+_RANK_KEYS = {"n_samples", "rng", "shuffle_rng"}
 
 
 class FormatError(ValueError):
@@ -207,6 +211,36 @@ def save_checkpoint(model, path, order, epochs_completed, epochs, batch_size, sh
                 "batch_size": int(batch_size), "shuffle": bool(shuffle),
                 "n_samples": int(order.shape[0])}
     atomic_write(path, _encode(model, training, order))
+
+
+def save_distributed_checkpoint(model, path, rank_states, epochs_completed, epochs, batch_size,
+                                shuffle):
+    """Write a checkpoint of a ``fit_distributed`` run (called on rank 0 only).
+
+    ``model`` is rank 0's replica (parameters, optimizer state and step count are the same
+    on every rank).  ``rank_states`` holds, for each rank in rank order, what
+    :func:`rank_state` returned there: its row order, its shuffle stream's state and its
+    model RNG's state.  The row orders are stored as one ``shuffle_order`` tensor over all
+    ranks' rows, rank ``r``'s local row ``i`` numbered ``sum(n_0 .. n_{r-1}) + i``, so the
+    tensor stays a permutation of ``n_samples`` rows as in a single-process checkpoint.
+    """
+    lengths = [int(order.shape[0]) for order, _, _ in rank_states]
+    offsets = np.cumsum([0] + lengths[:-1])
+    order = np.concatenate([np.asarray(o, dtype=np.int64) + off
+                            for (o, _, _), off in zip(rank_states, offsets)])
+    ranks = [{"n_samples": n, "shuffle_rng": shuffle_rng, "rng": rng}
+             for n, (_, shuffle_rng, rng) in zip(lengths, rank_states)]
+    training = {"epochs_completed": int(epochs_completed), "epochs": int(epochs),
+                "batch_size": int(batch_size), "shuffle": bool(shuffle),
+                "n_samples": int(sum(lengths)), "ranks": ranks}
+    atomic_write(path, _encode(model, training, order))
+
+
+def rank_state(model, order, shuffle_rng):
+    """What one rank contributes to a distributed checkpoint (see
+    :func:`save_distributed_checkpoint`): copies, safe to send."""
+    return (np.array(order, dtype=np.int64), shuffle_rng.bit_generator.state,
+            model._rng.bit_generator.state)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -391,14 +425,32 @@ def _check_layers(check, layers):
     return built
 
 
-def _check_rng(check, rng):
-    check.keys(rng, "rng", ("bit_generator", "state", "has_uint32", "uinteger"))
-    check.choice(rng["bit_generator"], "rng bit_generator", ("PCG64",))
-    check.keys(rng["state"], "rng state", ("state", "inc"))
-    check.int(rng["state"]["state"], "rng state.state", 0, (1 << 128) - 1)
-    check.int(rng["state"]["inc"], "rng state.inc", 0, (1 << 128) - 1)
-    check.int(rng["has_uint32"], "rng has_uint32", 0, 1)
-    check.int(rng["uinteger"], "rng uinteger", 0, (1 << 32) - 1)
+def _check_rng(check, rng, where="rng"):
+    check.keys(rng, where, ("bit_generator", "state", "has_uint32", "uinteger"))
+    check.choice(rng["bit_generator"], f"{where} bit_generator", ("PCG64",))
+    check.keys(rng["state"], f"{where} state", ("state", "inc"))
+    check.int(rng["state"]["state"], f"{where} state.state", 0, (1 << 128) - 1)
+    check.int(rng["state"]["inc"], f"{where} state.inc", 0, (1 << 128) - 1)
+    check.int(rng["has_uint32"], f"{where} has_uint32", 0, 1)
+    check.int(rng["uinteger"], f"{where} uinteger", 0, (1 << 32) - 1)
+
+
+def _check_ranks(check, ranks, n_samples):
+    """``training.ranks`` of a distributed checkpoint: one entry per rank, rows adding up."""
+    if not isinstance(ranks, list) or not 1 <= len(ranks) <= n_samples:
+        count = len(ranks) if isinstance(ranks, list) else _short(ranks)
+        check.fail(f"training ranks must be a list of 1 to n_samples ({n_samples}) entries, "
+                   f"got {count}")
+    for r, entry in enumerate(ranks):
+        where = f"training ranks[{r}]"
+        check.keys(entry, where, _RANK_KEYS)
+        check.int(entry["n_samples"], f"{where} n_samples", 1, n_samples)
+        _check_rng(check, entry["rng"], f"{where} rng")
+        _check_rng(check, entry["shuffle_rng"], f"{where} shuffle_rng")
+    total = sum(entry["n_samples"] for entry in ranks)
+    if total != n_samples:
+        check.fail(f"training ranks hold {total} rows in all, but training n_samples is "
+                   f"{n_samples}")
 
 
 def _check_header(check, header, table):
@@ -434,13 +486,15 @@ def _check_header(check, header, table):
                 "optimizer_state": (dtype, (opt_class.n_slots, n_params))}
     training = header["training"]
     if training is not None:
-        check.keys(training, "training", _TRAINING_KEYS)
+        check.keys(training, "training", _TRAINING_KEYS, ("ranks",))
         n_samples = check.int(training["n_samples"], "training n_samples", 1, 1 << 62)
         check.int(training["epochs"], "training epochs", 1, 1 << 62)
         check.int(training["epochs_completed"], "training epochs_completed", 1, training["epochs"])
         check.int(training["batch_size"], "training batch_size", 1, n_samples)
         if not isinstance(training["shuffle"], bool):
             check.fail("training shuffle must be true or false")
+        if "ranks" in training:
+            _check_ranks(check, training["ranks"], n_samples)
         expected["shuffle_order"] = ("int64", (n_samples,))
     if set(table) != set(expected):
         check.fail(f"the file holds tensors {sorted(table)}, expected {sorted(expected)}")
@@ -511,6 +565,14 @@ def read(path):
         order = tensors["shuffle_order"]
         if not np.array_equal(np.sort(order), np.arange(order.shape[0])):
             check.fail("tensor shuffle_order is not a permutation of the rows")
+        begin = 0
+        for r, entry in enumerate(header["training"].get("ranks", ())):
+            # Rows never move between ranks: each rank's stretch holds its own rows only.
+            end = begin + entry["n_samples"]
+            part = order[begin:end]
+            if part.size and not (part.min() >= begin and part.max() < end):
+                check.fail(f"tensor shuffle_order gives rank {r} rows of another rank")
+            begin = end
     return Contents(header, tensors)
 
 
@@ -576,12 +638,15 @@ def _model_description(model):
             "optimizer": type(model.optimizer).__name__}
 
 
-def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples):
+def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples, lengths=None):
     """Check that the checkpoint at ``path`` can resume ``fit`` on ``model``; change nothing.
 
     Returns the checked contents and the number of epochs it completed.  A checkpoint of
     another model or another run (architecture, loss, dtype, optimizer class, row count,
     batch size, shuffle) is refused with ``ValueError``; a damaged file with ``FormatError``.
+    ``lengths`` (every rank's row count, in rank order) marks a ``fit_distributed`` run:
+    its checkpoint must then come from the same number of ranks with the same row counts,
+    and a single-process checkpoint and a distributed one never resume each other.
     """
     contents = read(path)
     header = contents.header
@@ -595,6 +660,26 @@ def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples):
         if theirs[key] != value:
             raise ValueError(f"checkpoint {path} belongs to another model: its {key} is "
                              f"{_short(theirs[key])}, this model's {_short(value)}")
+    ranks = training.get("ranks")
+    if lengths is None and ranks is not None:
+        raise ValueError(f"checkpoint {path} was written by fit_distributed on {len(ranks)} "
+                         f"rank(s); resume it with comm= on {len(ranks)} rank(s), or pass "
+                         "resume=False to start afresh")
+    if lengths is not None:
+        if ranks is None:
+            raise ValueError(f"checkpoint {path} was written by a single-process fit; it cannot "
+                             f"resume a run on {len(lengths)} rank(s) (each rank has its own rows "
+                             "and shuffle stream): pass resume=False to start afresh")
+        if len(ranks) != len(lengths):
+            raise ValueError(f"checkpoint {path} was written by {len(ranks)} rank(s), this job has "
+                             f"{len(lengths)}; resuming would not continue that run: run it on "
+                             f"{len(ranks)} rank(s), or pass resume=False to start afresh")
+        saved = [entry["n_samples"] for entry in ranks]
+        if saved != list(lengths):
+            raise ValueError(f"checkpoint {path} was written with shards of {_short(saved)} rows "
+                             f"(rank 0, 1, ...), this job's shards have {_short(list(lengths))}; "
+                             "resuming would not continue that run (pass resume=False to start "
+                             "afresh)")
     for key, value in (("n_samples", n_samples), ("batch_size", batch_size), ("shuffle", shuffle)):
         if training[key] != value:
             raise ValueError(f"checkpoint {path} was written by fit with {key}={training[key]!r}, "
@@ -607,9 +692,27 @@ def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples):
     return contents, done
 
 
+def rank_states(contents):
+    """Every rank's ``(order, shuffle_rng_state, model_rng_state)`` from a distributed
+    checkpoint accepted by :func:`read_checkpoint`, rows numbered locally (from 0)."""
+    order = contents.tensors["shuffle_order"]
+    states, begin = [], 0
+    for entry in contents.header["training"]["ranks"]:
+        end = begin + entry["n_samples"]
+        states.append((order[begin:end] - begin, entry["shuffle_rng"], entry["rng"]))
+        begin = end
+    return states
+
+
+def apply_checkpoint_model(model, contents):
+    """Put the checkpoint's parameters, optimizer state, step count and RNG state into
+    ``model`` (after :func:`read_checkpoint` accepted it)."""
+    _apply_state(model, contents)
+
+
 def apply_checkpoint(model, contents, order):
     """Put the checkpoint's parameters, optimizer state, step count, RNG state and row
     order into ``model`` and ``order`` (after :func:`read_checkpoint` accepted it)."""
-    _apply_state(model, contents)
+    apply_checkpoint_model(model, contents)
     np.copyto(order, contents.tensors["shuffle_order"])
 

@@ -396,18 +396,19 @@ class Sequential:
             the last update already made them non-finite).
         comm : mpi4py.MPI.Comm, optional
             Train data-parallel over the communicator's ranks: ``X`` and ``y`` are this
-            rank's shard and ``batch_size`` is per rank (see docs/distributed.md).
-            Checkpoints are not supported there yet.
+            rank's shard and ``batch_size`` is per rank (see docs/distributed.md).  Rank 0
+            writes the checkpoints, which hold every rank's row order and shuffle stream; a
+            resume needs as many ranks, with as many rows each, as the run that wrote it.
         """
         if comm is not None:
             # Before any local check: fit_distributed validates on every rank at once, so
             # bad input on one rank raises everywhere instead of leaving the others waiting.
-            if checkpoint is not None or resume:
-                raise NotImplementedError("checkpoint/resume are not supported with comm= yet")
             from fastmlp.distributed import fit_distributed
 
             return fit_distributed(self, X, y, comm, epochs=epochs, batch_size=batch_size,
-                                   shuffle=shuffle, validation_data=validation_data, verbose=verbose)
+                                   shuffle=shuffle, validation_data=validation_data,
+                                   verbose=verbose, checkpoint=checkpoint,
+                                   checkpoint_every=checkpoint_every, resume=resume)
         checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
         epochs, batch_size, shuffle, X, labels, targets, validation = self._check_fit_arguments(
             X, y, epochs, batch_size, shuffle, validation_data, verbose)
@@ -580,8 +581,11 @@ class Sequential:
         return float(r2.mean())
 
 
-def _check_checkpoint_args(checkpoint, checkpoint_every, resume):
-    """``checkpoint_every`` as an int (1 by default), after checking the three together."""
+def _check_checkpoint_args(checkpoint, checkpoint_every, resume, filesystem=True):
+    """``checkpoint_every`` as an int (1 by default), after checking the three together.
+
+    ``filesystem=False`` skips the checks that ask the file system about the path (for the
+    ranks of a distributed run that never write it)."""
     if not isinstance(resume, (bool, np.bool_)):
         raise ValueError(f"resume must be True or False, got {resume!r}")
     if checkpoint is None:
@@ -589,11 +593,12 @@ def _check_checkpoint_args(checkpoint, checkpoint_every, resume):
             raise ValueError("checkpoint_every and resume need a checkpoint path")
         return None
     path = _io._check_path(checkpoint, "checkpoint")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path!r} is a directory; give a file name")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ValueError(f"checkpoint directory {directory!r} does not exist")
+    if filesystem:
+        if os.path.isdir(path):
+            raise ValueError(f"checkpoint {path!r} is a directory; give a file name")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ValueError(f"checkpoint directory {directory!r} does not exist")
     return 1 if checkpoint_every is None else check_positive_int(checkpoint_every, "checkpoint_every")
 
 
