@@ -193,8 +193,6 @@ elif mode == "crash":
     fit_distributed(model, X, y, comm, epochs=1, batch_size=2)
     print(f"rank {rank} finished, which it must not", flush=True)
 elif mode == "threads":
-    import os
-
     import numba
 
     X, y = shards([4] * size)[rank]

@@ -9,8 +9,8 @@ import argparse
 import sys
 import time
 
-LOSSES = ["softmax_cross_entropy", "multiclass_hinge", "binary_cross_entropy", "mse"]
-ACTIVATIONS = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu"]
+from fastmlp.kernels.activations import ACTIVATIONS
+from fastmlp.kernels.losses import LOSSES
 
 
 class CommandError(Exception):
@@ -40,9 +40,9 @@ def build_parser():
     _data_arguments(train)
     train.add_argument("--hidden", default="100", metavar="N,N,...",
                        help="hidden layer widths, comma-separated; '' for none (default: 100)")
-    train.add_argument("--activation", default="relu", choices=ACTIVATIONS + ["maxout"],
+    train.add_argument("--activation", default="relu", choices=list(ACTIVATIONS) + ["maxout"],
                        help="hidden-layer activation (default: relu)")
-    train.add_argument("--loss", default="softmax_cross_entropy", choices=LOSSES,
+    train.add_argument("--loss", default="softmax_cross_entropy", choices=list(LOSSES),
                        help="loss (default: softmax_cross_entropy)")
     train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
                        help="optimizer (default: sgd)")

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from fastmlp import io as _io
-from fastmlp.kernels import network
+from fastmlp.kernels.checks import count_nonfinite
 from fastmlp.sequential import DivergenceError, History, Sequential, _check_checkpoint_args
 from fastmlp.threads import get_num_threads
 from fastmlp.threads import threads as threads_context
@@ -364,7 +364,7 @@ def _train(model, comm, MPI, X, labels, targets, validation, lengths, epochs, ba
                 if uniform[step] and size > 1:
                     grads /= grads.dtype.type(size)
                 # The reduced vector is the same on every rank: all raise here, or none.
-                if not network.all_finite(grads):
+                if count_nonfinite(grads):
                     raise DivergenceError(
                         f"the averaged gradient became NaN or Inf at epoch {epoch}, step "
                         f"{step + 1} of {n_steps}; training stopped on every rank and the "

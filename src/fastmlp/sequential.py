@@ -14,6 +14,7 @@ import numpy as np
 from fastmlp import io as _io
 from fastmlp._validation import as_features, as_labels, as_targets, check_positive_int
 from fastmlp.kernels import network
+from fastmlp.kernels.checks import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
 from fastmlp.layers import Layer
 from fastmlp.optimizers import SGD, Optimizer
@@ -325,7 +326,7 @@ class Sequential:
         opt.step_count += 1
         network.optimizer_update(opt.kind, self.params, grads, opt.state, hyper, self._n_weights,
                                  opt.step_count, get_num_threads())
-        if not network.all_finite(self.params):
+        if count_nonfinite(self.params):
             self._restore_finite_state(steps_before)
             raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
                                   "try a smaller learning rate")
@@ -442,7 +443,7 @@ class Sequential:
                 opt.kind, opt.state, hyper, self._n_weights, opt.step_count, batch_losses,
                 get_num_threads())
             opt.step_count += done
-            params_finite = network.all_finite(self.params)
+            params_finite = count_nonfinite(self.params) == 0
             if done < n_batches or not params_finite:
                 where = (f"the training loss became {batch_losses[done]} at epoch {epoch}, step "
                          f"{done + 1} of {n_batches}" if done < n_batches else

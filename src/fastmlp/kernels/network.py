@@ -237,14 +237,6 @@ def train_epoch(net, loss_code, X, labels, targets, order, batch_size,
     return n_batches
 
 
-@njit(cache=True, nogil=True)  # not fastmath: it must see NaN and Inf
-def all_finite(x):
-    """True when no element of the 1-D array ``x`` is NaN or Inf."""
-    for v in x:
-        if not np.isfinite(v):
-            return False
-    return True
-
 
 @njit(**JIT_OPTIONS)
 def _count_correct(loss_code, scores, labels, targets):
