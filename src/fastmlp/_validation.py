@@ -110,3 +110,53 @@ def check_positive_int(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def sample_weight_per_row(sample_weight, n_samples):
+    """``sample_weight`` as a float64 vector of ``n_samples`` finite, non-negative weights."""
+    arr = _numeric_array(sample_weight, "sample_weight")
+    if arr.ndim != 1 or arr.shape[0] != n_samples:
+        raise ValueError(f"sample_weight must have shape ({n_samples},), one weight per row of X, "
+                         f"got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    _check_finite(arr, "sample_weight", None)
+    negative = np.flatnonzero(arr < 0)
+    if negative.size:
+        raise ValueError(f"sample_weight[{negative[0]}] = {arr[negative[0]]} is negative; "
+                         "weights must be >= 0")
+    return arr
+
+
+def class_weight_per_row(class_weight, classes, n_classes):
+    """Each row's weight from its class: ``class_weight[classes[i]]``, float64.
+
+    Parameters
+    ----------
+    class_weight : dict or "balanced"
+        ``{class index: weight}``, classes left out weighing 1; or ``"balanced"``, which
+        gives class ``c`` the weight ``n_samples / (n_classes * count_c)``.
+    classes : ndarray of int64, shape (n_samples,)
+        Each row's class, already checked to lie in ``[0, n_classes)``.
+    n_classes : int
+    """
+    counts = np.bincount(classes, minlength=n_classes)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+        # Classes absent from y get no rows, so their weight is never used.
+        table = classes.shape[0] / (n_classes * np.maximum(counts, 1))
+        return table[classes]
+    if not isinstance(class_weight, dict):
+        raise ValueError(f"class_weight must be a dict {{class: weight}} or 'balanced', "
+                         f"got {type(class_weight).__name__}")
+    table = np.ones(n_classes)
+    for key, weight in class_weight.items():
+        if isinstance(key, (bool, np.bool_)) or not isinstance(key, numbers.Integral) \
+                or not 0 <= key < n_classes:
+            raise ValueError(f"class_weight has the key {key!r}, not a class index in "
+                             f"[0, {n_classes})")
+        if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real) \
+                or not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"class_weight[{key}] = {weight!r}; weights must be finite and >= 0")
+        table[key] = weight
+    return table[classes]

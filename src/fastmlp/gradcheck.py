@@ -42,7 +42,7 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
     Xp, labels, targets = twin._prepare(X, y)
     ws = twin._training_workspace(Xp.shape[0])
     n_threads = get_num_threads()
-    network.compute_gradients(ws.net, twin.loss_code, Xp, labels, targets, n_threads)
+    network.compute_gradients(ws.net, twin.loss_code, Xp, labels, targets, twin._no_weights, n_threads)
     analytic = np.array(ws.net.grads)
 
     probe = twin._inference_workspace(Xp.shape[0])

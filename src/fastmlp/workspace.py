@@ -80,9 +80,11 @@ class Workspace:
         self.x_batch = np.zeros((gather_rows, n_in), dtype=dtype)  # (capacity, n_in)
         self.label_batch = np.zeros(gather_rows, dtype=np.int64)  # (capacity,)
         self.target_batch = np.zeros((gather_rows if n_targets else 0, max(n_targets, 1)), dtype=dtype)
+        self.weight_batch = np.zeros(gather_rows, dtype=dtype)  # (capacity,) sample weights
 
     @property
     def nbytes(self):
         """Total bytes held (the shared parameter vector excluded)."""
         arrays = [a for name, a in self.net._asdict().items() if name != "params"]
-        return sum(a.nbytes for a in arrays + [self.x_batch, self.label_batch, self.target_batch])
+        return sum(a.nbytes for a in arrays + [self.x_batch, self.label_batch, self.target_batch,
+                                                  self.weight_batch])

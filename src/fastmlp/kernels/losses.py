@@ -166,3 +166,39 @@ def loss_and_grad(code, scores, labels, targets, grad, row_loss, n_threads):
     if code == BINARY_CROSS_ENTROPY or code == MSE:
         return total / (n_rows * n_out)
     return total / n_rows
+
+
+@njit(**JIT_OPTIONS)
+def weight_rows(code, row_weights, grad, row_loss):
+    """Turn the mean loss of :func:`loss_and_grad` into its sample-weighted form, in place.
+
+    Row ``i``'s loss and gradient are multiplied by ``row_weights[i]``; the result is still
+    divided by the row (or element) count, not by the sum of the weights, as Keras does: a
+    weight of 2 counts a row twice, and all-ones weights change nothing.
+
+    Parameters
+    ----------
+    code : int
+        Loss code, for the divisor (elements for binary cross-entropy and MSE, rows otherwise).
+    row_weights : ndarray of shape (batch,)
+        Non-negative weights.
+    grad : ndarray of shape (batch, n_out)
+        ``dL/dscores`` from :func:`loss_and_grad`; each row is scaled by its weight.
+    row_loss : ndarray of float64, shape (>= batch,)
+        Each row's summed loss from :func:`loss_and_grad`; read only.
+
+    Returns
+    -------
+    float
+        The weighted mean loss (float64).
+    """
+    n_rows, n_out = grad.shape
+    total = 0.0
+    for i in range(n_rows):
+        w = row_weights[i]
+        total += w * row_loss[i]
+        for j in range(n_out):
+            grad[i, j] *= w
+    if code == BINARY_CROSS_ENTROPY or code == MSE:
+        return total / (n_rows * n_out)
+    return total / n_rows

@@ -24,7 +24,7 @@ from numba import njit
 
 from fastmlp.config import JIT_OPTIONS
 from fastmlp.kernels.dense import dense_backward, dense_forward, maxout_backward, maxout_forward
-from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, MSE, loss_and_grad
+from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, MSE, loss_and_grad, weight_rows
 from fastmlp.kernels.optim import optimizer_update
 
 N_IN, N_OUT, PIECES, ACTIVATION, W_OFFSET, B_OFFSET = range(6)
@@ -146,7 +146,7 @@ def last_delta(net, n_rows):
 
 
 @njit(**JIT_OPTIONS)
-def compute_gradients(net, loss_code, x, labels, targets, n_threads):
+def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
     """Forward, loss and backward on one batch; the gradient of the mean data loss is left
     in ``net.grads``.
 
@@ -159,83 +159,23 @@ def compute_gradients(net, loss_code, x, labels, targets, n_threads):
         Class labels (classification losses), empty otherwise.
     targets : ndarray of shape (batch, n_out) or (0, n_out)
         Targets (binary cross-entropy, MSE), empty otherwise.
+    row_weights : ndarray of shape (batch,) or (0,)
+        Sample weights (see :func:`~fastmlp.kernels.losses.weight_rows`); empty for none.
     n_threads : int
         Threads for the elementwise kernels (``numba.get_num_threads()`` of the caller).
 
     Returns
     -------
     float
-        The batch's mean loss.
+        The batch's mean (weighted) loss.
     """
     scores = forward(net, x, n_threads)
-    loss = loss_and_grad(loss_code, scores, labels, targets, last_delta(net, x.shape[0]), net.row_loss,
-                         n_threads)
+    delta = last_delta(net, x.shape[0])
+    loss = loss_and_grad(loss_code, scores, labels, targets, delta, net.row_loss, n_threads)
+    if row_weights.shape[0] > 0:
+        loss = weight_rows(loss_code, row_weights, delta, net.row_loss)
     backward(net, x, n_threads)
     return loss
-
-
-@njit(**JIT_OPTIONS)
-def train_epoch(net, loss_code, X, labels, targets, order, batch_size,
-                x_batch, label_batch, target_batch,
-                opt_kind, opt_state, opt_hyper, n_weights, first_step, batch_losses, n_threads):
-    """One epoch of minibatch training, compiled whole: no Python runs between steps.
-
-    Rows are visited in ``order``; batch ``s`` gathers rows ``order[s*batch_size:...]``
-    into ``x_batch`` (and the label/target buffers) and takes one optimizer step.  The
-    last batch is smaller when ``batch_size`` does not divide ``len(order)``.
-
-    Parameters
-    ----------
-    net : NetBuffers
-        Capacity at least ``batch_size``.
-    loss_code : int
-    X : ndarray of shape (n, n_in)
-    labels : ndarray of int64, shape (n,) or (0,)
-    targets : ndarray of shape (n, n_out) or (0, n_out)
-    order : ndarray of int64, shape (n,)
-    batch_size : int
-    x_batch : ndarray of shape (batch_size, n_in)
-    label_batch : ndarray of int64, shape (batch_size,)
-    target_batch : ndarray of shape (batch_size, n_out) or (0, n_out)
-    opt_kind, opt_state, opt_hyper, n_weights
-        As in :func:`fastmlp.kernels.optim.optimizer_update`.
-    first_step : int
-        Number of optimizer steps taken before this epoch.
-    batch_losses : ndarray of float64, shape (n_batches,)
-        Overwritten with each batch's mean loss.
-    n_threads : int
-
-    Returns
-    -------
-    int
-        Number of steps completed.  Fewer than ``n_batches`` means that step's loss was
-        NaN or Inf: the epoch stopped before applying it, so the parameters are those
-        that produced the first non-finite loss (still finite themselves).
-    """
-    n = order.shape[0]
-    n_batches = (n + batch_size - 1) // batch_size
-    has_labels = labels.shape[0] > 0
-    has_targets = targets.shape[0] > 0
-    for s in range(n_batches):
-        start = s * batch_size
-        rows = min(batch_size, n - start)
-        for i in range(rows):
-            r = order[start + i]
-            x_batch[i, :] = X[r, :]
-            if has_labels:
-                label_batch[i] = labels[r]
-            if has_targets:
-                target_batch[i, :] = targets[r, :]
-        loss = compute_gradients(net, loss_code, x_batch[:rows],
-                                 label_batch[:rows] if has_labels else label_batch[:0],
-                                 target_batch[:rows] if has_targets else target_batch[:0], n_threads)
-        batch_losses[s] = loss
-        if not np.isfinite(loss):
-            return s
-        optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
-                         first_step + s + 1, n_threads)
-    return n_batches
-
 
 
 @njit(**JIT_OPTIONS)
@@ -256,6 +196,89 @@ def _count_correct(loss_code, scores, labels, targets):
                     best = j
             count += best == labels[i]
     return count
+
+
+@njit(**JIT_OPTIONS)
+def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
+                x_batch, label_batch, target_batch, weight_batch,
+                opt_kind, opt_state, opt_hyper, n_weights, first_step,
+                first_batch, stop_batch, batch_losses, batch_correct, n_threads):
+    """Batches ``first_batch`` to ``stop_batch - 1`` of an epoch, compiled whole: no Python
+    runs between steps.
+
+    Rows are visited in ``order``; batch ``s`` gathers rows ``order[s*batch_size:...]``
+    into ``x_batch`` (and the label/target/weight buffers) and takes one optimizer step.
+    The last batch is smaller when ``batch_size`` does not divide ``len(order)``.  A whole
+    epoch is one call with ``(0, n_batches)``; a progress display calls it on slices.
+
+    Parameters
+    ----------
+    net : NetBuffers
+        Capacity at least ``batch_size``.
+    loss_code : int
+    X : ndarray of shape (n, n_in)
+    labels : ndarray of int64, shape (n,) or (0,)
+    targets : ndarray of shape (n, n_out) or (0, n_out)
+    weights : ndarray of shape (n,) or (0,)
+        Per-row sample weights, or empty for none.
+    order : ndarray of int64, shape (n,)
+    batch_size : int
+    x_batch : ndarray of shape (batch_size, n_in)
+    label_batch : ndarray of int64, shape (batch_size,)
+    target_batch : ndarray of shape (batch_size, n_out) or (0, n_out)
+    weight_batch : ndarray of shape (batch_size,)
+    opt_kind, opt_state, opt_hyper, n_weights
+        As in :func:`fastmlp.kernels.optim.optimizer_update`.
+    first_step : int
+        Number of optimizer steps taken before batch 0 of this epoch.
+    first_batch, stop_batch : int
+        The half-open range of batch indices to run, ``0 <= first_batch <= stop_batch <=
+        n_batches``.
+    batch_losses : ndarray of float64, shape (n_batches,)
+        Entry ``s`` is overwritten with batch ``s``'s mean loss.
+    batch_correct : ndarray of int64, shape (n_batches,)
+        Entry ``s`` is overwritten with the number of batch ``s``'s rows the network
+        predicted right before the step (0 for MSE).
+    n_threads : int
+
+    Returns
+    -------
+    int
+        The index after the last completed batch: ``stop_batch``, or a smaller ``s``
+        when batch ``s``'s loss was NaN or Inf.  The step was then not applied, so the
+        parameters are those that produced the first non-finite loss (still finite
+        themselves).
+    """
+    n = order.shape[0]
+    has_labels = labels.shape[0] > 0
+    has_targets = targets.shape[0] > 0
+    has_weights = weights.shape[0] > 0
+    for s in range(first_batch, stop_batch):
+        start = s * batch_size
+        rows = min(batch_size, n - start)
+        for i in range(rows):
+            r = order[start + i]
+            x_batch[i, :] = X[r, :]
+            if has_labels:
+                label_batch[i] = labels[r]
+            if has_targets:
+                target_batch[i, :] = targets[r, :]
+            if has_weights:
+                weight_batch[i] = weights[r]
+        lab = label_batch[:rows] if has_labels else label_batch[:0]
+        tgt = target_batch[:rows] if has_targets else target_batch[:0]
+        loss = compute_gradients(net, loss_code, x_batch[:rows], lab, tgt,
+                                 weight_batch[:rows] if has_weights else weight_batch[:0], n_threads)
+        batch_losses[s] = loss
+        if not np.isfinite(loss):
+            return s
+        # backward leaves the cached outputs alone, so the scores are still those of the step.
+        if loss_code != MSE:
+            scores = layer_output(net, net.arch.shape[0] - 1, rows)
+            batch_correct[s] = _count_correct(loss_code, scores, lab, tgt)
+        optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
+                         first_step + s + 1, n_threads)
+    return stop_batch
 
 
 @njit(**JIT_OPTIONS)
