@@ -115,7 +115,7 @@ def test_history_with_validation(rng):
     model = _model()
     history = model.fit(X, y, epochs=3, batch_size=8, validation_data=(X[:10], y[:10]))
     assert history.epoch == [1, 2, 3]
-    assert set(history.history) == {"loss", "val_loss", "val_accuracy"}
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
     assert all(len(v) == 3 for v in history.history.values())
     evaluation = model.evaluate(X[:10], y[:10])
     assert history["val_loss"][-1] == pytest.approx(evaluation["loss"], rel=1e-6)
@@ -123,9 +123,9 @@ def test_history_with_validation(rng):
     assert model.history is history
 
 
-def test_verbose_prints_one_line_per_epoch(rng, capsys):
+def test_verbose_2_prints_one_line_per_epoch(rng, capsys):
     model = _model()
-    model.fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), epochs=2, verbose=1)
+    model.fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), epochs=2, verbose=2)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("epoch 2/2  loss ")
     model.fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), epochs=2, verbose=0)

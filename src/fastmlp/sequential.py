@@ -8,16 +8,20 @@ the compiled drivers.
 import math
 import numbers
 import os
+import time
 
 import numpy as np
 
 from fastmlp import io as _io
-from fastmlp._validation import as_features, as_labels, as_targets, check_positive_int
+from fastmlp._validation import (as_features, as_labels, as_targets, check_positive_int,
+                                 class_weight_per_row, sample_weight_per_row)
+from fastmlp.callbacks import Callback, LearningRateSchedule, ReduceLROnPlateau
 from fastmlp.kernels import network
 from fastmlp.kernels.checks import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
 from fastmlp.layers import Layer
 from fastmlp.optimizers import SGD, Optimizer
+from fastmlp.progress import REDRAW_SECONDS, EpochProgress, epoch_line
 from fastmlp.threads import get_num_threads, pin_blas
 from fastmlp.workspace import Workspace, layer_table
 
@@ -130,6 +134,9 @@ class Sequential:
         # Stand-ins for the label or target argument that a loss does not read.
         self._no_labels = np.zeros(0, dtype=np.int64)
         self._no_targets = np.zeros((0, n_out), dtype=dtype)
+        self._no_weights = np.zeros(0, dtype=dtype)
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
+        self.history = None  # the History of the last fit
         self._hyper_key = None
         self._hyper = None
 
@@ -273,21 +280,32 @@ class Sequential:
         return self._hyper
 
     # ----------------------------------------------------------------- training
-    def compute_gradients(self, X, y):
+    def compute_gradients(self, X, y, sample_weight=None):
         """Forward and backward pass on one batch without updating the parameters.
 
         The gradients of the batch's mean data loss are kept for :meth:`apply_gradients`
         (and visible through :meth:`get_gradients`).  Between the two calls is where
         data-parallel training averages gradients across processes.
 
+        Parameters
+        ----------
+        X, y : array-like
+            One batch, as for :meth:`fit`.
+        sample_weight : array-like of shape (batch,), optional
+            Per-row loss weights, as for :meth:`fit`.
+
         Returns
         -------
         float
-            The batch's mean loss.
+            The batch's mean (weighted) loss.
         """
         X, labels, targets = self._prepare(X, y)
+        weights = self._no_weights
+        if sample_weight is not None:
+            weights = sample_weight_per_row(sample_weight, X.shape[0]).astype(self.dtype)
         ws = self._training_workspace(X.shape[0])
-        return network.compute_gradients(ws.net, self.loss_code, X, labels, targets, get_num_threads())
+        return network.compute_gradients(ws.net, self.loss_code, X, labels, targets, weights,
+                                         get_num_threads())
 
     @property
     def flat_gradients(self):
@@ -331,8 +349,10 @@ class Sequential:
             raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
                                   "try a smaller learning rate")
 
-    def train_step(self, X, y):
+    def train_step(self, X, y, sample_weight=None):
         """One optimizer step on the batch ``(X, y)``; returns the batch's mean loss.
+
+        ``sample_weight`` (optional, ``(batch,)``) weighs each row's loss as in :meth:`fit`.
 
         For users who write their own loop.  With arrays already of the model's dtype
         (and int64 labels), C-contiguous, a steady-state step allocates nothing.
@@ -342,13 +362,14 @@ class Sequential:
         DivergenceError
             If the loss is NaN or Inf; the parameters are then left unchanged.
         """
-        loss = self.compute_gradients(X, y)
+        loss = self.compute_gradients(X, y, sample_weight)
         if not math.isfinite(loss):
             raise DivergenceError(f"the loss is {loss} on this batch; the step was not applied")
         self.apply_gradients()
         return loss
 
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=0,
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
+            validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None, verbose=0,
             checkpoint=None, checkpoint_every=None, resume=False, comm=None):
         """Train by minibatch gradient descent.
 
@@ -365,9 +386,28 @@ class Sequential:
         shuffle : bool, default True
             Visit the rows in a new order each epoch, drawn from the model's seeded RNG.
         validation_data : tuple (X_val, y_val), optional
-            Evaluated after every epoch.
-        verbose : int, default 0
-            0 is silent; 1 or more prints one line per epoch.
+            Evaluated after every epoch (``val_loss``, and ``val_accuracy`` for classifiers).
+        validation_split : float, default 0.0
+            In [0, 1): hold out this fraction of the rows, the *last* ones as given (before
+            any shuffling, as Keras does; shuffle sorted data first), as validation data.
+            Not together with ``validation_data``.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weight of each row's loss.  A batch's loss is
+            ``sum(w_i * loss_i) / batch_rows`` (Keras's convention: not divided by the sum
+            of the weights, so weights of 2 act like a doubled learning rate on those rows).
+            The validation loss is not weighted.
+        class_weight : dict or "balanced", optional
+            Weight of each class's rows, multiplied into ``sample_weight``: ``{class: weight}``
+            (classes left out weigh 1) for the label losses and, with one output, for
+            ``binary_cross_entropy`` (classes 0 and 1).  ``"balanced"`` gives class ``c``
+            the weight ``n_samples / (n_classes * count_c)`` (scikit-learn's rule).
+        callbacks : list of Callback, optional
+            Called at the start and end of training and of every epoch
+            (:mod:`fastmlp.callbacks`): learning-rate schedules, early stopping, your own.
+        verbose : {0, 1, 2}, default 0
+            0 is silent; 1 shows a progress bar per epoch with the running loss and
+            accuracy (tqdm's when installed, plain text otherwise); 2 prints one line per
+            epoch.  Output goes to ``sys.stdout``.
         checkpoint : str or os.PathLike, optional
             Save a checkpoint there (atomically: a crash never leaves a broken file) every
             ``checkpoint_every`` epochs and after the last epoch: the model, optimizer state
@@ -382,26 +422,39 @@ class Sequential:
             epochs included; the checkpoint must come from the same architecture, loss,
             dtype, optimizer class, row count, batch size and ``shuffle`` (else
             ``ValueError``), and the optimizer's hyperparameters are this model's.
+            Callbacks start afresh: a closed-form schedule gives the same rates (they
+            depend on the epoch number only), but the memory of
+            :class:`~fastmlp.callbacks.ReduceLROnPlateau` and
+            :class:`~fastmlp.callbacks.EarlyStopping` is not in the checkpoint.
+        comm : mpi4py.MPI.Comm, optional
+            Train data-parallel over the communicator's ranks: ``X`` and ``y`` are this
+            rank's shard and ``batch_size`` is per rank (see docs/distributed.md).  Rank 0
+            writes the checkpoints, which hold every rank's row order and shuffle stream; a
+            resume needs as many ranks, with as many rows each, as the run that wrote it.
+            ``validation_split``, ``sample_weight``, ``class_weight`` and ``callbacks``
+            are not supported with ``comm``.
 
         Returns
         -------
         History
             The epochs run by this call; after a resume their numbers continue the run's
-            (``history.epoch == [4, 5, ...]``).
+            (``history.epoch == [4, 5, ...]``).  Also kept as ``model.history``.
 
         Raises
         ------
         DivergenceError
             When a batch's loss is NaN or Inf.  The message gives the epoch and step; the
             parameters are those of the last finite step (or of the start of that epoch if
-            the last update already made them non-finite).
-        comm : mpi4py.MPI.Comm, optional
-            Train data-parallel over the communicator's ranks: ``X`` and ``y`` are this
-            rank's shard and ``batch_size`` is per rank (see docs/distributed.md).  Rank 0
-            writes the checkpoints, which hold every rank's row order and shuffle stream; a
-            resume needs as many ranks, with as many rows each, as the run that wrote it.
+            the last update already made them non-finite), unless a callback such as
+            :class:`~fastmlp.callbacks.EarlyStopping` restores others when training ends.
         """
         if comm is not None:
+            extras = {"validation_split": validation_split != 0.0, "sample_weight": sample_weight is not None,
+                      "class_weight": class_weight is not None, "callbacks": bool(callbacks)}
+            unsupported = [name for name, given in extras.items() if given]
+            if unsupported:
+                raise ValueError(f"{', '.join(unsupported)}: not supported with comm= "
+                                 "(distributed training) yet")
             # Before any local check: fit_distributed validates on every rank at once, so
             # bad input on one rank raises everywhere instead of leaving the others waiting.
             from fastmlp.distributed import fit_distributed
@@ -411,67 +464,157 @@ class Sequential:
                                    verbose=verbose, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume)
         checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
+        if validation_data is not None and not (isinstance(validation_split, numbers.Real)
+                                                and validation_split == 0):
+            raise ValueError("give validation_data or validation_split, not both")
         epochs, batch_size, shuffle, X, labels, targets, validation = self._check_fit_arguments(
             X, y, epochs, batch_size, shuffle, validation_data, verbose)
+        weights = self._row_weights(sample_weight, class_weight, X, labels, targets)
+        X, labels, targets, weights, validation = self._split_validation(
+            validation_split, X, labels, targets, weights, validation)
+        callbacks = _check_callbacks(callbacks)
 
         n = X.shape[0]
         batch_size = min(batch_size, n)
         n_batches = -(-n // batch_size)
-        last_rows = n - (n_batches - 1) * batch_size
         resumed, epochs_done = None, 0
         if resume and os.path.exists(checkpoint):
             # Read and checked in full before the model changes.
             resumed, epochs_done = _io.read_checkpoint(self, checkpoint, epochs, batch_size,
                                                        bool(shuffle), n)
+        metrics = ["loss"] + (["accuracy"] if self.is_classifier else [])
+        if validation is not None:
+            metrics += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
+        metrics.append("lr")
+        self.stop_training = False
+        for callback in callbacks:
+            callback.set_model(self)
+        for callback in callbacks:  # may refuse the setup: nothing has changed yet
+            callback.on_train_begin({"metrics": list(metrics), "epochs": epochs})
+
         ws = self._training_workspace(batch_size)
-        opt = self.optimizer
-        hyper = self._hyperparameters()
         order = np.arange(n, dtype=np.int64)  # shuffled in place: each epoch's order depends on it
         if resumed is not None:
             _io.apply_checkpoint(self, resumed, order)
         batch_losses = np.zeros(n_batches)
+        batch_correct = np.zeros(n_batches, dtype=np.int64)
+        shown = [m for m in metrics if m != "lr" or any(_changes_lr(c) for c in callbacks)]
         history = History()
-        for epoch in range(epochs_done + 1, epochs + 1):
-            if shuffle:
-                self._rng.shuffle(order)
-            # The epoch's start is the fallback should an update overflow: the loss of the
-            # next step shows that, but after the epoch's last step only this check does.
-            steps_before = self._save_finite_state()
-            done = network.train_epoch(
-                ws.net, self.loss_code, X, labels, targets, order, batch_size,
-                ws.x_batch, ws.label_batch, ws.target_batch,
-                opt.kind, opt.state, hyper, self._n_weights, opt.step_count, batch_losses,
-                get_num_threads())
-            opt.step_count += done
-            params_finite = count_nonfinite(self.params) == 0
-            if done < n_batches or not params_finite:
-                where = (f"the training loss became {batch_losses[done]} at epoch {epoch}, step "
-                         f"{done + 1} of {n_batches}" if done < n_batches else
-                         f"the last update of epoch {epoch} overflowed to NaN or Inf")
-                kept = "the parameters of the last finite step"
-                if not params_finite:
-                    self._restore_finite_state(steps_before)
-                    kept = f"the parameters from the start of epoch {epoch}"
-                raise DivergenceError(f"{where}; training stopped and the model keeps {kept}. "
-                                      "Try a smaller learning rate.")
-            epoch_loss = (batch_losses[:-1].sum() * batch_size + batch_losses[-1] * last_rows) / n
-            history.epoch.append(epoch)
-            history.history["loss"].append(float(epoch_loss))
-            line = f"epoch {epoch}/{epochs}  loss {epoch_loss:.4f}"
-            if validation is not None:
-                val_loss, correct = self._evaluate_prepared(*validation)
-                history.history.setdefault("val_loss", []).append(val_loss)
-                line += f"  val_loss {val_loss:.4f}"
-                if self.is_classifier:
-                    accuracy = correct / validation[0].shape[0]
-                    history.history.setdefault("val_accuracy", []).append(accuracy)
-                    line += f"  val_accuracy {accuracy:.4f}"
-            if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-                _io.save_checkpoint(self, checkpoint, order, epoch, epochs, batch_size, bool(shuffle))
-            if verbose:
-                print(line, flush=True)
         self.history = history
+        error = None
+        try:
+            for epoch in range(epochs_done + 1, epochs + 1):
+                for callback in callbacks:
+                    callback.on_epoch_begin(epoch, {})
+                started = time.perf_counter()
+                if shuffle:
+                    self._rng.shuffle(order)
+                progress = EpochProgress(epoch, epochs, n_batches) if verbose == 1 else None
+                logs = self._train_one_epoch(ws, epoch, X, labels, targets, weights, order,
+                                             batch_size, batch_losses, batch_correct, progress)
+                if validation is not None:
+                    val_loss, correct = self._evaluate_prepared(*validation)
+                    logs["val_loss"] = val_loss
+                    if self.is_classifier:
+                        logs["val_accuracy"] = correct / validation[0].shape[0]
+                logs["lr"] = float(self.optimizer.lr)
+                history.epoch.append(epoch)
+                for name in metrics:
+                    history.history.setdefault(name, []).append(logs[name])
+                shown_logs = {name: logs[name] for name in shown}
+                if progress is not None:
+                    progress.close(shown_logs)
+                elif verbose == 2:
+                    print(epoch_line(epoch, epochs, shown_logs, time.perf_counter() - started),
+                          flush=True)
+                for callback in callbacks:
+                    callback.on_epoch_end(epoch, dict(logs))
+                last = epoch == epochs or self.stop_training
+                if checkpoint is not None and (epoch % checkpoint_every == 0 or last):
+                    _io.save_checkpoint(self, checkpoint, order, epoch, epochs, batch_size,
+                                        bool(shuffle))
+                if self.stop_training:
+                    break
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end_training(callbacks, error)
         return history
+
+    def _train_one_epoch(self, ws, epoch, X, labels, targets, weights, order, batch_size,
+                         batch_losses, batch_correct, progress):
+        """Run one epoch's steps (in slices when a progress bar is shown); return its logs.
+
+        Raises DivergenceError, after restoring the last finite parameters, when a loss or
+        the epoch's last update is not finite.
+        """
+        opt = self.optimizer
+        hyper = self._hyperparameters()  # a schedule may have changed lr since the last epoch
+        n = order.shape[0]
+        n_batches = batch_losses.shape[0]
+        # The epoch's start is the fallback should an update overflow: the loss of the
+        # next step shows that, but after the epoch's last step only this check does.
+        steps_before = self._save_finite_state()
+
+        def run(first, stop):
+            return network.train_epoch(
+                ws.net, self.loss_code, X, labels, targets, weights, order, batch_size,
+                ws.x_batch, ws.label_batch, ws.target_batch, ws.weight_batch,
+                opt.kind, opt.state, hyper, self._n_weights, steps_before, first, stop,
+                batch_losses, batch_correct, get_num_threads())
+
+        if progress is None:
+            done = run(0, n_batches)
+        else:
+            done, chunk = 0, 1
+            while done < n_batches:
+                stop = min(n_batches, done + chunk)
+                started = time.perf_counter()
+                reached = run(done, stop)
+                elapsed = time.perf_counter() - started
+                if reached < stop:
+                    done = reached
+                    break
+                done = stop
+                progress.update(done, self._running_logs(done, batch_size, n, batch_losses, batch_correct))
+                # About one redraw per REDRAW_SECONDS: a live bar, and so few returns to
+                # Python that they cost nothing next to the steps.
+                chunk = max(1, min(n_batches, int(chunk * REDRAW_SECONDS / max(elapsed, 1e-9))))
+        opt.step_count += done
+        params_finite = count_nonfinite(self.params) == 0
+        if done < n_batches or not params_finite:
+            if progress is not None:
+                progress.close(self._running_logs(done, batch_size, n, batch_losses, batch_correct)
+                               if done else {})
+            where = (f"the training loss became {batch_losses[done]} at epoch {epoch}, step "
+                     f"{done + 1} of {n_batches}" if done < n_batches else
+                     f"the last update of epoch {epoch} overflowed to NaN or Inf")
+            kept = "the parameters of the last finite step"
+            if not params_finite:
+                self._restore_finite_state(steps_before)
+                kept = f"the parameters from the start of epoch {epoch}"
+            raise DivergenceError(f"{where}; training stopped and the model keeps {kept}. "
+                                  "Try a smaller learning rate.")
+        return self._running_logs(n_batches, batch_size, n, batch_losses, batch_correct)
+
+    def _running_logs(self, batches_done, batch_size, n, batch_losses, batch_correct):
+        """Loss (and accuracy) over the first ``batches_done`` batches of the epoch, per row."""
+        rows = min(n, batches_done * batch_size)
+        last_rows = rows - (batches_done - 1) * batch_size
+        loss_sum = batch_losses[:batches_done - 1].sum() * batch_size + batch_losses[batches_done - 1] * last_rows
+        logs = {"loss": float(loss_sum / rows)}
+        if self.is_classifier:
+            logs["accuracy"] = int(batch_correct[:batches_done].sum()) / rows
+        return logs
+
+    def _end_training(self, callbacks, error):
+        before = self.params.copy() if isinstance(error, DivergenceError) else None
+        for callback in callbacks:
+            callback.on_train_end({"error": error})
+        if before is not None and not np.array_equal(before, self.params):
+            error.args = (error.args[0] + " Then a callback changed the parameters as training "
+                          "ended (EarlyStopping restores those of its best epoch).",)
 
     def _check_fit_arguments(self, X, y, epochs, batch_size, shuffle, validation_data, verbose):
         """``fit``'s arguments checked and converted (shared with ``fit_distributed``).
@@ -485,8 +628,8 @@ class Sequential:
         batch_size = check_positive_int(batch_size, "batch_size")
         if not isinstance(shuffle, (bool, np.bool_)):
             raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
-        if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral):
-            raise ValueError(f"verbose must be an integer, got {verbose!r}")
+        if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         X, labels, targets = self._prepare(X, y)
         validation = None
         if validation_data is not None:
@@ -498,6 +641,54 @@ class Sequential:
                 raise type(exc)(f"validation_data: {exc}") from None
             validation = (X_val, labels_val, targets_val, self._inference_workspace(X_val.shape[0]))
         return epochs, batch_size, bool(shuffle), X, labels, targets, validation
+
+    def _row_weights(self, sample_weight, class_weight, X, labels, targets):
+        """Per-row loss weights ``(n,)`` of the model's dtype, or the empty stand-in."""
+        n = X.shape[0]
+        weights = None
+        if sample_weight is not None:
+            weights = sample_weight_per_row(sample_weight, n)
+        if class_weight is not None:
+            if self._uses_labels:
+                classes, n_classes = labels, self.n_outputs
+            elif self.loss_code == BINARY_CROSS_ENTROPY and self.n_outputs == 1:
+                classes, n_classes = targets[:, 0].astype(np.int64), 2
+            else:
+                raise ValueError(f"class_weight needs class labels: it applies to "
+                                 f"softmax_cross_entropy, multiclass_hinge and single-output "
+                                 f"binary_cross_entropy, not to {self.loss!r} with "
+                                 f"{self.n_outputs} outputs (use sample_weight)")
+            per_class = class_weight_per_row(class_weight, classes, n_classes)
+            weights = per_class if weights is None else weights * per_class
+        if weights is None:
+            return self._no_weights
+        if not weights.any():
+            raise ValueError("sample_weight and class_weight give every row the weight 0: "
+                             "nothing would be learned")
+        return weights.astype(self.dtype)
+
+    def _split_validation(self, validation_split, X, labels, targets, weights, validation):
+        """Hold out the last ``validation_split`` fraction of the rows."""
+        if isinstance(validation_split, (bool, np.bool_)) or not isinstance(validation_split, numbers.Real) \
+                or not 0 <= validation_split < 1:
+            raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+        if validation_split == 0:
+            return X, labels, targets, weights, validation
+        n = X.shape[0]
+        n_train = int(n * (1 - validation_split))
+        if n_train < 1 or n_train == n:
+            raise ValueError(f"validation_split={validation_split} of {n} rows leaves "
+                             f"{n_train} for training and {n - n_train} for validation; "
+                             "both need at least one")
+
+        def head(a):
+            return a[:n_train] if a.shape[0] else a
+
+        def tail(a):
+            return a[n_train:] if a.shape[0] else a
+
+        validation = (X[n_train:], tail(labels), tail(targets), self._inference_workspace(n - n_train))
+        return X[:n_train], head(labels), head(targets), head(weights), validation
 
     # ----------------------------------------------------------------- inference
     def _evaluate_prepared(self, X, labels, targets, ws):
@@ -580,6 +771,22 @@ class Sequential:
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
                       np.where(ss_res == 0, 1.0, 0.0))
         return float(r2.mean())
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    callbacks = list(callbacks)
+    for k, callback in enumerate(callbacks):
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks[{k}] is {callback!r}, not a fastmlp.callbacks.Callback")
+    return callbacks
+
+
+def _changes_lr(callback):
+    return isinstance(callback, (LearningRateSchedule, ReduceLROnPlateau))
 
 
 def _check_checkpoint_args(checkpoint, checkpoint_every, resume, filesystem=True):

@@ -1,0 +1,353 @@
+"""Callbacks: code that runs at the boundaries of :meth:`fastmlp.Sequential.fit`.
+
+A callback subclasses :class:`Callback` and overrides any of its hooks.  ``fit`` calls them
+in this order::
+
+    on_train_begin(logs)
+    for each epoch:
+        on_epoch_begin(epoch, logs)
+        ... the epoch's batches run compiled, with no Python in between ...
+        on_epoch_end(epoch, logs)      # logs: loss, accuracy, val_loss, val_accuracy, lr
+    on_train_end(logs)                 # also when fit ends by an exception
+
+Epochs are numbered from 1, continuing across a resume.  A callback stops training by
+setting ``self.model.stop_training = True``; the current epoch finishes first.
+
+There is no per-batch hook: an epoch is one compiled loop, and calling back into Python
+after every step would cost more than a small network's step.
+
+The learning-rate schedules (:class:`StepDecay`, :class:`ExponentialDecay`,
+:class:`CosineAnnealing`, :class:`ReduceLROnPlateau`) and :class:`EarlyStopping` are
+callbacks; the rates themselves come from :mod:`fastmlp.kernels.schedules`.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from fastmlp.kernels import schedules
+
+
+class Callback:
+    """Base class: every hook does nothing.
+
+    Attributes
+    ----------
+    model : Sequential or None
+        The model being trained, set by ``fit`` before :meth:`on_train_begin`.
+    """
+
+    model = None
+
+    def set_model(self, model):
+        """Called by ``fit`` before training; stores ``model``."""
+        self.model = model
+
+    def on_train_begin(self, logs):
+        """Before the first epoch.
+
+        Parameters
+        ----------
+        logs : dict
+            ``"metrics"``: the names the epoch logs will hold (e.g. ``["loss", "accuracy",
+            "val_loss", "val_accuracy", "lr"]``); ``"epochs"``: the last epoch number.
+            Raising here (e.g. ``ValueError`` for a metric that will not exist) stops
+            ``fit`` before any parameter changes.
+        """
+
+    def on_epoch_begin(self, epoch, logs):
+        """Before epoch ``epoch`` (1-based) runs.  A schedule sets the learning rate here."""
+
+    def on_epoch_end(self, epoch, logs):
+        """After epoch ``epoch``; ``logs`` maps each metric name to this epoch's value.
+
+        Metrics: ``loss`` (mean training loss during the epoch, sample-weighted),
+        ``accuracy`` (classifiers: fraction of training rows predicted right just before
+        their step), ``val_loss`` and ``val_accuracy`` (with validation data), ``lr`` (the
+        learning rate the epoch used).
+        """
+
+    def on_train_end(self, logs):
+        """After the last epoch, or when ``fit`` ends by an exception (``logs["error"]`` then
+        holds it; it is ``None`` after a normal end)."""
+
+
+def _check_number(value, name, low, high=math.inf, low_inclusive=True, high_inclusive=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    below = value <= high if high_inclusive else value < high
+    if not (above and below):
+        lo = "[" if low_inclusive else "("
+        hi = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)
+
+
+def _check_count(value, name, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_monitor(monitor, mode):
+    if not isinstance(monitor, str):
+        raise ValueError(f"monitor must be a metric name such as 'val_loss', got {monitor!r}")
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        mode = "max" if "accuracy" in monitor else "min"
+    return monitor, mode == "min"
+
+
+def _require_metric(monitor, logs, who):
+    if monitor not in logs["metrics"]:
+        raise ValueError(f"{who} monitors {monitor!r}, but fit will report only "
+                         f"{', '.join(logs['metrics'])}"
+                         + (" (pass validation_data or validation_split)" if monitor.startswith("val_") else ""))
+
+
+def _set_learning_rate(model, lr, epoch, who):
+    # The finite check of the schedules: a rate that is NaN, infinite or negative never
+    # reaches the optimizer (an exponential growth would get there in a few hundred epochs).
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"{who} gave the learning rate {lr!r} for epoch {epoch}; "
+                         "it must be finite and >= 0")
+    model.optimizer.lr = lr
+
+
+class LearningRateSchedule(Callback):
+    """Base class of the closed-form schedules: before each epoch, the optimizer's ``lr``
+    becomes ``rate(base_lr, epochs_done)``.
+
+    ``base_lr`` is the optimizer's ``lr`` when the first ``fit`` using the schedule starts
+    (or the ``base_lr`` given).  The rate depends only on the epoch number, so a resumed run
+    gets the rates of an uninterrupted one.
+    """
+
+    def __init__(self, base_lr=None):
+        if base_lr is not None:
+            base_lr = _check_number(base_lr, "base_lr", 0, low_inclusive=False)
+        self.base_lr = base_lr
+
+    def rate(self, base_lr, epochs_done):
+        """The learning rate for the epoch after ``epochs_done`` completed ones."""
+        raise NotImplementedError
+
+    def on_train_begin(self, logs):
+        if self.base_lr is None:
+            self.base_lr = float(self.model.optimizer.lr)
+
+    def on_epoch_begin(self, epoch, logs):
+        _set_learning_rate(self.model, float(self.rate(self.base_lr, epoch - 1)), epoch,
+                           type(self).__name__)
+
+
+class StepDecay(LearningRateSchedule):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs (PyTorch's
+    ``StepLR``): ``lr = base_lr * gamma ** ((epoch - 1) // step_size)``.
+
+    Parameters
+    ----------
+    step_size : int
+        Epochs between drops, >= 1.
+    gamma : float, default 0.1
+        In (0, 1].
+    base_lr : float, optional
+        Defaults to the optimizer's ``lr`` when training starts.
+
+    Examples
+    --------
+    >>> from fastmlp.callbacks import StepDecay
+    >>> [round(StepDecay(step_size=2, gamma=0.5).rate(0.1, done), 4) for done in range(5)]
+    [0.1, 0.1, 0.05, 0.05, 0.025]
+    """
+
+    def __init__(self, step_size, gamma=0.1, base_lr=None):
+        super().__init__(base_lr)
+        self.step_size = _check_count(step_size, "step_size", 1)
+        self.gamma = _check_number(gamma, "gamma", 0, 1, low_inclusive=False, high_inclusive=True)
+
+    def rate(self, base_lr, epochs_done):
+        return schedules.step_decay_lr(base_lr, epochs_done, self.step_size, self.gamma)
+
+
+class ExponentialDecay(LearningRateSchedule):
+    """Multiply the learning rate by ``gamma`` every epoch (PyTorch's ``ExponentialLR``):
+    ``lr = base_lr * gamma ** (epoch - 1)``.
+
+    Parameters
+    ----------
+    gamma : float
+        In (0, 1].
+    base_lr : float, optional
+    """
+
+    def __init__(self, gamma, base_lr=None):
+        super().__init__(base_lr)
+        self.gamma = _check_number(gamma, "gamma", 0, 1, low_inclusive=False, high_inclusive=True)
+
+    def rate(self, base_lr, epochs_done):
+        return schedules.exponential_decay_lr(base_lr, epochs_done, self.gamma)
+
+
+class CosineAnnealing(LearningRateSchedule):
+    """Half a cosine from ``base_lr`` to ``min_lr`` over ``period`` epochs, then ``min_lr``:
+    ``lr = min_lr + (base_lr - min_lr) * (1 + cos(pi * t / period)) / 2``,
+    ``t = min(epoch - 1, period)``.
+
+    Parameters
+    ----------
+    period : int
+        Epochs to reach ``min_lr``, >= 1 (usually the number of epochs).
+    min_lr : float, default 0.0
+        >= 0 and below ``base_lr``.
+    base_lr : float, optional
+    """
+
+    def __init__(self, period, min_lr=0.0, base_lr=None):
+        super().__init__(base_lr)
+        self.period = _check_count(period, "period", 1)
+        self.min_lr = _check_number(min_lr, "min_lr", 0)
+
+    def on_train_begin(self, logs):
+        super().on_train_begin(logs)
+        if self.min_lr > self.base_lr:
+            raise ValueError(f"CosineAnnealing: min_lr={self.min_lr} is above the base learning "
+                             f"rate {self.base_lr}")
+
+    def rate(self, base_lr, epochs_done):
+        return schedules.cosine_annealing_lr(base_lr, self.min_lr, epochs_done, self.period)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when a metric stops improving (PyTorch's
+    ``ReduceLROnPlateau`` with a relative threshold).
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        A metric of the epoch logs (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``).
+    factor : float, default 0.1
+        In (0, 1).
+    patience : int, default 10
+        Epochs without improvement tolerated; the rate drops on the next one.
+    threshold : float, default 1e-4
+        Relative improvement that counts: ``metric < best * (1 - threshold)`` when
+        minimising.
+    min_lr : float, default 0.0
+        The rate never goes below it.
+    cooldown : int, default 0
+        Epochs after a drop during which no bad epochs are counted.
+    mode : {"auto", "min", "max"}, default "auto"
+        ``auto`` maximises metrics whose name contains ``accuracy`` and minimises the rest.
+
+    Attributes
+    ----------
+    best : float
+        Best value of the metric so far.
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, threshold=1e-4, min_lr=0.0,
+                 cooldown=0, mode="auto"):
+        self.monitor, self.minimize = _check_monitor(monitor, mode)
+        self.factor = _check_number(factor, "factor", 0, 1, low_inclusive=False)
+        self.patience = _check_count(patience, "patience", 0)
+        self.threshold = _check_number(threshold, "threshold", 0)
+        self.min_lr = _check_number(min_lr, "min_lr", 0)
+        self.cooldown = _check_count(cooldown, "cooldown", 0)
+        self.reset()
+
+    def reset(self):
+        """Forget the metric's history (done at the start of every ``fit``)."""
+        self.best = math.inf if self.minimize else -math.inf
+        self.bad_epochs = 0
+        self.cooldown_left = 0
+
+    def on_train_begin(self, logs):
+        _require_metric(self.monitor, logs, "ReduceLROnPlateau")
+        self.reset()
+
+    def on_epoch_end(self, epoch, logs):
+        lr, self.best, self.bad_epochs, self.cooldown_left = schedules.plateau_update(
+            float(logs[self.monitor]), float(self.model.optimizer.lr), self.best, self.bad_epochs,
+            self.cooldown_left, self.minimize, self.factor, self.patience, self.threshold,
+            self.min_lr, self.cooldown)
+        _set_learning_rate(self.model, lr, epoch, "ReduceLROnPlateau")
+
+
+class EarlyStopping(Callback):
+    """Stop training when a metric has stopped improving, and keep the best weights.
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+    min_delta : float, default 0.0
+        An epoch improves when it beats the best so far by more than ``min_delta``.
+    patience : int, default 0
+        Stop after this many consecutive epochs without improvement (at the first one
+        when 0, as in Keras).
+    mode : {"auto", "min", "max"}, default "auto"
+        ``auto`` maximises metrics whose name contains ``accuracy``.
+    restore_best_weights : bool, default True
+        When training ends, for whatever reason (this callback stopped it, the epochs ran
+        out, another callback stopped it, or an exception such as
+        :class:`~fastmlp.DivergenceError` ended it), put back the parameters of the best
+        epoch.  Unlike Keras, whose default is False and which restores only when it
+        stopped the run.  Only the parameters are restored, not the optimizer's state.
+
+    Attributes
+    ----------
+    best : float
+        Best value of the metric.
+    best_epoch : int or None
+        Epoch that reached it.
+    stopped_epoch : int or None
+        Epoch after which this callback stopped training (None if it did not).
+    restored_epoch : int or None
+        Epoch whose weights were restored at the end (None if none were).
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
+                 restore_best_weights=True):
+        self.monitor, self.minimize = _check_monitor(monitor, mode)
+        self.min_delta = _check_number(min_delta, "min_delta", 0)
+        self.patience = _check_count(patience, "patience", 0)
+        if not isinstance(restore_best_weights, (bool, np.bool_)):
+            raise ValueError(f"restore_best_weights must be True or False, got {restore_best_weights!r}")
+        self.restore_best_weights = bool(restore_best_weights)
+        self._best_params = None
+
+    def on_train_begin(self, logs):
+        _require_metric(self.monitor, logs, "EarlyStopping")
+        self.best = math.inf if self.minimize else -math.inf
+        self.best_epoch = None
+        self.stopped_epoch = None
+        self.restored_epoch = None
+        self._wait = 0
+        if self.restore_best_weights:
+            # One copy of the parameters, allocated once per fit.
+            self._best_params = np.empty_like(self.model.params)
+
+    def on_epoch_end(self, epoch, logs):
+        value = float(logs[self.monitor])
+        improved = (value < self.best - self.min_delta if self.minimize
+                    else value > self.best + self.min_delta)
+        if improved:
+            self.best = value
+            self.best_epoch = epoch
+            self._wait = 0
+            if self._best_params is not None:
+                np.copyto(self._best_params, self.model.params)
+            return
+        self._wait += 1
+        if self._wait >= max(self.patience, 1):
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs):
+        if self._best_params is not None and self.best_epoch is not None:
+            np.copyto(self.model.params, self._best_params)
+            self.restored_epoch = self.best_epoch
+        self._best_params = None
