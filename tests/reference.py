@@ -157,3 +157,58 @@ def adam_update(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_de
     m_hat = m / (1 - beta1 ** step)
     v_hat = v / (1 - beta2 ** step)
     return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+
+
+def weighted_loss(loss, s, y, w):
+    """Sample-weighted loss ``sum_i w_i loss_i / n`` (``loss_i`` the loss of row ``i`` alone)
+    and its gradient: row ``i`` of the unweighted mean's gradient times ``w_i``."""
+    n = len(s)
+    value = sum(w[i] * LOSSES[loss](s[i:i + 1], y[i:i + 1])[0] for i in range(n)) / n
+    return value, LOSSES[loss](s, y)[1] * np.asarray(w, dtype=float)[:, None]
+
+
+def step_decay_lr(base_lr, epochs_done, step_size, gamma):
+    return base_lr * gamma ** (epochs_done // step_size)
+
+
+def exponential_decay_lr(base_lr, epochs_done, gamma):
+    return base_lr * gamma ** epochs_done
+
+
+def cosine_annealing_lr(base_lr, min_lr, epochs_done, period):
+    t = min(epochs_done, period)
+    return min_lr + (base_lr - min_lr) * (1 + np.cos(np.pi * t / period)) / 2
+
+
+class ReduceLROnPlateau:
+    """torch.optim.lr_scheduler.ReduceLROnPlateau(threshold_mode="rel") for one learning rate,
+    step for step as PyTorch 2.13 writes it."""
+
+    def __init__(self, lr, mode="min", factor=0.1, patience=10, threshold=1e-4, cooldown=0, min_lr=0.0):
+        self.lr, self.mode, self.factor, self.patience = lr, mode, factor, patience
+        self.threshold, self.cooldown, self.min_lr, self.eps = threshold, cooldown, min_lr, 1e-8
+        self.best = np.inf if mode == "min" else -np.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+
+    def _is_better(self, a, best):
+        if self.mode == "min":
+            return a < best * (1.0 - self.threshold)
+        return a > best * (self.threshold + 1.0)
+
+    def step(self, current):
+        if self._is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            new_lr = max(self.lr * self.factor, self.min_lr)
+            if self.lr - new_lr > self.eps:
+                self.lr = new_lr
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        return self.lr

@@ -57,7 +57,7 @@ def test_adamw_decays_weights_but_not_biases():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=0), "lr"),
+    (dict(lr=-0.001), "lr"),
     (dict(betas=(1.0, 0.999)), r"betas\[0\]"),
     (dict(betas=(0.9, -0.1)), r"betas\[1\]"),
     (dict(betas=0.9), "betas must be a pair"),

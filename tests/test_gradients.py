@@ -157,6 +157,29 @@ def test_backprop_matches_independent_numpy_finite_differences(rng, loss):
             assert relative_error(analytic[2 * k + j], numeric) < 1e-6
 
 
+@pytest.mark.parametrize("loss", list(losses.LOSSES))
+def test_sample_weighted_backprop_matches_numpy_finite_differences(rng, loss):
+    """With sample weights, the gradient is that of ``sum_i w_i loss_i / n`` (Keras's
+    convention), differenced on the plain-numpy reference network."""
+    model = _model([Dense(4, 5, activation="tanh"), Dense(5, 6, activation="sigmoid")], loss)
+    X, y = _data(rng, loss)
+    weights = rng.uniform(0, 3, size=len(X))
+    weights[1] = 0.0
+    model.compute_gradients(X, y, sample_weight=weights)
+    analytic = model.get_gradients()
+    layers = [dict(W=layer.W.copy(), b=layer.b.copy(), activation=layer.activation,
+                   param=layer.activation_param, pieces=layer.pieces) for layer in model.layers]
+    y_ref = np.asarray(y).reshape(len(X), -1) if loss in ("binary_cross_entropy", "mse") else y
+
+    def weighted_loss():
+        return ref.weighted_loss(loss, ref.network_forward(layers, X)[-1], y_ref, weights)[0]
+
+    for k, layer in enumerate(layers):
+        for j, key in enumerate(("W", "b")):
+            numeric = numeric_gradient(weighted_loss, layer[key])
+            assert relative_error(analytic[2 * k + j], numeric) < 1e-6
+
+
 def test_gradcheck_catches_a_wrong_gradient(rng, monkeypatch):
     """gradcheck must be able to fail: corrupt the backward pass and watch it report."""
     from fastmlp.kernels import network

@@ -92,8 +92,8 @@ def test_bad_fit_arguments(kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=0), r"lr must be in \(0"),
-    (dict(lr=-1), r"lr must be in \(0"),
+    (dict(lr=-1e-9), r"lr must be in \[0"),
+    (dict(lr=-1), r"lr must be in \[0"),
     (dict(lr=float("nan")), "lr must be a finite number"),
     (dict(momentum=1.0), r"momentum must be in \[0"),
     (dict(momentum=-0.1), r"momentum must be in \[0"),

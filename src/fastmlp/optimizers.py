@@ -63,7 +63,7 @@ class SGD(Optimizer):
     Parameters
     ----------
     lr : float, default 0.01
-        Learning rate, > 0.
+        Learning rate, >= 0 (0 freezes the parameters, as in PyTorch).
     momentum : float, default 0.0
         In ``[0, 1)``.  ``v = momentum * v + g``; ``W -= lr * v``.
     nesterov : bool, default False
@@ -84,7 +84,7 @@ class SGD(Optimizer):
         self._checked()
 
     def _checked(self):
-        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=False)
+        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=True)  # 0 freezes, as in PyTorch
         momentum = _check_real(self.momentum, "momentum", 0.0, 1.0, low_inclusive=True)
         weight_decay = _check_real(self.weight_decay, "weight_decay", 0.0, math.inf, low_inclusive=True)
         if not isinstance(self.nesterov, (bool, np.bool_)):
@@ -134,7 +134,7 @@ class Adam(Optimizer):
         self._checked()
 
     def _checked(self):
-        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=False)
+        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=True)  # 0 freezes, as in PyTorch
         try:
             beta1, beta2 = self.betas
         except (TypeError, ValueError):
