@@ -108,7 +108,10 @@ def test_bad_columns_and_arguments(tmp_path, spiral_csv, capsys):
         (["train", str(csv), "--label", "nope"], "no column named 'nope'"),
         (["train", str(csv), "--label", "7"], "column 7 is out of range"),
         (["train", str(csv), "--hidden", "ten"], "--hidden must be comma-separated integers"),
-        (["train", str(csv), "--lr", "0"], "lr must be in (0.0, inf)"),
+        (["train", str(csv), "--lr", "-1"], "lr must be in [0.0, inf)"),
+        (["train", str(csv), "--early-stopping", "3"], "add --val-split"),
+        (["train", str(csv), "--val-split", "0.2", "--early-stopping", "-1"], "--early-stopping must be >= 0"),
+        (["train", str(csv), "--plot", str(tmp_path / "no" / "such" / "dir.png")], "does not exist"),
         (["train", str(csv), "--epochs", "0"], "epochs must be a positive integer"),
         (["train", str(csv), "--val-split", "1.5"], "--val-split must be in [0, 1)"),
         (["train", str(csv), "--label", "x"], "labels must be class indices"),
@@ -119,6 +122,24 @@ def test_bad_columns_and_arguments(tmp_path, spiral_csv, capsys):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_train_with_early_stopping_schedule_and_plot(tmp_path, spiral_csv, capsys):
+    csv, _, _ = spiral_csv
+    plot = tmp_path / "curves.png"
+    assert main(["train", str(csv), "--label", "cls", "--epochs", "40", "--lr", "0.5",
+                 "--val-split", "0.2", "--early-stopping", "2", "--lr-schedule", "plateau",
+                 "--plot", str(plot), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    # One finished bar per epoch run (only a finished one shows val_loss), then the summary.
+    bars = [line for line in out.splitlines() if line.startswith("epoch ") and "val_loss" in line]
+    epochs_run = int(out.split(" epochs")[0].split(" x ")[-1])
+    assert 1 <= epochs_run <= 40 and len(bars) == epochs_run
+    assert "kept the weights of epoch" in out and "lr " in bars[0]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["train", str(csv), "--label", "cls", "--epochs", "3", "--lr-schedule", "cosine",
+                 "--quiet"]) == 0
+    assert "x 3 epochs" in capsys.readouterr().out
 
 
 def test_bench_quick_prints_every_shape():

@@ -54,9 +54,18 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--val-split", type=float, default=0.0, metavar="FRACTION",
                        help="hold out this fraction of DATA for validation (default: 0)")
+    train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a better validation loss and keep "
+                            "the best epoch's weights (needs --val-split)")
+    train.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "plateau"],
+                       help="cosine: anneal the rate to 0 over --epochs; plateau: divide it by 10 "
+                            "after 5 epochs without improvement of the validation loss (training "
+                            "loss without --val-split) (default: constant)")
+    train.add_argument("--plot", metavar="FILE.png", default=None,
+                       help="save the loss and accuracy curves here (needs matplotlib)")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--out", metavar="MODEL", default=None, help="save the trained model here")
-    train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--mpi", action="store_true",
                        help="data-parallel over MPI: run under mpiexec; each rank trains on its "
                             "slice of DATA's rows, rank 0 prints and saves (needs fastmlp[mpi])")
@@ -177,20 +186,62 @@ def _train(args):
         if validation is not None:
             v = slice(rank * len(validation[0]) // size, (rank + 1) * len(validation[0]) // size)
             validation = (validation[0][v], validation[1][v])
+    callbacks = _callbacks(args, validation is not None)
+    if callbacks and comm is not None:
+        raise CommandError("--early-stopping and --lr-schedule are not supported with --mpi yet")
+    if args.plot:
+        _check_plot_target(args.plot)
     start = time.perf_counter()
-    model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=validation,
-              verbose=0 if args.quiet else 1, comm=comm)
+    history = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=validation, callbacks=callbacks,
+                        verbose=0 if args.quiet else 1, comm=comm)
     seconds = time.perf_counter() - start
     if rank != 0:
         return
     ranks = f" on {comm.Get_size()} ranks" if comm is not None else ""
     result = model.evaluate(X, y)
     summary = " ".join(f"{k} {v:.4f}" for k, v in result.items())
-    print(f"trained {n_total} samples x {args.epochs} epochs{ranks} in {seconds:.1f} s; "
+    print(f"trained {n_total} samples x {len(history.epoch)} epochs{ranks} in {seconds:.1f} s; "
           f"training {summary}{' (rank 0 slice)' if ranks else ''}")
+    for callback in callbacks:
+        if getattr(callback, "restored_epoch", None) is not None:
+            print(f"kept the weights of epoch {callback.restored_epoch} (best val_loss "
+                  f"{callback.best:.4f})")
+    if args.plot:
+        history.plot(args.plot)
+        print(f"curves saved to {args.plot}")
     if args.out:
         model.save(args.out)
         print(f"saved to {args.out}")
+
+
+def _callbacks(args, has_validation):
+    from fastmlp.callbacks import CosineAnnealing, EarlyStopping, ReduceLROnPlateau
+
+    callbacks = []
+    if args.early_stopping is not None:
+        if not has_validation:
+            raise CommandError("--early-stopping watches the validation loss: add --val-split")
+        if args.early_stopping < 0:
+            raise CommandError(f"--early-stopping must be >= 0, got {args.early_stopping}")
+        callbacks.append(EarlyStopping(patience=args.early_stopping))
+    if args.lr_schedule == "cosine":
+        callbacks.append(CosineAnnealing(period=max(1, args.epochs)))
+    elif args.lr_schedule == "plateau":
+        callbacks.append(ReduceLROnPlateau(monitor="val_loss" if has_validation else "loss",
+                                           patience=5))
+    return callbacks
+
+
+def _check_plot_target(path):
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CommandError("--plot needs matplotlib: pip install matplotlib")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CommandError(f"--plot: directory {directory} does not exist")
 
 
 def _load_model(path):

@@ -17,7 +17,7 @@ def _spiral(seed):
     model = Sequential([Dense(2, 100, activation="relu"), Dense(100, 3)],
                        optimizer=SGD(lr=0.5, momentum=0.9), seed=seed)
     print("2-100-3 ReLU network, SGD(lr=0.5, momentum=0.9), batch 32:")
-    model.fit(X, y, epochs=20, batch_size=32, verbose=1)
+    model.fit(X, y, epochs=20, batch_size=32, verbose=2)
     return model.score(X, y)
 
 
@@ -28,7 +28,7 @@ def _digits(seed):
     model = Sequential([Dense(64, 128, activation="relu"), Dense(128, 10)],
                        optimizer=SGD(lr=0.1, momentum=0.9), seed=seed)
     print("64-128-10 ReLU network, SGD(lr=0.1, momentum=0.9), batch 32:")
-    model.fit(X_train, y_train, epochs=15, batch_size=32, validation_data=(X_test, y_test), verbose=1)
+    model.fit(X_train, y_train, epochs=15, batch_size=32, validation_data=(X_test, y_test), verbose=2)
     return model.score(X_test, y_test)
 
 
