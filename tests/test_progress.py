@@ -95,6 +95,32 @@ def test_plain_bar_when_training_diverges_shows_the_batches_done(no_tqdm, capsys
     assert " 1/3  " in lines[0] and FULL_BAR not in lines[0]
 
 
+def test_running_metrics_on_a_terminal_are_the_means_over_the_batches_so_far(monkeypatch):
+    monkeypatch.setattr(progress, "_tqdm", lambda: None)
+    monkeypatch.setattr(progress, "REDRAW_SECONDS", 0)  # draw at every update
+    monkeypatch.setattr(sequential, "REDRAW_SECONDS", 1e-9)  # one batch per slice
+    stream = FakeTTY()
+    monkeypatch.setattr(sys, "stdout", stream)
+    rng = np.random.default_rng(8)
+    n, batch = 23, 5  # the last batch has 3 rows
+    X = rng.normal(size=(n, 4))
+    y = rng.integers(0, 3, size=n)
+    w = rng.uniform(0, 2, size=n)
+    model, twin = _model(dtype=np.float64), _model(dtype=np.float64)
+    history = model.fit(X, y, epochs=1, batch_size=batch, shuffle=False, sample_weight=w, verbose=1)
+    draws = stream.getvalue()[1:].split("\r")
+    assert len(draws) == 5 + 1  # one per batch, and the close
+    loss_sum, right = 0.0, 0
+    for k, start in enumerate(range(0, n, batch), 1):
+        Xb, yb = X[start:start + batch], y[start:start + batch]
+        right += int((twin.predict(Xb) == yb).sum())
+        loss_sum += len(yb) * twin.train_step(Xb, yb, sample_weight=w[start:start + batch])
+        rows = min(n, start + batch)
+        assert f"] {k}/5  loss {loss_sum / rows:.4f}  accuracy {right / rows:.4f}  " in draws[k - 1]
+    assert draws[-1].startswith(f"epoch 1/1 {FULL_BAR} 5/5  loss {history['loss'][0]:.4f}  ")
+    assert history["loss"][0] == pytest.approx(loss_sum / n, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- EpochProgress alone
 def test_plain_bar_on_a_terminal_redraws_in_place(monkeypatch):
     monkeypatch.setattr(progress, "REDRAW_SECONDS", 0)
