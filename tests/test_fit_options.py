@@ -341,7 +341,7 @@ def test_all_zero_weights_are_refused(kwargs):
         kwargs = dict(kwargs, sample_weight=(y == 2).astype(float))
     model = _model()
     before = _state(model)
-    with pytest.raises(ValueError, match="every row the weight 0"):
+    with pytest.raises(ValueError, match="every training row the weight 0"):
         model.fit(X, y, epochs=2, **kwargs)
     _assert_unchanged(model, before)
 

@@ -74,14 +74,18 @@ class EpochProgress:
             self.stream.write("\r" + self._text(metrics))
             self.stream.flush()
 
-    def close(self, metrics):
-        """Finish the bar with the epoch's final ``metrics`` (validation ones included)."""
+    def close(self, metrics, finished=True):
+        """End the bar with the epoch's final ``metrics`` (validation ones included).
+
+        ``finished=False`` (training stopped partway) leaves it at the batches done.
+        """
+        advance = self.n_batches - self.done if finished else 0
+        self.done += advance
         if self._bar is not None:
             self._bar.set_postfix_str(format_metrics(metrics), refresh=False)
-            self._bar.update(self.n_batches - self.done)
+            self._bar.update(advance)
             self._bar.close()
             return
-        self.done = self.n_batches
         self.stream.write(("\r" if self._redraw else "") + self._text(metrics) + "\n")
         self.stream.flush()
 

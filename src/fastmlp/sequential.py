@@ -522,6 +522,9 @@ class Sequential:
         weights = self._row_weights(sample_weight, class_weight, X, labels, targets)
         X, labels, targets, weights, validation = self._split_validation(
             validation_split, X, labels, targets, weights, validation)
+        if weights.shape[0] and not weights.any():
+            raise ValueError("sample_weight and class_weight give every training row the weight 0: "
+                             "nothing would be learned")
         callbacks = _check_callbacks(callbacks)
 
         n = X.shape[0]
@@ -636,7 +639,7 @@ class Sequential:
         if done < n_batches or not params_finite:
             if progress is not None:
                 progress.close(self._running_logs(done, batch_size, n, batch_losses, batch_correct)
-                               if done else {})
+                               if done else {}, finished=False)
             where = (f"the training loss became {batch_losses[done]} at epoch {epoch}, step "
                      f"{done + 1} of {n_batches}" if done < n_batches else
                      f"the last update of epoch {epoch} overflowed to NaN or Inf")
@@ -712,9 +715,6 @@ class Sequential:
             weights = per_class if weights is None else weights * per_class
         if weights is None:
             return self._no_weights
-        if not weights.any():
-            raise ValueError("sample_weight and class_weight give every row the weight 0: "
-                             "nothing would be learned")
         return weights.astype(self.dtype)
 
     def _split_validation(self, validation_split, X, labels, targets, weights, validation):
