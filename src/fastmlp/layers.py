@@ -72,6 +72,9 @@ class Dense(Layer):
     activation : str
         One of ``identity`` (the default: a linear layer, e.g. the output layer),
         ``sigmoid``, ``tanh``, ``relu``, ``leaky_relu``, ``elu``.
+
+    Other Parameters
+    ----------------
     negative_slope : float, optional
         Leaky ReLU only: ``f(z) = max(negative_slope * z, z)``, in ``[0, 1]``; default 0.01.
     alpha : float, optional
