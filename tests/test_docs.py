@@ -74,8 +74,14 @@ def test_api_reference_documents_the_public_api(site):
     assert "fastmlp.distributed.fit_distributed" in anchors(site, "api/distributed")
     kernels = anchors(site, "api/kernels")
     for name in ["dense.dense_forward", "activations.bias_activation", "losses.loss_and_grad",
-                 "optim.sgd_update", "network.train_epoch"]:
+                 "optim.sgd_update", "network.train_epoch", "schedules.plateau_update",
+                 "losses.weight_rows"]:
         assert f"fastmlp.kernels.{name}" in kernels
+    callbacks = anchors(site, "api/callbacks")
+    for name in ["Callback", "StepDecay", "ExponentialDecay", "CosineAnnealing",
+                 "ReduceLROnPlateau", "EarlyStopping"]:
+        assert f"fastmlp.callbacks.{name}" in callbacks
+    assert "for whatever reason" in " ".join(page_text(site, "api/callbacks").split())
 
 
 def test_docstring_markup_is_rendered(site):
