@@ -733,3 +733,74 @@ def test_comm_refuses_the_single_process_options(kwargs, names):
     with pytest.raises(ValueError, match=f"^{names}: not supported with comm="):
         model.fit(X, y, epochs=2, comm=object(), **kwargs)
     assert _state(model) == before
+
+
+# ----------------------------------------------------------------------------- resume with stateful callbacks
+def _stateful_callbacks():
+    return [ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=0, threshold=0.05),
+            EarlyStopping(monitor="val_loss", patience=3)]
+
+
+@pytest.mark.parametrize("interrupt", ["early", "after the best epoch"])
+def test_resume_keeps_the_memory_of_plateau_and_early_stopping(tmp_path, interrupt):
+    """A run killed and resumed ends where the uninterrupted run ends: same rates, same stop,
+    same restored weights (ReduceLROnPlateau's and EarlyStopping's state are in the checkpoint;
+    interrupted after the best epoch, only the checkpoint still has that epoch's weights)."""
+    X, y = _data(37)
+    kw = dict(epochs=30, batch_size=5, validation_data=(X[:9], y[:9]))
+    reference = _model(SGD(lr=0.3, momentum=0.9))
+    ref_callbacks = _stateful_callbacks()
+    ref_history = reference.fit(X, y, callbacks=ref_callbacks, **kw)
+    best, stopped = ref_callbacks[1].restored_epoch, ref_callbacks[1].stopped_epoch
+    interrupt_at = 3 if interrupt == "early" else best + 2
+    # The case is real: the rate dropped, and early stopping ended the run after a best epoch.
+    assert len(set(ref_history["lr"])) > 1 and 2 < best and interrupt_at < stopped
+
+    path = tmp_path / "ck.fmlp"
+    first = _model(SGD(lr=0.3, momentum=0.9))
+    with pytest.raises(KeyboardInterrupt):
+        # The interrupting callback keeps no state, so the resumed run may leave it out.
+        first.fit(X, y, callbacks=_stateful_callbacks() + [RaiseAt(interrupt_at, KeyboardInterrupt())],
+                  checkpoint=path, **kw)
+    resumed = _model(SGD(lr=0.3, momentum=0.9))
+    callbacks = _stateful_callbacks()
+    history = resumed.fit(X, y, callbacks=callbacks, checkpoint=path, resume=True, **kw)
+    assert history.epoch[0] == interrupt_at
+    assert history["lr"] == ref_history["lr"][interrupt_at - 1:]
+    assert callbacks[1].stopped_epoch == ref_callbacks[1].stopped_epoch
+    assert callbacks[1].restored_epoch == ref_callbacks[1].restored_epoch
+    assert _state(resumed) == _state(reference)
+
+
+def test_resume_with_other_stateful_callbacks_is_refused_before_any_change(tmp_path):
+    X, y = _data(37)
+    kw = dict(epochs=4, batch_size=5, validation_data=(X[:9], y[:9]), checkpoint=tmp_path / "ck.fmlp")
+    _model().fit(X, y, callbacks=_stateful_callbacks(), **{**kw, "epochs": 2})
+    model = _model()
+    before = _state(model)
+    with pytest.raises(ValueError, match="stateful callbacks"):
+        model.fit(X, y, callbacks=_stateful_callbacks()[::-1], resume=True, **kw)
+    with pytest.raises(ValueError, match="stateful callbacks"):
+        model.fit(X, y, resume=True, **kw)
+    # Same class, another configuration whose state cannot take the saved one.
+    with pytest.raises(ValueError, match="restore_best_weights=False"):
+        model.fit(X, y, callbacks=[_stateful_callbacks()[0],
+                                   EarlyStopping(patience=3, restore_best_weights=False)],
+                  resume=True, **kw)
+    assert _state(model) == before
+
+
+def test_a_checkpoint_records_callback_state_in_its_header(tmp_path):
+    X, y = _data(37)
+    path = tmp_path / "ck.fmlp"
+    model = _model(SGD(lr=0.3))
+    model.fit(X, y, epochs=2, batch_size=5, validation_data=(X[:9], y[:9]), checkpoint=path,
+              callbacks=[StepDecay(1, 0.5), Recorder()] + _stateful_callbacks())
+    contents = fio.read(path)
+    entries = contents.header["training"]["callbacks"]
+    assert [e["class"] for e in entries] == ["StepDecay", "ReduceLROnPlateau", "EarlyStopping"]
+    assert entries[0]["state"] == {"base_lr": 0.3}
+    assert entries[1]["state"]["lr"] == model.optimizer.lr
+    assert entries[2]["tensors"] == ["best_params"]
+    best = contents.tensors["callbacks.2.best_params"]
+    assert best.shape == model.params.shape and best.dtype == model.params.dtype

@@ -407,3 +407,59 @@ def test_not_a_file(tmp_path):
 def test_format_error_is_public():
     assert issubclass(fastmlp.FormatError, ValueError)
     assert {"load", "FormatError"} <= set(fastmlp.__all__)
+
+
+# ----------------------------------------------------------------------------- callback state in checkpoints
+@pytest.fixture
+def checkpoint_with_callbacks(tmp_path, rng):
+    from fastmlp.callbacks import EarlyStopping, ReduceLROnPlateau
+
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, size=30)
+    path = tmp_path / "ck.fastmlp"
+    _model().fit(X, y, epochs=2, batch_size=8, validation_data=(X[:6], y[:6]), checkpoint=path,
+                 callbacks=[ReduceLROnPlateau(patience=1), EarlyStopping(patience=5)])
+    return path
+
+
+def _best_params_nan(header, payload):
+    begin = header["tensors"]["callbacks.1.best_params"]["offsets"][0]
+    arr = bytearray(payload)
+    arr[begin:begin + 4] = np.array([np.inf], "<f4").tobytes()
+    return bytes(arr)
+
+
+BAD_CALLBACK_STATES = [
+    ("not-a-list", _set(["training", "callbacks"], {"a": 1}), "must be a list"),
+    ("too-many", _set(["training", "callbacks"], [{}] * 9), "at most 8"),
+    ("class-not-text", lambda h, p: h["training"]["callbacks"][0].update({"class": 7}), "class must be"),
+    ("state-text", lambda h, p: h["training"]["callbacks"][0]["state"].update(lr="0.1"), "must be a number"),
+    ("state-list", lambda h, p: h["training"]["callbacks"][0].update(state=[1]), "state must be null or"),
+    ("extra-key", lambda h, p: h["training"]["callbacks"][0].update(code="x"), "unknown field"),
+    ("too-many-tensors", lambda h, p: h["training"]["callbacks"][1].update(tensors=list("abcde")),
+     "at most 4"),
+    ("undeclared-tensor", lambda h, p: h["training"]["callbacks"][1].update(tensors=[]), "expected"),
+    ("tensor-inf", _best_params_nan, "callbacks.1.best_params contains NaN or Inf"),
+]
+
+
+@pytest.mark.parametrize("edit,message", [c[1:] for c in BAD_CALLBACK_STATES],
+                         ids=[c[0] for c in BAD_CALLBACK_STATES])
+def test_bad_callback_state_is_refused(checkpoint_with_callbacks, edit, message):
+    path = checkpoint_with_callbacks
+    assert fio.read(path).header["training"]["callbacks"][1]["tensors"] == ["best_params"]
+    path.write_bytes(_crafted(edit)(path.read_bytes()))
+    with pytest.raises(fio.FormatError, match=message):
+        fio.read(path)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"lr": -0.5, "best": 1.0, "bad_epochs": 0, "cooldown_left": 0}, "not valid"),
+    ({"lr": 0.1, "best": 1.0, "bad_epochs": -1, "cooldown_left": 0}, "bad_epochs"),
+    ({"lr": 0.1, "best": 1.0, "bad_epochs": True, "cooldown_left": 0}, "bad_epochs"),
+    ({"lr": 0.1, "best": 1.0, "bad_epochs": 0}, "fields"),
+])
+def test_a_callback_refuses_a_state_it_cannot_take(fields, message):
+    from fastmlp.callbacks import ReduceLROnPlateau
+
+    with pytest.raises(ValueError, match=message):
+        ReduceLROnPlateau().check_state(fields, {})

@@ -72,6 +72,30 @@ class Callback:
         """After the last epoch, or when ``fit`` ends by an exception (``logs["error"]`` then
         holds it; it is ``None`` after a normal end)."""
 
+    def get_state(self):
+        """What a ``fit`` checkpoint keeps of this callback, so that a resumed run goes on as
+        if it had never stopped.
+
+        Returns
+        -------
+        (dict, dict) or None
+            ``(fields, arrays)``: ``fields`` maps names to numbers, booleans or None (it is
+            stored as JSON), ``arrays`` maps at most 4 short names to arrays shaped and typed
+            like ``model.params``.  None (the default) keeps nothing.
+        """
+        return None
+
+    def check_state(self, fields, arrays):
+        """Raise ``ValueError`` unless :meth:`set_state` can take ``(fields, arrays)``, as read
+        from a checkpoint (``fields`` may be None).  Runs before anything is restored, so a
+        refused checkpoint changes nothing.  The default accepts only an empty state."""
+        if fields is not None or arrays:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds some")
+
+    def set_state(self, fields, arrays):
+        """Restore what :meth:`get_state` returned (called on resume, after
+        :meth:`on_train_begin` and :meth:`check_state`)."""
+
 
 def _check_number(value, name, low, high=math.inf, low_inclusive=True, high_inclusive=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -108,6 +132,29 @@ def _require_metric(monitor, logs, who):
                          + (" (pass validation_data or validation_split)" if monitor.startswith("val_") else ""))
 
 
+def _check_fields(who, fields, spec):
+    """``fields`` must have exactly the keys of ``spec`` (name -> "int", "float" or
+    "float-or-none"), with finite values of those kinds."""
+    if not isinstance(fields, dict) or set(fields) != set(spec):
+        raise ValueError(f"{who}: the checkpoint's state has fields "
+                         f"{sorted(fields) if isinstance(fields, dict) else fields!r}, "
+                         f"expected {sorted(spec)}")
+    for name, kind in spec.items():
+        value = fields[name]
+        if value is None and kind == "float-or-none":
+            continue
+        is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        ok = is_int and value >= 0 if kind == "int" else (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value))
+        if not ok:
+            raise ValueError(f"{who}: the checkpoint's state field {name} = {value!r} is not a "
+                             f"valid {kind}")
+
+
+def _finite_or_none(value):
+    return float(value) if math.isfinite(value) else None
+
+
 def _set_learning_rate(model, lr, epoch, who):
     # The finite check of the schedules: a rate that is NaN, infinite or negative never
     # reaches the optimizer (an exponential growth would get there in a few hundred epochs).
@@ -142,6 +189,17 @@ class LearningRateSchedule(Callback):
     def on_epoch_begin(self, epoch, logs):
         _set_learning_rate(self.model, float(self.rate(self.base_lr, epoch - 1)), epoch,
                            type(self).__name__)
+
+    def get_state(self):
+        return {"base_lr": self.base_lr}, {}
+
+    def check_state(self, fields, arrays):
+        _check_fields(type(self).__name__, fields, {"base_lr": "float"})
+        if fields["base_lr"] <= 0 or arrays:
+            raise ValueError(f"{type(self).__name__}: the checkpoint's state is not valid")
+
+    def set_state(self, fields, arrays):
+        self.base_lr = float(fields["base_lr"])
 
 
 class StepDecay(LearningRateSchedule):
@@ -269,6 +327,25 @@ class ReduceLROnPlateau(Callback):
         _require_metric(self.monitor, logs, "ReduceLROnPlateau")
         self.reset()
 
+    _STATE = {"lr": "float", "best": "float-or-none", "bad_epochs": "int", "cooldown_left": "int"}
+
+    def get_state(self):
+        return {"lr": float(self.model.optimizer.lr), "best": _finite_or_none(self.best),
+                "bad_epochs": self.bad_epochs, "cooldown_left": self.cooldown_left}, {}
+
+    def check_state(self, fields, arrays):
+        _check_fields("ReduceLROnPlateau", fields, self._STATE)
+        if fields["lr"] < 0 or arrays:
+            raise ValueError("ReduceLROnPlateau: the checkpoint's state is not valid")
+
+    def set_state(self, fields, arrays):
+        # The rate it had lowered comes back too: the optimizer's own lr is the script's.
+        self.model.optimizer.lr = float(fields["lr"])
+        self.best = fields["best"] if fields["best"] is not None else (
+            math.inf if self.minimize else -math.inf)
+        self.bad_epochs = fields["bad_epochs"]
+        self.cooldown_left = fields["cooldown_left"]
+
     def on_epoch_end(self, epoch, logs):
         lr, self.best, self.bad_epochs, self.cooldown_left = schedules.plateau_update(
             float(logs[self.monitor]), float(self.model.optimizer.lr), self.best, self.bad_epochs,
@@ -345,6 +422,32 @@ class EarlyStopping(Callback):
         if self._wait >= max(self.patience, 1):
             self.stopped_epoch = epoch
             self.model.stop_training = True
+
+    _STATE = {"best": "float-or-none", "best_epoch": "int", "wait": "int", "stopped_epoch": "int"}
+
+    def get_state(self):
+        arrays = {}
+        if self._best_params is not None and self.best_epoch is not None:
+            arrays["best_params"] = self._best_params
+        return {"best": _finite_or_none(self.best), "best_epoch": self.best_epoch or 0,
+                "wait": self._wait, "stopped_epoch": self.stopped_epoch or 0}, arrays
+
+    def check_state(self, fields, arrays):
+        _check_fields("EarlyStopping", fields, self._STATE)
+        has_best = fields["best_epoch"] > 0
+        wanted = {"best_params"} if has_best and self.restore_best_weights else set()
+        if set(arrays) != wanted or (has_best and fields["best"] is None):
+            raise ValueError("EarlyStopping: the checkpoint's state does not match this "
+                             f"EarlyStopping(restore_best_weights={self.restore_best_weights})")
+
+    def set_state(self, fields, arrays):
+        if fields["best_epoch"]:
+            self.best = fields["best"]
+            self.best_epoch = fields["best_epoch"]
+        self._wait = fields["wait"]
+        self.stopped_epoch = fields["stopped_epoch"] or None
+        if "best_params" in arrays:
+            np.copyto(self._best_params, arrays["best_params"])
 
     def on_train_end(self, logs):
         if self._best_params is not None and self.best_epoch is not None:

@@ -46,6 +46,7 @@ CHECKSUM_BYTES = 32  # SHA-256
 #: Refused outright, before anything is allocated: far beyond any real model.
 MAX_HEADER_BYTES = 16 << 20
 MAX_LAYERS = 4096
+MAX_CALLBACKS = 8
 
 #: Optimizer classes a file may name (a name is looked up here, never imported).
 OPTIMIZERS = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
@@ -145,8 +146,11 @@ def _hyper_from_json(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _encode(model, training=None, order=None):
-    """The file's chunks: prefix, header, tensors, checksum."""
+def _encode(model, training=None, order=None, extra_tensors=()):
+    """The file's chunks: prefix, header, tensors, checksum.
+
+    ``extra_tensors``: more ``(name, array)`` pairs of the model's dtype (callback state).
+    """
     from fastmlp import __version__
 
     dtype_name = model.dtype.name
@@ -154,6 +158,7 @@ def _encode(model, training=None, order=None):
                ("optimizer_state", dtype_name, model.optimizer.state)]
     if training is not None:
         tensors.append(("shuffle_order", "int64", order))
+    tensors += [(name, dtype_name, arr) for name, arr in extra_tensors]
     table = {}
     data = []
     offset = 0
@@ -204,13 +209,25 @@ def save(model, path):
     atomic_write(path, _encode(model))
 
 
-def save_checkpoint(model, path, order, epochs_completed, epochs, batch_size, shuffle):
+def save_checkpoint(model, path, order, epochs_completed, epochs, batch_size, shuffle,
+                    callbacks=()):
     """Write a checkpoint: the model plus the epoch counter and the current row ``order``
-    (``fit`` shuffles it in place each epoch, so the next epoch's order depends on it)."""
+    (``fit`` shuffles it in place each epoch, so the next epoch's order depends on it), and
+    what each of ``callbacks`` (those that keep state) returns from ``get_state()``
+    (``training.callbacks``; its arrays become tensors ``callbacks.K.NAME``)."""
     training = {"epochs_completed": int(epochs_completed), "epochs": int(epochs),
                 "batch_size": int(batch_size), "shuffle": bool(shuffle),
                 "n_samples": int(order.shape[0])}
-    atomic_write(path, _encode(model, training, order))
+    extra = []
+    if callbacks:
+        entries = []
+        for k, callback in enumerate(callbacks):
+            state, arrays = callback.get_state() or (None, {})
+            entries.append({"class": type(callback).__name__, "state": state,
+                            "tensors": sorted(arrays)})
+            extra += [(f"callbacks.{k}.{name}", arrays[name]) for name in sorted(arrays)]
+        training["callbacks"] = entries
+    atomic_write(path, _encode(model, training, order, extra))
 
 
 def save_distributed_checkpoint(model, path, rank_states, epochs_completed, epochs, batch_size,
@@ -351,7 +368,7 @@ def _read_header(path, f, size):
 def _tensor_table(check, header, header_len, size):
     """Validated ``{name: (dtype, shape, begin, end)}`` whose ranges tile the payload."""
     tensors = header.get("tensors")
-    if not isinstance(tensors, dict) or not tensors or len(tensors) > 16:
+    if not isinstance(tensors, dict) or not tensors or len(tensors) > 3 + 4 * MAX_CALLBACKS:
         check.fail("the header's tensor table is missing or malformed")
     payload = size - PREFIX_BYTES - header_len - CHECKSUM_BYTES
     table = {}
@@ -486,7 +503,7 @@ def _check_header(check, header, table):
                 "optimizer_state": (dtype, (opt_class.n_slots, n_params))}
     training = header["training"]
     if training is not None:
-        check.keys(training, "training", _TRAINING_KEYS, ("ranks",))
+        check.keys(training, "training", _TRAINING_KEYS, ("ranks", "callbacks"))
         n_samples = check.int(training["n_samples"], "training n_samples", 1, 1 << 62)
         check.int(training["epochs"], "training epochs", 1, 1 << 62)
         check.int(training["epochs_completed"], "training epochs_completed", 1, training["epochs"])
@@ -496,6 +513,8 @@ def _check_header(check, header, table):
         if "ranks" in training:
             _check_ranks(check, training["ranks"], n_samples)
         expected["shuffle_order"] = ("int64", (n_samples,))
+        for name in _check_callback_entries(check, training.get("callbacks", [])):
+            expected[name] = (dtype, (n_params,))
     if set(table) != set(expected):
         check.fail(f"the file holds tensors {sorted(table)}, expected {sorted(expected)}")
     for name, (dtype_name, shape) in expected.items():
@@ -504,6 +523,32 @@ def _check_header(check, header, table):
             check.fail(f"tensor {name} is {got_dtype.name} {got_shape}, but the architecture "
                        f"needs {dtype_name} {shape}")
     return layers
+
+
+def _check_callback_entries(check, entries):
+    """Check ``training.callbacks``; return the names of the tensors it declares."""
+    if not isinstance(entries, list) or len(entries) > MAX_CALLBACKS:
+        check.fail(f"training callbacks must be a list of at most {MAX_CALLBACKS} entries")
+    names = []
+    for k, entry in enumerate(entries):
+        where = f"training callback {k}"
+        check.keys(entry, where, ("class", "state", "tensors"))
+        if not isinstance(entry["class"], str) or not 0 < len(entry["class"]) <= 200:
+            check.fail(f"{where} class must be a class name, got {_short(entry['class'])}")
+        state = entry["state"]
+        if state is not None:
+            if not isinstance(state, dict) or len(state) > 64:
+                check.fail(f"{where} state must be null or an object of at most 64 fields")
+            for key, value in state.items():
+                if not (value is None or isinstance(value, (int, float))):  # bools are ints
+                    check.fail(f"{where} state field {_short(key)} must be a number, a boolean "
+                               f"or null, got {_short(value)}")
+        tensors = entry["tensors"]
+        if not (isinstance(tensors, list) and len(tensors) <= 4
+                and all(isinstance(t, str) and 0 < len(t) <= 64 for t in tensors)):
+            check.fail(f"{where} tensors must be a list of at most 4 short names")
+        names += [f"callbacks.{k}.{t}" for t in tensors]
+    return names
 
 
 def read(path):
@@ -558,8 +603,8 @@ def read(path):
     for name, (dtype, shape, begin, end) in table.items():
         arr = np.frombuffer(rest, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
         tensors[name] = arr.reshape(shape)
-    for name in ("params", "optimizer_state"):
-        if not np.isfinite(tensors[name]).all():
+    for name, arr in tensors.items():
+        if name != "shuffle_order" and not np.isfinite(arr).all():
             check.fail(f"tensor {name} contains NaN or Inf")
     if "shuffle_order" in tensors:
         order = tensors["shuffle_order"]
@@ -638,7 +683,8 @@ def _model_description(model):
             "optimizer": type(model.optimizer).__name__}
 
 
-def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples, lengths=None):
+def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples, lengths=None,
+                    callbacks=()):
     """Check that the checkpoint at ``path`` can resume ``fit`` on ``model``; change nothing.
 
     Returns the checked contents and the number of epochs it completed.  A checkpoint of
@@ -685,6 +731,13 @@ def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples, lengths
             raise ValueError(f"checkpoint {path} was written by fit with {key}={training[key]!r}, "
                              f"this call has {key}={value!r}; resuming would not continue that run "
                              "(pass resume=False to start afresh)")
+    saved_callbacks = [entry["class"] for entry in training.get("callbacks", [])]
+    these_callbacks = [type(callback).__name__ for callback in callbacks]
+    if saved_callbacks != these_callbacks:
+        raise ValueError(f"checkpoint {path} was written by fit with the stateful callbacks "
+                         f"{_short(saved_callbacks)}, this call has {_short(these_callbacks)}; "
+                         "their state would not carry over (pass the same ones, in the same "
+                         "order, or resume=False to start afresh)")
     done = training["epochs_completed"]
     if done > epochs:
         raise ValueError(f"checkpoint {path} has already completed {done} epochs, more than "
@@ -708,6 +761,15 @@ def apply_checkpoint_model(model, contents):
     """Put the checkpoint's parameters, optimizer state, step count and RNG state into
     ``model`` (after :func:`read_checkpoint` accepted it)."""
     _apply_state(model, contents)
+
+
+def callback_states(contents):
+    """Per callback of a checkpoint accepted by :func:`read_checkpoint`, in order, the
+    ``(state, arrays)`` its ``get_state()`` returned when it was written."""
+    entries = contents.header["training"].get("callbacks", [])
+    return [(entry["state"], {name: contents.tensors[f"callbacks.{k}.{name}"]
+                              for name in entry["tensors"]})
+            for k, entry in enumerate(entries)]
 
 
 def apply_checkpoint(model, contents, order):

@@ -472,10 +472,11 @@ class Sequential:
             epochs included; the checkpoint must come from the same architecture, loss,
             dtype, optimizer class, row count, batch size and ``shuffle`` (else
             ``ValueError``), and the optimizer's hyperparameters are this model's.
-            Callbacks start afresh: a closed-form schedule gives the same rates (they
-            depend on the epoch number only), but the memory of
-            :class:`~fastmlp.callbacks.ReduceLROnPlateau` and
-            :class:`~fastmlp.callbacks.EarlyStopping` is not in the checkpoint.
+            The checkpoint also holds each callback's state (``Callback.get_state``: the
+            schedules' base rate, :class:`~fastmlp.callbacks.ReduceLROnPlateau`'s rate and
+            counters, :class:`~fastmlp.callbacks.EarlyStopping`'s best value and weights), so
+            the resumed run needs the same such callbacks, in the same order (callbacks that
+            keep no state may differ).
         comm : mpi4py.MPI.Comm, optional
             Train data-parallel over the communicator's ranks: ``X`` and ``y`` are this
             rank's shard and ``batch_size`` is per rank (see docs/distributed.md).  Rank 0
@@ -526,6 +527,9 @@ class Sequential:
             raise ValueError("sample_weight and class_weight give every training row the weight 0: "
                              "nothing would be learned")
         callbacks = _check_callbacks(callbacks)
+        # Those whose state a checkpoint keeps (the others, a logger say, may come and go
+        # between a run and its resume).
+        stateful = [c for c in callbacks if type(c).get_state is not Callback.get_state]
 
         n = X.shape[0]
         batch_size = min(batch_size, n)
@@ -534,7 +538,7 @@ class Sequential:
         if resume and os.path.exists(checkpoint):
             # Read and checked in full before the model changes.
             resumed, epochs_done = _io.read_checkpoint(self, checkpoint, epochs, batch_size,
-                                                       bool(shuffle), n)
+                                                       bool(shuffle), n, callbacks=stateful)
         metrics = ["loss"] + (["accuracy"] if self.is_classifier else [])
         if validation is not None:
             metrics += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
@@ -544,11 +548,19 @@ class Sequential:
             callback.set_model(self)
         for callback in callbacks:  # may refuse the setup: nothing has changed yet
             callback.on_train_begin({"metrics": list(metrics), "epochs": epochs})
+        saved_states = _io.callback_states(resumed) if resumed is not None else []
+        for callback, (fields, arrays) in zip(stateful, saved_states):
+            try:
+                callback.check_state(fields, arrays)
+            except ValueError as exc:
+                raise ValueError(f"checkpoint {checkpoint}: {exc}") from None
 
         ws = self._training_workspace(batch_size)
         order = np.arange(n, dtype=np.int64)  # shuffled in place: each epoch's order depends on it
         if resumed is not None:
             _io.apply_checkpoint(self, resumed, order)
+            for callback, (fields, arrays) in zip(stateful, saved_states):
+                callback.set_state(fields, arrays)
         batch_losses = np.zeros(n_batches)
         batch_correct = np.zeros(n_batches, dtype=np.int64)
         shown = [m for m in metrics if m != "lr" or any(_changes_lr(c) for c in callbacks)]
@@ -585,7 +597,7 @@ class Sequential:
                 last = epoch == epochs or self.stop_training
                 if checkpoint is not None and (epoch % checkpoint_every == 0 or last):
                     _io.save_checkpoint(self, checkpoint, order, epoch, epochs, batch_size,
-                                        bool(shuffle))
+                                        bool(shuffle), stateful)
                 if self.stop_training:
                     break
         except BaseException as exc:
