@@ -148,3 +148,26 @@ def test_bench_quick_prints_every_shape():
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 5 and all(float(r.split()[-1].replace(",", "")) > 0 for r in rows)
+
+
+def test_proba_of_a_model_without_probabilities_is_one_clear_line(tmp_path, spiral_csv, capsys):
+    csv, _, _ = spiral_csv
+    model = tmp_path / "hinge.fastmlp"
+    assert main(["train", str(csv), "--label", "cls", "--loss", "multiclass_hinge", "--epochs", "1",
+                 "--quiet", "--out", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(model), str(csv), "--label", "cls", "--proba"]) == 1
+    err = capsys.readouterr().err
+    assert "--proba needs a softmax_cross_entropy" in err and "multiclass_hinge" in err
+    assert "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """``fastmlp demo | head -1``: the reader leaves early; no traceback follows."""
+    process = subprocess.Popen([sys.executable, "-m", "fastmlp", "demo", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("== spiral")
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=600) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -6,6 +6,7 @@ usage errors exit with 2, as argparse does.
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -258,6 +259,10 @@ def _predict(args):
 
     model = _load_model(args.model)
     X, _ = _load(args.data, args.label, n_features=model.n_features_in, need_labels=False)
+    if args.proba and model.loss not in ("softmax_cross_entropy", "binary_cross_entropy"):
+        raise CommandError(f"--proba needs a softmax_cross_entropy or binary_cross_entropy model; "
+                           f"{args.model} was trained with {model.loss}, whose scores are not "
+                           "probabilities")
     predictions = model.predict_proba(X) if args.proba else model.predict(X)
     lines = [" ".join(f"{v:.6g}" for v in np.atleast_1d(row)) if args.proba or row.ndim else str(row)
              for row in predictions]
@@ -306,6 +311,11 @@ def main(argv=None):
         return 1
     except (ValueError, TypeError) as exc:  # fastmlp's input checks: clear messages already
         print(f"fastmlp: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``fastmlp predict ... | head``): stop quietly, as cat does.
+        # Point stdout at devnull so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
 
