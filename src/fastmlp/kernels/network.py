@@ -191,8 +191,11 @@ def _count_correct(loss_code, scores, labels, targets):
             count += hit
         else:
             best = 0
+            top = scores[i, 0]
             for j in range(1, scores.shape[1]):
-                if scores[i, j] > scores[i, best]:
+                v = scores[i, j]
+                if v > top:  # strict: ties go to the lowest class, like np.argmax
+                    top = v
                     best = j
             count += best == labels[i]
     return count
