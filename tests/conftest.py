@@ -48,3 +48,17 @@ def random_targets(rng, loss, n, n_out):
     if loss == "binary_cross_entropy":
         return rng.integers(0, 2, size=(n, n_out))
     return rng.normal(size=(n, n_out))
+
+
+def three_class_data(n=40, seed=11):
+    """``n`` rows of 4 features and 3 classes (quadrant counts): small, learnable, fixed."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+
+
+def training_state(model):
+    """What training depends on, as comparable values: parameters, optimizer state, step
+    count and RNG state."""
+    return (model.params.tobytes(), model.optimizer.state.tobytes(), model.optimizer.step_count,
+            model._rng.bit_generator.state)

@@ -7,22 +7,19 @@ import math
 import numpy as np
 import pytest
 
+import reference as ref
+
 from fastmlp import SGD, Adam, AdamW, Dense, DivergenceError, Sequential
 from fastmlp import io as fio
 from fastmlp.callbacks import (Callback, CosineAnnealing, EarlyStopping, ExponentialDecay,
                                ReduceLROnPlateau, StepDecay)
+from conftest import three_class_data as _data, training_state as _state
 
 
 # ----------------------------------------------------------------------------- helpers
 def _model(optimizer=None, dtype=np.float32, seed=3, loss="softmax_cross_entropy", n_out=3, width=8):
     return Sequential([Dense(4, width, activation="tanh"), Dense(width, n_out)], loss=loss,
                       optimizer=optimizer or SGD(lr=0.1, momentum=0.9), seed=seed, dtype=dtype)
-
-
-def _data(n=40, seed=11):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
 
 
 def _regression(n=24):
@@ -33,11 +30,6 @@ def _regression(n=24):
 def _mse_model(lr=0.01):
     return Sequential([Dense(4, 8, activation="relu"), Dense(8, 2)], loss="mse",
                       optimizer=SGD(lr=lr), seed=3)
-
-
-def _state(model):
-    return (model.params.tobytes(), model.optimizer.state.tobytes(), model.optimizer.step_count,
-            model._rng.bit_generator.state)
 
 
 class Recorder(Callback):
@@ -561,38 +553,6 @@ def test_cosine_min_lr_above_the_base_rate_is_refused_before_training():
 
 
 # ----------------------------------------------------------------------------- ReduceLROnPlateau
-class TorchPlateau:
-    """PyTorch's ReduceLROnPlateau (threshold_mode="rel", eps=1e-8), written out plainly."""
-
-    def __init__(self, lr, mode="min", factor=0.1, patience=10, threshold=1e-4, cooldown=0, min_lr=0.0):
-        self.lr, self.mode, self.factor, self.patience = lr, mode, factor, patience
-        self.threshold, self.cooldown, self.min_lr = threshold, cooldown, min_lr
-        self.best = math.inf if mode == "min" else -math.inf
-        self.num_bad_epochs = 0
-        self.cooldown_counter = 0
-
-    def step(self, metric):
-        if self.mode == "min":
-            better = metric < self.best * (1.0 - self.threshold)
-        else:
-            better = metric > self.best * (self.threshold + 1.0)
-        if better:
-            self.best = metric
-            self.num_bad_epochs = 0
-        else:
-            self.num_bad_epochs += 1
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0
-        if self.num_bad_epochs > self.patience:
-            new_lr = max(self.lr * self.factor, self.min_lr)
-            if self.lr - new_lr > 1e-8:
-                self.lr = new_lr
-            self.cooldown_counter = self.cooldown
-            self.num_bad_epochs = 0
-        return self.lr
-
-
 def _drive_plateau(plateau, values, lr=0.1, metric="val_loss"):
     model = _model(SGD(lr=lr))
     plateau.set_model(model)
@@ -644,7 +604,7 @@ def test_plateau_matches_pytorch_rules(metric, mode, patience, cooldown, factor,
     values = [float(v) for v in values]
     plateau = ReduceLROnPlateau(monitor=metric, factor=factor, patience=patience, threshold=threshold,
                                 min_lr=min_lr, cooldown=cooldown)
-    torch = TorchPlateau(0.1, mode, factor, patience, threshold, cooldown, min_lr)
+    torch = ref.ReduceLROnPlateau(0.1, mode, factor, patience, threshold, cooldown, min_lr)
     got = _drive_plateau(plateau, values, metric=metric)
     assert got == [torch.step(v) for v in values]
     assert min(got) < 0.1
@@ -656,7 +616,7 @@ def test_plateau_through_fit_matches_pytorch_rules_on_the_real_losses():
     plateau = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, threshold=0.2, cooldown=1,
                                 min_lr=0.01)
     history = model.fit(X, y, epochs=14, batch_size=8, callbacks=[plateau])
-    torch = TorchPlateau(0.05, "min", 0.5, 0, 0.2, 1, 0.01)
+    torch = ref.ReduceLROnPlateau(0.05, "min", 0.5, 0, 0.2, 1, 0.01)
     want = [0.05] + [torch.step(v) for v in history["loss"][:-1]]
     assert history["lr"] == want
     assert len(set(want)) >= 3 and min(want) == 0.01  # several drops, down to the floor

@@ -17,6 +17,7 @@ import pytest
 
 import fastmlp
 from fastmlp import SGD, Adam, Dense, FormatError, Maxout, Sequential
+from conftest import training_state as _state
 
 DTYPES = [np.float32, np.float64]
 
@@ -30,11 +31,6 @@ def _data(n=37):
     rng = np.random.default_rng(11)
     X = rng.normal(size=(n, 4))
     return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
-
-
-def _state(model):
-    return (model.params.tobytes(), model.optimizer.state.tobytes(), model.optimizer.step_count,
-            model._rng.bit_generator.state)
 
 
 # ----------------------------------------------------------------------------- in-process

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import LOSS_OUTPUTS, random_targets
+from conftest import LOSS_OUTPUTS, random_targets, three_class_data as _data, training_state as _state
 from fastmlp import SGD, Adam, Dense, Sequential
 
 
@@ -15,17 +15,6 @@ from fastmlp import SGD, Adam, Dense, Sequential
 def _model(loss="softmax_cross_entropy", n_out=3, dtype=np.float32, seed=3, optimizer=None):
     return Sequential([Dense(4, 8, activation="tanh"), Dense(8, n_out)], loss=loss,
                       optimizer=optimizer or SGD(lr=0.1, momentum=0.9), seed=seed, dtype=dtype)
-
-
-def _data(n=40, seed=11):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
-
-
-def _state(model):
-    return (model.params.tobytes(), model.optimizer.state.tobytes(), model.optimizer.step_count,
-            model._rng.bit_generator.state)
 
 
 def _assert_unchanged(model, before):

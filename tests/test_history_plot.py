@@ -9,12 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from fastmlp import SGD, Dense, History, Sequential
-
-
-def _data(n=40, seed=11):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+from conftest import three_class_data as _data
 
 
 def _fitted_history(loss="softmax_cross_entropy", validation=True, epochs=4):

@@ -15,22 +15,12 @@ from fastmlp import SGD, Dense, DivergenceError, Sequential
 from fastmlp.callbacks import EarlyStopping, ReduceLROnPlateau, StepDecay
 from fastmlp.kernels import network
 from fastmlp.progress import BAR_WIDTH, EpochProgress
+from conftest import three_class_data as _data, training_state as _state
 
 
 def _model(loss="softmax_cross_entropy", n_out=3, dtype=np.float32, lr=0.1):
     return Sequential([Dense(4, 8, activation="tanh"), Dense(8, n_out)], loss=loss,
                       optimizer=SGD(lr=lr, momentum=0.9), seed=3, dtype=dtype)
-
-
-def _data(n=40, seed=11):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
-
-
-def _state(model):
-    return (model.params.tobytes(), model.optimizer.state.tobytes(), model.optimizer.step_count,
-            model._rng.bit_generator.state)
 
 
 class FakeTTY(io.StringIO):

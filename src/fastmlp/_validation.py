@@ -5,6 +5,7 @@ layout pass through without a copy, and the checks themselves allocate nothing, 
 training loop that feeds well-formed batches stays allocation-free.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -103,6 +104,21 @@ def as_targets(y, n_samples, n_outputs, dtype, binary, name="y"):
         raise ValueError(f"{name} must hold 0/1 targets for binary_cross_entropy; "
                          f"it has {count_not_binary(arr)} other value(s)")
     return arr
+
+
+def check_real(value, name, low, high=math.inf, low_inclusive=True, high_inclusive=False):
+    """``value`` as a float in the given interval, or a ValueError that names it (NaN, Inf
+    and bools are refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    below = value <= high if high_inclusive else value < high
+    if not (above and below):
+        lo = "[" if low_inclusive else "("
+        hi = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)
 
 
 def check_positive_int(value, name):

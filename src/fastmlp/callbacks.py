@@ -26,6 +26,7 @@ import numbers
 
 import numpy as np
 
+from fastmlp._validation import check_real
 from fastmlp.kernels import schedules
 
 
@@ -97,18 +98,6 @@ class Callback:
         :meth:`on_train_begin` and :meth:`check_state`)."""
 
 
-def _check_number(value, name, low, high=math.inf, low_inclusive=True, high_inclusive=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    above = value >= low if low_inclusive else value > low
-    below = value <= high if high_inclusive else value < high
-    if not (above and below):
-        lo = "[" if low_inclusive else "("
-        hi = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
-    return float(value)
-
-
 def _check_count(value, name, minimum):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -175,7 +164,7 @@ class LearningRateSchedule(Callback):
 
     def __init__(self, base_lr=None):
         if base_lr is not None:
-            base_lr = _check_number(base_lr, "base_lr", 0, low_inclusive=False)
+            base_lr = check_real(base_lr, "base_lr", 0, low_inclusive=False)
         self.base_lr = base_lr
 
     def rate(self, base_lr, epochs_done):
@@ -225,7 +214,7 @@ class StepDecay(LearningRateSchedule):
     def __init__(self, step_size, gamma=0.1, base_lr=None):
         super().__init__(base_lr)
         self.step_size = _check_count(step_size, "step_size", 1)
-        self.gamma = _check_number(gamma, "gamma", 0, 1, low_inclusive=False, high_inclusive=True)
+        self.gamma = check_real(gamma, "gamma", 0, 1, low_inclusive=False, high_inclusive=True)
 
     def rate(self, base_lr, epochs_done):
         return schedules.step_decay_lr(base_lr, epochs_done, self.step_size, self.gamma)
@@ -244,7 +233,7 @@ class ExponentialDecay(LearningRateSchedule):
 
     def __init__(self, gamma, base_lr=None):
         super().__init__(base_lr)
-        self.gamma = _check_number(gamma, "gamma", 0, 1, low_inclusive=False, high_inclusive=True)
+        self.gamma = check_real(gamma, "gamma", 0, 1, low_inclusive=False, high_inclusive=True)
 
     def rate(self, base_lr, epochs_done):
         return schedules.exponential_decay_lr(base_lr, epochs_done, self.gamma)
@@ -267,7 +256,7 @@ class CosineAnnealing(LearningRateSchedule):
     def __init__(self, period, min_lr=0.0, base_lr=None):
         super().__init__(base_lr)
         self.period = _check_count(period, "period", 1)
-        self.min_lr = _check_number(min_lr, "min_lr", 0)
+        self.min_lr = check_real(min_lr, "min_lr", 0)
 
     def on_train_begin(self, logs):
         super().on_train_begin(logs)
@@ -310,10 +299,10 @@ class ReduceLROnPlateau(Callback):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, threshold=1e-4, min_lr=0.0,
                  cooldown=0, mode="auto"):
         self.monitor, self.minimize = _check_monitor(monitor, mode)
-        self.factor = _check_number(factor, "factor", 0, 1, low_inclusive=False)
+        self.factor = check_real(factor, "factor", 0, 1, low_inclusive=False)
         self.patience = _check_count(patience, "patience", 0)
-        self.threshold = _check_number(threshold, "threshold", 0)
-        self.min_lr = _check_number(min_lr, "min_lr", 0)
+        self.threshold = check_real(threshold, "threshold", 0)
+        self.min_lr = check_real(min_lr, "min_lr", 0)
         self.cooldown = _check_count(cooldown, "cooldown", 0)
         self.reset()
 
@@ -389,7 +378,7 @@ class EarlyStopping(Callback):
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
                  restore_best_weights=True):
         self.monitor, self.minimize = _check_monitor(monitor, mode)
-        self.min_delta = _check_number(min_delta, "min_delta", 0)
+        self.min_delta = check_real(min_delta, "min_delta", 0)
         self.patience = _check_count(patience, "patience", 0)
         if not isinstance(restore_best_weights, (bool, np.bool_)):
             raise ValueError(f"restore_best_weights must be True or False, got {restore_best_weights!r}")

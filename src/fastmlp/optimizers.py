@@ -2,23 +2,11 @@
 (:mod:`fastmlp.kernels.optim`); a model hands its flat parameter and gradient vectors to it."""
 
 import math
-import numbers
 
 import numpy as np
 
+from fastmlp._validation import check_real
 from fastmlp.kernels import optim
-
-
-def _check_real(value, name, low, high, low_inclusive, high_inclusive=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    above = value >= low if low_inclusive else value > low
-    below = value <= high if high_inclusive else value < high
-    if not (above and below):
-        lo = "[" if low_inclusive else "("
-        hi = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
-    return float(value)
 
 
 def _cast_checked(values, dtype, names):
@@ -84,9 +72,9 @@ class SGD(Optimizer):
         self._checked()
 
     def _checked(self):
-        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=True)  # 0 freezes, as in PyTorch
-        momentum = _check_real(self.momentum, "momentum", 0.0, 1.0, low_inclusive=True)
-        weight_decay = _check_real(self.weight_decay, "weight_decay", 0.0, math.inf, low_inclusive=True)
+        lr = check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=True)  # 0 freezes, as in PyTorch
+        momentum = check_real(self.momentum, "momentum", 0.0, 1.0, low_inclusive=True)
+        weight_decay = check_real(self.weight_decay, "weight_decay", 0.0, math.inf, low_inclusive=True)
         if not isinstance(self.nesterov, (bool, np.bool_)):
             raise ValueError(f"nesterov must be True or False, got {self.nesterov!r}")
         if self.nesterov and momentum == 0.0:
@@ -134,15 +122,15 @@ class Adam(Optimizer):
         self._checked()
 
     def _checked(self):
-        lr = _check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=True)  # 0 freezes, as in PyTorch
+        lr = check_real(self.lr, "lr", 0.0, math.inf, low_inclusive=True)  # 0 freezes, as in PyTorch
         try:
             beta1, beta2 = self.betas
         except (TypeError, ValueError):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}") from None
-        beta1 = _check_real(beta1, "betas[0]", 0.0, 1.0, low_inclusive=True)
-        beta2 = _check_real(beta2, "betas[1]", 0.0, 1.0, low_inclusive=True)
-        eps = _check_real(self.eps, "eps", 0.0, math.inf, low_inclusive=False)
-        weight_decay = _check_real(self.weight_decay, "weight_decay", 0.0, math.inf, low_inclusive=True)
+        beta1 = check_real(beta1, "betas[0]", 0.0, 1.0, low_inclusive=True)
+        beta2 = check_real(beta2, "betas[1]", 0.0, 1.0, low_inclusive=True)
+        eps = check_real(self.eps, "eps", 0.0, math.inf, low_inclusive=False)
+        weight_decay = check_real(self.weight_decay, "weight_decay", 0.0, math.inf, low_inclusive=True)
         return lr, beta1, beta2, eps, weight_decay
 
     def hyperparameters(self, dtype):
