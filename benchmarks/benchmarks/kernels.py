@@ -3,7 +3,7 @@ compilation is never timed."""
 
 import numpy as np
 
-from fastmlp.kernels import activations, blas, dense, losses, optim
+from fastmlp.kernels import activations, blas, dense, losses, optim, schedules
 
 from .common import DTYPES, use_threads
 
@@ -103,6 +103,44 @@ class Loss:
 
     def time_loss_and_grad(self, *params):
         losses.loss_and_grad(self.code, self.scores, self.labels, self.targets, self.grad, self.row_loss, 1)
+
+
+class WeightedLoss:
+    """Sample weights applied after the loss: each row's gradient scaled, the loss re-summed."""
+
+    params = ([4096], [10, 1000], ["float32"])
+    param_names = ["batch", "n_outputs", "dtype"]
+
+    def setup(self, batch, n_outputs, dtype):
+        rng = np.random.default_rng(0)
+        dtype = DTYPES[dtype]
+        self.grad = rng.normal(size=(batch, n_outputs)).astype(dtype)
+        self.weights = rng.uniform(0, 2, size=batch).astype(dtype)
+        self.row_loss = rng.uniform(0, 3, size=batch)
+        self.time_weight_rows()
+
+    def time_weight_rows(self, *params):
+        losses.weight_rows(losses.SOFTMAX_CROSS_ENTROPY, self.weights, self.grad, self.row_loss)
+
+
+class Schedule:
+    """One learning rate per call: what a schedule costs at each epoch boundary."""
+
+    params = (["step", "exponential", "cosine", "plateau"],)
+    param_names = ["schedule"]
+
+    def setup(self, schedule):
+        calls = {
+            "step": lambda: schedules.step_decay_lr(0.1, 17, 5, 0.5),
+            "exponential": lambda: schedules.exponential_decay_lr(0.1, 17, 0.95),
+            "cosine": lambda: schedules.cosine_annealing_lr(0.1, 0.0, 17, 100),
+            "plateau": lambda: schedules.plateau_update(0.5, 0.1, 0.4, 2, 0, True, 0.1, 5, 1e-4, 0.0, 0),
+        }
+        self.call = calls[schedule]
+        self.call()
+
+    def time_rate(self, schedule):
+        self.call()
 
 
 class SGDUpdate:

@@ -87,6 +87,39 @@ class TrainEpoch:
     track_workspace_bytes.unit = "bytes"
 
 
+class FitOptions:
+    """One epoch of ``fit`` with what the training loop adds on top of the steps: the
+    progress bar (the epoch runs in slices between redraws), sample weights, a schedule
+    and early stopping with validation.  Compare with ``TrainEpoch`` on the same network."""
+
+    params = (["64-128-10/b32"], ["plain", "progress bar", "sample weights", "callbacks"], [1])
+    param_names = ["network", "option", "threads"]
+
+    def setup(self, name, option, threads):
+        import io
+        from contextlib import redirect_stdout
+
+        from fastmlp.callbacks import CosineAnnealing, EarlyStopping
+
+        use_threads(threads)
+        self.model, self.X, self.y, self.batch = network(name, n_batches=64)
+        self.kwargs = {"progress bar": {"verbose": 1},
+                       "sample weights": {"sample_weight": np.linspace(0.5, 1.5, len(self.X))},
+                       "callbacks": {"validation_data": (self.X[:256], self.y[:256]),
+                                     "callbacks": [CosineAnnealing(10), EarlyStopping(patience=5)]},
+                       }.get(option, {})
+        self.sink = io.StringIO()
+        self.redirect = redirect_stdout
+        self.time_epoch(name, option, threads)
+
+    def time_epoch(self, *params):
+        with self.redirect(self.sink):
+            self.model.fit(self.X, self.y, epochs=1, batch_size=self.batch, shuffle=False,
+                           **self.kwargs)
+        self.sink.seek(0)
+        self.sink.truncate()
+
+
 class Predict:
     """``predict`` (class labels) on 4096 rows."""
 
