@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import estimator_checks_generator  # noqa: E402
 
-from fastmlp import Sequential  # noqa: E402
+from fastmlp import DivergenceError, Sequential  # noqa: E402
 from fastmlp.datasets import load_digits, make_spiral  # noqa: E402
 from fastmlp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
@@ -50,12 +50,35 @@ CHECKS = [(estimator, check) for estimator in ESTIMATORS
           if "array_api" not in _check_name(check)]
 
 
+# Parameters a check runs with, as scikit-learn's own PER_ESTIMATOR_CHECK_PARAMS
+# (sklearn/utils/_test_common/instance_generator.py) runs its MLPClassifier's
+# check_sample_weight_equivalence_on_dense_data with solver="lbfgs" and its MLPRegressor's
+# with solver="sgd", tol=1e-2.  That check compares weighted and repeated-row fits to
+# rtol=1e-7: our estimators pass it in float64; in float32 the two fits agree only to float32
+# rounding (~1e-6 relative after 30 Adam epochs), which
+# test_sample_weight_equivalence_float32 checks at a float32 tolerance instead.
+CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": dict(dtype="float64")}
+
+
 @pytest.mark.parametrize("estimator,check", CHECKS,
                          ids=[f"{type(e).__name__}-{_check_name(c)}" for e, c in CHECKS])
 def test_sklearn_estimator_checks(estimator, check):
+    params = CHECK_PARAMS.get(_check_name(check))
+    if params:
+        estimator = clone(estimator).set_params(**params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is small on purpose
         check(estimator)
+
+
+def test_sample_weight_checks_are_generated():
+    # scikit-learn runs its sample-weight checks only for a fit that takes sample_weight:
+    # losing the parameter would quietly drop them from the list above.
+    names = {_check_name(check) for _, check in CHECKS}
+    assert {"check_sample_weight_equivalence_on_dense_data", "check_sample_weights_shape",
+            "check_sample_weights_not_overwritten", "check_all_zero_sample_weights_error",
+            "check_classifiers_one_label_sample_weights"} <= names
+    assert set(CHECK_PARAMS) <= names
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +239,11 @@ def test_params_checked_at_fit_not_init(spiral):
     bad = [dict(hidden_layer_sizes=(0,)), dict(activation="softplus"), dict(loss="mse"),
            dict(optimizer="rmsprop"), dict(batch_size=0), dict(max_iter=0), dict(tol=-1.0),
            dict(dtype="float16"), dict(learning_rate_init=-1.0), dict(momentum=1.5, optimizer="sgd"),
-           dict(shuffle="yes")]
+           dict(shuffle="yes"), dict(early_stopping=1), dict(early_stopping="yes"),
+           dict(early_stopping=None), dict(validation_fraction=0.0),
+           dict(validation_fraction=1.0), dict(validation_fraction=-0.1),
+           dict(validation_fraction=1.5), dict(validation_fraction=True),
+           dict(validation_fraction="0.1"), dict(validation_fraction=np.nan)]
     for params in bad:
         clf = MLPClassifier(**params)  # no error yet
         with pytest.raises(ValueError, match=list(params)[0].replace("learning_rate_init", "lr")):
@@ -251,3 +278,347 @@ def test_verbose_prints_loss(spiral, capsys):
     X, y = spiral
     fit_quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, verbose=1), X, y)
     assert capsys.readouterr().out.count("Iteration") == 2
+
+
+# ----------------------------------------------------------------- early stopping
+class SplitSpy:
+    """Stands in for ``fastmlp.sklearn.train_test_split``; records each call's ``stratify``
+    and the validation part it returned (X_val, y_val and, when weighted, its weights)."""
+
+    def __init__(self, monkeypatch):
+        import fastmlp.sklearn as module
+
+        self.real = module.train_test_split
+        self.calls = []
+        monkeypatch.setattr(module, "train_test_split", self)
+
+    def __call__(self, *arrays, **kwargs):
+        parts = self.real(*arrays, **kwargs)
+        # fastmlp passes (X, targets, y[, sample_weight]): keep each one's validation half
+        self.calls.append(dict(stratify=kwargs["stratify"], X_val=parts[1], y_val=parts[5],
+                               w_val=parts[7] if len(parts) == 8 else None))
+        return parts
+
+
+def no_improvement_stop(scores, tol, n_iter_no_change):
+    """The epoch (1-based) at which scikit-learn's validation rule stops, or None."""
+    best, count = -np.inf, 0
+    for epoch, score in enumerate(scores, start=1):
+        count = count + 1 if score < best + tol else 0
+        best = max(best, score)
+        if count > n_iter_no_change:
+            return epoch
+    return None
+
+
+# On the spiral, the validation accuracy (18 rows) reaches a plateau within a few epochs.
+ES = dict(hidden_layer_sizes=(32,), learning_rate_init=0.02, max_iter=400, early_stopping=True,
+          random_state=0)
+
+
+def test_early_stopping_stops_on_the_validation_score(spiral, monkeypatch):
+    X, y = spiral
+    spy = SplitSpy(monkeypatch)
+    clf = MLPClassifier(**ES).fit(X, y)  # no ConvergenceWarning: it stops first
+    scores = clf.validation_scores_
+    assert clf.n_iter_ < 400
+    assert len(scores) == len(clf.loss_curve_) == clf.n_iter_
+    # The validation part is 10% of the 180 rows, stratified: 6 per class.
+    (call,) = spy.calls
+    np.testing.assert_array_equal(np.bincount(call["y_val"]), [6, 6, 6])
+    # Each score is the accuracy on those rows, a multiple of 1/18.
+    np.testing.assert_allclose(np.array(scores) * 18, np.round(np.array(scores) * 18), atol=1e-12)
+    # It stopped exactly where scikit-learn's rule says: more than n_iter_no_change epochs
+    # without beating the best score by tol, and not before.
+    assert no_improvement_stop(scores, clf.tol, 10) == clf.n_iter_
+    assert clf.best_validation_score_ == max(scores)
+    assert clf.best_loss_ is None
+    # Training did not stop on a training loss that was still falling.
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    # With tol=0 a score equal to the best counts as an improvement (scikit-learn's
+    # `score < best + tol`), so the plateau of ties does not stop training.
+    ties = fit_quiet(clone(clf).set_params(tol=0.0, n_iter_no_change=2), X, y)
+    scores = ties.validation_scores_
+    best_epoch = int(np.argmax(scores)) + 1
+    assert scores[best_epoch] == scores[best_epoch + 1] == ties.best_validation_score_
+    assert no_improvement_stop(scores, 0.0, 2) == ties.n_iter_ > best_epoch + 3
+
+
+def test_early_stopping_keeps_the_best_epochs_parameters(spiral, monkeypatch):
+    X, y = spiral
+    spy = SplitSpy(monkeypatch)
+    clf = MLPClassifier(**ES).fit(X, y)
+    best_epoch = int(np.argmax(clf.validation_scores_)) + 1  # the first epoch with the best score
+    assert best_epoch < clf.n_iter_  # so "last" and "best" differ
+    # The same run cut at the best epoch: same split, same first best_epoch epochs, and that
+    # epoch is its own best, so its parameters are the best epoch's.
+    cut = fit_quiet(clone(clf).set_params(max_iter=best_epoch), X, y)
+    np.testing.assert_array_equal(clf.model_.params, cut.model_.params)
+    assert cut.validation_scores_ == clf.validation_scores_[:best_epoch]
+    # The fitted estimator scores best_validation_score_ on its validation part.
+    X_val, y_val = spy.calls[0]["X_val"], spy.calls[0]["y_val"]
+    np.testing.assert_array_equal(spy.calls[1]["X_val"], X_val)  # the same split both times
+    assert clf.score(X_val, y_val) == clf.best_validation_score_
+    # ...which the last epoch's parameters did not: restoring them made a difference.
+    assert clf.validation_scores_[-1] < clf.best_validation_score_
+
+
+def test_early_stopping_regressor_r2():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(300, 2))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] ** 2 + 0.3 * rng.normal(size=300)
+    reg = MLPRegressor(hidden_layer_sizes=(16,), activation="tanh", learning_rate_init=0.01,
+                       max_iter=500, early_stopping=True, validation_fraction=0.2,
+                       random_state=0).fit(X, y)
+    assert reg.n_iter_ < 500 and len(reg.validation_scores_) == reg.n_iter_
+    assert no_improvement_stop(reg.validation_scores_, reg.tol, 10) == reg.n_iter_
+    assert 0.5 < reg.best_validation_score_ == max(reg.validation_scores_) <= 1
+    assert reg.best_loss_ is None
+
+
+def test_early_stopping_split_is_stratified_for_labels_only(monkeypatch):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(160, 3))
+    y = np.repeat(["a", "b", "c"], [100, 40, 20])  # string labels, imbalanced
+    spy = SplitSpy(monkeypatch)
+    fit_quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, early_stopping=True,
+                            validation_fraction=0.25, random_state=0), X, y)
+    # Stratified: exactly a quarter of each class (a plain random split of 40 rows would
+    # hold 25/10/5 by chance only).
+    np.testing.assert_array_equal(spy.calls[-1]["stratify"], y)
+    assert dict(zip(*np.unique(spy.calls[-1]["y_val"], return_counts=True))) == {
+        "a": 25, "b": 10, "c": 5}
+    # Multilabel indicator targets and regression targets are split without stratifying.
+    Y = (X[:, :2] > 0).astype(int)
+    fit_quiet(MLPClassifier(hidden_layer_sizes=(4,), loss="binary_cross_entropy", max_iter=2,
+                            early_stopping=True, random_state=0), X, Y)
+    assert spy.calls[-1]["stratify"] is None and spy.calls[-1]["y_val"].shape == (16, 2)
+    fit_quiet(MLPRegressor(hidden_layer_sizes=(4,), max_iter=2, early_stopping=True,
+                           random_state=0), X, X[:, 0])
+    assert spy.calls[-1]["stratify"] is None
+    # A split the class counts do not allow is one clear error.
+    with pytest.raises(ValueError, match=r"early_stopping: cannot hold out a stratified "
+                                         r"validation_fraction=0.1 of 20 samples"):
+        MLPClassifier(early_stopping=True).fit(X[:20], np.arange(20) % 3)
+    with pytest.raises(ValueError, match="The validation set is too small"):
+        MLPRegressor(early_stopping=True).fit(X[:10], X[:10, 0])
+
+
+def test_early_stopping_off_attributes_and_partial_fit(spiral):
+    X, y = spiral
+    clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0), X, y)
+    assert clf.validation_scores_ is None and clf.best_validation_score_ is None
+    assert clf.best_loss_ == min(clf.loss_curve_)
+    # partial_fit refuses early stopping, as scikit-learn's does, before changing anything.
+    clf.set_params(early_stopping=True)
+    before = clf.model_.params.copy()
+    with pytest.raises(ValueError, match=r"^partial_fit does not support early_stopping=True$"):
+        clf.partial_fit(X, y)
+    np.testing.assert_array_equal(clf.model_.params, before)
+    assert clf.n_iter_ == 3
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(X, y)
+    # After a fit with early stopping, partial_fit (early_stopping off again) tracks the
+    # training loss from there.
+    clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, early_stopping=True,
+                                  random_state=0), X, y)
+    clf.set_params(early_stopping=False).partial_fit(X, y)
+    assert clf.n_iter_ == 4 and clf.best_loss_ == clf.loss_curve_[-1]
+    assert len(clf.validation_scores_) == 3
+
+
+def test_early_stopping_in_grid_search():
+    X, y = load_digits()
+    X, y = X[:400], y[:400]
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(
+        hidden_layer_sizes=(32,), max_iter=200, early_stopping=True, validation_fraction=0.2,
+        random_state=0))
+    search = GridSearchCV(pipe, {"mlpclassifier__learning_rate_init": [1e-4, 1e-2]}, cv=2)
+    fit_quiet(search, X, y)
+    assert search.best_params_ == {"mlpclassifier__learning_rate_init": 1e-2}
+    # Early stopping on 40 validation rows of each 200-row fold stops at ~0.8 accuracy.
+    assert search.best_score_ > 0.8
+    best = search.best_estimator_[-1]
+    assert best.early_stopping and best.n_iter_ < 200
+    assert best.best_validation_score_ == max(best.validation_scores_) > 0.85
+
+
+def test_early_stopping_verbose_and_weighted_score(spiral, monkeypatch, capsys):
+    X, y = spiral
+    w = np.where(np.arange(len(y)) % 4 == 0, 3.0, 1.0)
+    spy = SplitSpy(monkeypatch)
+    clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=4, early_stopping=True,
+                                  verbose=1, random_state=0), X, y, sample_weight=w)
+    assert capsys.readouterr().out.count("Validation score: ") == 4
+    # The validation score is weighted by the held-out rows' weights, as scikit-learn's is.
+    call = spy.calls[0]
+    assert set(call["w_val"]) == {1.0, 3.0}
+    best_epoch = int(np.argmax(clf.validation_scores_)) + 1
+    cut = fit_quiet(clone(clf).set_params(max_iter=best_epoch, verbose=0), X, y, sample_weight=w)
+    np.testing.assert_array_equal(cut.model_.params, clf.model_.params)
+    weighted = clf.score(call["X_val"], call["y_val"], sample_weight=call["w_val"])
+    assert weighted == clf.best_validation_score_
+    assert weighted != clf.score(call["X_val"], call["y_val"])
+    # Zero weight on every held-out row leaves no score to stop on (the split does not
+    # depend on the weights, so the same rows are held out).
+    rows = np.column_stack([X.astype(np.float32), y])  # X alone repeats the spiral's centre
+    held_out = (rows[:, None, :] == np.column_stack([call["X_val"], call["y_val"]])[None]).all(
+        axis=2).any(axis=1)
+    assert held_out.sum() == len(call["X_val"])
+    with pytest.raises(ValueError, match="zero on every row of the validation set"):
+        clone(clf).fit(X, y, sample_weight=np.where(held_out, 0.0, 1.0))
+
+
+def test_divergence_after_the_best_epoch_keeps_the_best_parameters(spiral, monkeypatch):
+    X, y = spiral
+    clf = MLPClassifier(**ES).fit(X, y)
+    best_epoch = int(np.argmax(clf.validation_scores_)) + 1
+    real_fit, calls = Sequential.fit, []
+
+    def diverging_fit(self, *args, **kwargs):  # the estimator calls fit once per epoch
+        calls.append(None)
+        if len(calls) == best_epoch + 2:
+            raise DivergenceError("the training loss became nan at epoch 1, step 1 of 1")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sequential, "fit", diverging_fit)
+    twin = clone(clf)
+    with pytest.raises(DivergenceError, match=rf"^epoch {best_epoch + 2} of MLPClassifier: the "
+                       rf".* keeps the parameters of epoch {best_epoch}, the best validation"):
+        twin.fit(X, y)
+    np.testing.assert_array_equal(twin.model_.params, clf.model_.params)
+
+
+# ----------------------------------------------------------------- sample weights
+def equivalence_data():
+    """check_sample_weight_equivalence_on_dense_data's data: 15 rows, integer weights
+    (zeros included), and the rows repeated as many times as their weight."""
+    rng = np.random.RandomState(42)
+    X, y, w = rng.rand(15, 30), rng.randint(0, 3, size=15), rng.randint(0, 5, size=15)
+    return X, y, w, X.repeat(w, axis=0), y.repeat(w)
+
+
+@pytest.mark.parametrize("estimator", [e for e in ESTIMATORS if e.dtype == "float32"],
+                         ids=lambda e: f"{type(e).__name__}-{e.loss}")
+def test_sample_weight_equivalence_float32(estimator):
+    # The scikit-learn check, run in float64 above, at float32's tolerance: weights of k
+    # are k repeated rows (0: a dropped row) while the batch is the whole data set.
+    X, y, w, X_repeated, y_repeated = equivalence_data()
+    weighted = fit_quiet(clone(estimator), X, y, sample_weight=w)
+    repeated = fit_quiet(clone(estimator), X_repeated, y_repeated)
+    assert weighted.n_iter_ == repeated.n_iter_
+    method = "decision_function" if hasattr(weighted, "decision_function") else "predict"
+    expected = getattr(repeated, method)(X)
+    np.testing.assert_allclose(getattr(weighted, method)(X), expected, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=2e-5, atol=1e-6)
+
+
+def test_sample_weight_all_ones_is_no_weight_bit_for_bit(spiral):
+    X, y = spiral
+    ones = np.ones(len(y))
+    for estimator, target in [(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, batch_size=32,
+                                             random_state=0), y),
+                              (MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, batch_size=32,
+                                            random_state=0), X[:, 0] * X[:, 1]),
+                              (MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, batch_size=32,
+                                             early_stopping=True, random_state=0), y)]:
+        plain = fit_quiet(clone(estimator), X, target)
+        weighted = fit_quiet(clone(estimator), X, target, sample_weight=ones)
+        np.testing.assert_array_equal(weighted.model_.params, plain.model_.params)
+        assert weighted.loss_curve_ == plain.loss_curve_
+        assert weighted.validation_scores_ == plain.validation_scores_
+    online = MLPClassifier(hidden_layer_sizes=(8,), batch_size=32, random_state=0)
+    online_weighted = clone(online)
+    for _ in range(2):
+        online.partial_fit(X, y, classes=[0, 1, 2])
+        online_weighted.partial_fit(X, y, ones, [0, 1, 2])  # scikit-learn's argument order
+    np.testing.assert_array_equal(online_weighted.model_.params, online.model_.params)
+
+
+def test_sample_weight_is_normalised_to_mean_one(spiral):
+    # Only relative weights matter, as in scikit-learn: 4 * w trains the same network bit for
+    # bit (a power of 2 rescales exactly).  Without the normalisation, plain SGD would take
+    # 4 times larger steps.
+    X, y = spiral
+    w = np.random.default_rng(0).uniform(0.1, 2.0, size=len(y))
+    sgd = MLPClassifier(hidden_layer_sizes=(8,), optimizer="sgd", learning_rate_init=0.05,
+                        max_iter=5, batch_size=32, random_state=0)
+    a = fit_quiet(clone(sgd), X, y, sample_weight=w)
+    b = fit_quiet(clone(sgd), X, y, sample_weight=4 * w)
+    np.testing.assert_array_equal(a.model_.params, b.model_.params)
+    c = fit_quiet(clone(sgd), X, y, sample_weight=w / w.mean())
+    np.testing.assert_allclose(c.model_.params, a.model_.params, rtol=1e-5, atol=1e-6)
+    plain = fit_quiet(clone(sgd), X, y)
+    assert np.abs(a.model_.params - plain.model_.params).max() > 1e-3  # the weights matter
+
+
+def test_loss_curve_is_the_weighted_mean_loss(spiral):
+    # One full-batch epoch at a negligible learning rate: its loss is that of the network
+    # as it ends, averaged with the weights, sum(w * loss) / sum(w), as scikit-learn reports.
+    X, y = spiral
+    w = np.random.default_rng(0).uniform(0.1, 2.0, size=len(y))
+    clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), optimizer="sgd", momentum=0.0,
+                                  learning_rate_init=1e-12, max_iter=1, dtype="float64",
+                                  random_state=0), X, y, sample_weight=w)
+    row_loss = -np.log(clf.predict_proba(X)[np.arange(len(y)), y])
+    np.testing.assert_allclose(clf.loss_curve_[0], np.average(row_loss, weights=w), rtol=1e-9)
+    assert not np.isclose(clf.loss_curve_[0], row_loss.mean(), rtol=1e-4)
+
+
+def test_zero_weights_drop_rows_in_full_batch_training():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 4))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    keep = rng.random(150) < 0.6
+    w = keep.astype(float)
+    full_batch = MLPClassifier(hidden_layer_sizes=(8,), dtype="float64", max_iter=20,
+                               learning_rate_init=0.01, random_state=0)  # "auto": 150 rows
+    weighted = fit_quiet(clone(full_batch), X, y, sample_weight=w)
+    dropped = fit_quiet(clone(full_batch), X[keep], y[keep])
+    np.testing.assert_allclose(weighted.predict_proba(X), dropped.predict_proba(X), rtol=1e-9)
+    np.testing.assert_allclose(weighted.loss_curve_, dropped.loss_curve_, rtol=1e-12)
+    # In minibatches the zero-weight rows still take up places in the batches, so the steps
+    # differ (scikit-learn's MLP is no different there).
+    mini = full_batch.set_params(batch_size=16)
+    weighted = fit_quiet(clone(mini), X, y, sample_weight=w)
+    dropped = fit_quiet(clone(mini), X[keep], y[keep])
+    assert not np.allclose(weighted.predict_proba(X), dropped.predict_proba(X), rtol=1e-3)
+
+
+def test_sample_weight_shifts_the_decision():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 2))
+    y = (X[:, 0] + rng.normal(size=400) > 0).astype(int)  # overlapping classes
+    clf = MLPClassifier(hidden_layer_sizes=(8,), learning_rate_init=0.01, max_iter=50,
+                        random_state=0)
+    plain = fit_quiet(clone(clf), X, y)
+    favour_1 = fit_quiet(clone(clf), X, y, sample_weight=np.where(y == 1, 5.0, 1.0))
+    share_plain, share_favoured = plain.predict(X).mean(), favour_1.predict(X).mean()
+    assert 0.4 < share_plain < 0.6
+    assert share_favoured > share_plain + 0.2
+
+
+def test_sample_weight_validation(spiral, monkeypatch):
+    X, y = spiral
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1)
+    w = np.ones(len(y))
+    for bad, message in [(-w, "Negative values in data passed to `sample_weight`"),
+                         (0 * w, "Sample weights must contain at least one non-zero number"),
+                         (w[:-1], r"sample_weight.shape == \(179,\), expected \(180,\)"),
+                         (np.where(y == 0, np.nan, 1.0), "Input sample_weight contains NaN"),
+                         (np.ones((len(y), 2)), "Sample weights must be 1D")]:
+        with pytest.raises(ValueError, match=message):
+            clone(clf).fit(X, y, sample_weight=bad)
+        with pytest.raises(ValueError, match=message):
+            clone(clf).partial_fit(X, y, sample_weight=bad, classes=[0, 1, 2])
+    # Zero weight on every row the network would train on, once the validation rows are
+    # held out, is refused too.
+    spy = SplitSpy(monkeypatch)
+    reg = MLPRegressor(hidden_layer_sizes=(4,), max_iter=1, early_stopping=True,
+                       validation_fraction=0.5, dtype="float64", random_state=0)
+    fit_quiet(reg, X[:6], X[:6, 0])
+    held_out = (X[:6, None, :] == spy.calls[0]["X_val"][None]).all(axis=2).any(axis=1)
+    assert held_out.sum() == 3
+    with pytest.raises(ValueError, match="zero on every row of the training part left by "
+                                         "early_stopping"):
+        reg.fit(X[:6], X[:6, 0], sample_weight=held_out.astype(float))

@@ -20,11 +20,14 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                      validate_data)
 
 from fastmlp.kernels.activations import ACTIVATIONS
 from fastmlp.layers import Dense, Maxout
@@ -54,6 +57,21 @@ def _check_nonnegative_real(value, name):
     return float(value)
 
 
+def _unit_mean(sample_weight, rows):
+    """``sample_weight`` rescaled to mean 1: ``w * n / sum(w)`` (a new float64 array).
+
+    ``Sequential.fit`` divides a batch's weighted loss by its row count (Keras's
+    convention); with mean-1 weights that is ``sum(w_i l_i) / sum(w_i)`` over a full batch,
+    scikit-learn's weighted mean, and its unbiased estimate over a minibatch.  Weights of
+    all ones come back unchanged, bit for bit (``n / n == 1.0``).
+    """
+    total = sample_weight.sum()
+    if not total > 0:
+        raise ValueError(f"sample_weight is zero on every row of {rows}: nothing would be "
+                         "learned")
+    return sample_weight * (sample_weight.shape[0] / total)
+
+
 class _BaseMLP(BaseEstimator):
     """Shared parameters, validation and the epoch loop of the two estimators."""
 
@@ -62,7 +80,8 @@ class _BaseMLP(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss, optimizer="adam",
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, n_iter_no_change=10, dtype="float32", verbose=0):
+                 random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
+                 validation_fraction=0.1, dtype="float32", verbose=0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.loss = loss
@@ -79,6 +98,8 @@ class _BaseMLP(BaseEstimator):
         self.random_state = random_state
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.dtype = dtype
         self.verbose = verbose
 
@@ -103,7 +124,7 @@ class _BaseMLP(BaseEstimator):
                              f"got {self.hidden_layer_sizes!r}") from None
         return [_check_int(s, "each entry of hidden_layer_sizes", 1) for s in sizes]
 
-    def _check_params(self):
+    def _check_params(self, incremental):
         """Every hyperparameter checked before anything is built or changed."""
         if self.activation not in _HIDDEN_ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(_HIDDEN_ACTIVATIONS)}; "
@@ -120,6 +141,15 @@ class _BaseMLP(BaseEstimator):
         _check_nonnegative_real(self.tol, "tol")
         if not isinstance(self.shuffle, (bool, np.bool_)):
             raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}")
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            raise ValueError(f"early_stopping must be True or False, got {self.early_stopping!r}")
+        fraction = self.validation_fraction
+        if (isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, numbers.Real)
+                or not 0 < fraction < 1):
+            raise ValueError(f"validation_fraction must be a number in (0, 1), got {fraction!r}")
+        if incremental and self.early_stopping:
+            # scikit-learn's message: one epoch has nothing to stop early.
+            raise ValueError("partial_fit does not support early_stopping=True")
         if isinstance(self.verbose, bool) or not isinstance(self.verbose, numbers.Integral):
             raise ValueError(f"verbose must be an integer, got {self.verbose!r}")
         self._hidden_sizes()
@@ -139,50 +169,138 @@ class _BaseMLP(BaseEstimator):
                    **decay)
 
     # ----------------------------------------------------------------- model
-    def _build_model(self, n_features, n_outputs):
+    def _build_model(self, n_features, n_outputs, seed):
         activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
         widths = [n_features] + self._hidden_sizes()
         layers = [Maxout(a, b) if activation == "maxout" else Dense(a, b, activation=activation)
                   for a, b in zip(widths[:-1], widths[1:])]
         layers.append(Dense(widths[-1], n_outputs))
-        # Sequential wants a non-negative int seed; an int random_state maps to a fixed one.
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         return Sequential(layers, loss=self.loss, optimizer=self._make_optimizer(), seed=seed,
                           dtype=self._np_dtype())
 
-    def _run_epochs(self, X, targets, first_call, incremental):
+    def _check_weights(self, sample_weight, X):
+        """``sample_weight`` as float64 ``(n_samples,)``, finite, >= 0, not all 0; or None."""
+        if sample_weight is None:
+            return None
+        # Never written to: _unit_mean returns a new array (check_sample_weights_not_overwritten).
+        return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+
+    def _hold_out(self, X, y, targets, sample_weight, rng):
+        """Split off ``validation_fraction`` of the rows, as scikit-learn's MLP does:
+        ``train_test_split`` with the estimator's random state (after the weights were
+        drawn from it), stratified by class except for multilabel and regression targets.
+
+        Returns ``(X, targets, sample_weight)`` of the training part and the validation
+        part ``(X_val, y_val, sample_weight_val)``.
+        """
+        stratify = y if self._stratify_by(y) else None
+        arrays = [X, targets, y] + ([] if sample_weight is None else [sample_weight])
+        try:
+            parts = train_test_split(*arrays, test_size=self.validation_fraction,
+                                     random_state=rng, stratify=stratify)
+        except ValueError as exc:
+            how = "a stratified " if stratify is not None else "a "
+            raise ValueError(f"early_stopping: cannot hold out {how}validation_fraction="
+                             f"{self.validation_fraction} of {X.shape[0]} samples: {exc}") from None
+        X_train, X_val, targets_train, _, _, y_val = parts[:6]
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                             "or the size of your dataset.")
+        if sample_weight is None:
+            return X_train, targets_train, None, (X_val, y_val, None)
+        weight_train, weight_val = parts[6:]
+        if not weight_val.any():
+            raise ValueError("sample_weight is zero on every row of the validation set "
+                             "(early_stopping): its score is undefined; use another "
+                             "random_state or a larger validation_fraction")
+        return X_train, targets_train, weight_train, (X_val, y_val, weight_val)
+
+    def _validation_score(self, X_val, y_val, weight_val):
+        """``score`` on the validation part (already validated: no second ``validate_data``,
+        which would also warn about feature names); NaN when an output is not finite, as
+        in scikit-learn."""
+        raw = self._forward(X_val)
+        if not np.isfinite(raw).all():
+            return np.nan
+        return float(self._score_raw(raw, y_val, weight_val))
+
+    def _fit_network(self, X, y, targets, sample_weight, first_call, incremental):
         """Train ``model_`` (built on ``first_call`` with ``n_outputs_`` outputs) for one
-        epoch (incremental) or up to ``max_iter`` epochs with scikit-learn's stopping rule on
-        the training loss."""
-        if first_call:
-            self.model_ = self._build_model(X.shape[1], self.n_outputs_)
+        epoch (incremental) or up to ``max_iter`` epochs with scikit-learn's stopping rule:
+        on the training loss, or with ``early_stopping`` on the validation score, whose best
+        epoch's parameters are kept.  ``y`` is the validated target (labels, for the score
+        and the stratified split), ``targets`` what the network trains on."""
+        rng = check_random_state(self.random_state)
+        # Sequential wants a non-negative int seed; an int random_state maps to a fixed one.
+        # Drawn before the split, as scikit-learn draws its initial weights first.
+        seed = int(rng.randint(np.iinfo(np.int32).max)) if first_call else None
+        validation = None
+        if self.early_stopping:  # fit only: _check_params refuses it for partial_fit
+            X, targets, sample_weight, validation = self._hold_out(X, y, targets, sample_weight,
+                                                                   rng)
+        if sample_weight is not None:
+            sample_weight = _unit_mean(sample_weight, "the training part left by "
+                                       "early_stopping" if validation else "X")
+        if first_call:  # built only once the split and the weights are accepted
+            self.model_ = self._build_model(X.shape[1], self.n_outputs_, seed)
             self.loss_curve_ = []
             self.n_iter_ = 0
-            self.best_loss_ = np.inf
             self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+        elif self.best_loss_ is None:  # partial_fit after a fit with early stopping
+            self.best_loss_ = np.inf
         n = X.shape[0]
         batch_size = min(200, n) if isinstance(self.batch_size, str) else min(self.batch_size, n)
+        best_params, best_epoch = None, 0
         for _ in range(1 if incremental else self.max_iter):
             try:
                 history = self.model_.fit(X, targets, epochs=1, batch_size=batch_size,
-                                          shuffle=bool(self.shuffle))
+                                          shuffle=bool(self.shuffle), sample_weight=sample_weight)
             except DivergenceError as exc:
+                kept = ""
+                if best_params is not None:
+                    self.model_.params[:] = best_params
+                    kept = (f" The estimator keeps the parameters of epoch {best_epoch}, the "
+                            "best validation score.")
                 # Each epoch is its own Sequential.fit call, whose message counts from 1.
                 raise DivergenceError(
-                    f"epoch {self.n_iter_ + 1} of {type(self).__name__}: {exc}") from None
+                    f"epoch {self.n_iter_ + 1} of {type(self).__name__}: {exc}{kept}") from None
             loss = history.history["loss"][0]
             self.loss_curve_.append(loss)
             self.n_iter_ += 1
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
-            if loss > self.best_loss_ - self.tol:
-                self._no_improvement_count += 1
+            if validation is None:
+                if loss > self.best_loss_ - self.tol:
+                    self._no_improvement_count += 1
+                else:
+                    self._no_improvement_count = 0
+                self.best_loss_ = min(self.best_loss_, loss)
             else:
-                self._no_improvement_count = 0
-            self.best_loss_ = min(self.best_loss_, loss)
+                score = self._validation_score(*validation)
+                self.validation_scores_.append(score)
+                if self.verbose:
+                    print(f"Validation score: {score:.6f}", flush=True)
+                # scikit-learn's rule, written so that a NaN score counts as no improvement
+                # (its `score < best + tol` resets the count on NaN).
+                if not score >= self.best_validation_score_ + self.tol:
+                    self._no_improvement_count += 1
+                else:
+                    self._no_improvement_count = 0
+                if score > self.best_validation_score_:
+                    self.best_validation_score_ = score
+                    best_params, best_epoch = self.model_.params.copy(), self.n_iter_
             if not incremental and self._no_improvement_count > self.n_iter_no_change:
                 if self.verbose:
-                    print(f"Training loss did not improve more than tol={self.tol} for "
+                    what = "Validation score" if validation else "Training loss"
+                    print(f"{what} did not improve more than tol={self.tol} for "
                           f"{self.n_iter_no_change} consecutive epochs. Stopping.", flush=True)
                 break
         else:
@@ -190,10 +308,22 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn(f"{type(self).__name__}: reached max_iter={self.max_iter} epochs and "
                               "the optimization has not converged yet.", ConvergenceWarning,
                               stacklevel=4)
+        if best_params is not None:
+            # Parameters only, as scikit-learn restores coefs_ and intercepts_: the
+            # optimizer's state stays that of the last epoch, for a later partial_fit.
+            self.model_.params[:] = best_params
         return self
 
     def _raw(self, X):
-        """The output layer's scores for ``X`` as float64 ``(n_samples, n_outputs_)``.
+        """The output layer's scores for ``X`` (validated here) as float64
+        ``(n_samples, n_outputs_)``; see :meth:`_forward`."""
+        check_is_fitted(self)
+        return self._forward(validate_data(self, X, reset=False, dtype=self.model_.dtype,
+                                           order="C"))
+
+    def _forward(self, X):
+        """The output layer's scores for validated, C-contiguous ``X`` of the model's dtype,
+        as float64 ``(n_samples, n_outputs_)``.
 
         The rows go through the network in blocks of exactly ``_PREDICT_BLOCK`` rows (the
         last one zero-padded).  OpenBLAS picks its inner kernels, and with them the order
@@ -203,8 +333,6 @@ class _BaseMLP(BaseEstimator):
         Same-shaped calls make each row's result independent of the batch, and of the
         thread count, since a 64-row product is never split across threads.
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C")
         n, block = X.shape[0], _PREDICT_BLOCK
         out = np.empty((n, self.model_.n_outputs), dtype=np.float64)
         padded = np.zeros((block, X.shape[1]), dtype=X.dtype)
@@ -266,17 +394,39 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     shuffle : bool, default True
         Shuffle the rows every epoch.
     random_state : int, RandomState or None, default None
-        Seeds the weight initialisation and the shuffling.  A fixed int and the same thread
-        count give the same model.
+        Seeds the weight initialisation, the shuffling and the ``early_stopping`` split.
+        A fixed int and the same thread count give the same model.
     tol : float, default 1e-4
         ``fit`` stops when the training loss has not improved by ``tol`` for more than
-        ``n_iter_no_change`` consecutive epochs.  ``tol=0`` effectively trains ``max_iter``
+        ``n_iter_no_change`` consecutive epochs (with ``early_stopping``: the validation
+        score has not improved by ``tol``).  ``tol=0`` effectively trains ``max_iter``
         epochs.
     n_iter_no_change : int, default 10
+    early_stopping : bool, default False
+        Hold out ``validation_fraction`` of the training data (scikit-learn's
+        ``train_test_split`` with ``random_state``; stratified by class except for
+        multilabel targets), compute ``score`` on it after every epoch, stop on it as
+        ``tol`` says, and keep the parameters of the epoch with the best score.  Only
+        ``fit``: ``partial_fit`` refuses it, as scikit-learn's does.
+    validation_fraction : float, default 0.1
+        In (0, 1): the share of the rows held out by ``early_stopping``; at least 2 rows
+        (and, stratified, one per class) must come out.
     dtype : {"float32", "float64"}, default "float32"
         Precision of the network.  Probabilities and scores are returned as float64.
     verbose : int, default 0
-        Print the loss after each epoch.
+        Print the loss (and validation score) after each epoch.
+
+    Notes
+    -----
+    ``sample_weight`` (``fit``, ``partial_fit``) is rescaled to mean 1 over the rows trained
+    on, ``w * n / sum(w)``, and given to :meth:`Sequential.fit <fastmlp.Sequential.fit>`,
+    whose batch loss is ``sum(w_i * loss_i) / batch_rows``.  Over a full batch
+    (``n_samples <= batch_size``, as with ``"auto"`` up to 200 rows) that is
+    ``sum(w_i * loss_i) / sum(w_i)``, scikit-learn's weighted mean: integer weights act as
+    repeated rows and zero weights as dropped rows, to rounding.  Over minibatches each
+    batch is divided by its row count times the mean weight of all rows (scikit-learn
+    divides by the batch's own weight sum).  Only relative weights matter; weights of all
+    ones train bit for bit the model no weights do.  See docs/sklearn.md.
 
     Attributes
     ----------
@@ -288,10 +438,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     n_outputs_ : int
         Units of the output layer.
     loss_curve_ : list of float
-        Mean training loss of every epoch.
-    best_loss_ : float
+        Mean training loss of every epoch (weighted: ``sum(w * loss) / sum(w)``).
+    best_loss_ : float or None
+        The lowest of ``loss_curve_``; None after a ``fit`` with ``early_stopping``.
+    validation_scores_ : list of float or None
+        With ``early_stopping``: ``score`` on the validation rows after every epoch
+        (``n_iter_`` of them; weighted by their ``sample_weight``); else None.
+    best_validation_score_ : float or None
+        The best of ``validation_scores_``, whose epoch's parameters the model has; None
+        without ``early_stopping``.
     n_iter_ : int
-        Epochs trained.
+        Epochs trained (with ``early_stopping``, including those after the best one).
     model_ : fastmlp.Sequential
         The trained network (``get_weights()`` and friends).
     """
@@ -301,13 +458,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="softmax_cross_entropy",
                  optimizer="adam", learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, n_iter_no_change=10, dtype="float32", verbose=0):
+                 random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
+                 validation_fraction=0.1, dtype="float32", verbose=0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
                          batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
-                         dtype=dtype, verbose=verbose)
+                         early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, dtype=dtype,
+                         verbose=verbose)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -363,8 +523,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             raise ValueError(f"y contains labels {unknown!r} that are not in classes_ "
                              f"{self.classes_!r}")
 
-    def _fit(self, X, y, classes, incremental):
-        self._check_params()
+    def _fit(self, X, y, sample_weight, classes, incremental):
+        self._check_params(incremental)
         first_call = not (incremental and hasattr(self, "model_"))
         if not first_call and self.loss != self.model_.loss:
             raise ValueError(f"loss is {self.loss!r} but the network was built for "
@@ -377,12 +537,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if (incremental and first_call and classes is None
                 and not type_of_target(y).startswith("multilabel")):
             raise ValueError("classes must be passed on the first call to partial_fit")
+        sample_weight = self._check_weights(sample_weight, X)
         targets = self._encode(y, classes, first_call)
         if first_call:
             self.n_outputs_ = targets.shape[1] if targets.ndim == 2 else len(self.classes_)
-        return self._run_epochs(X, targets, first_call, incremental)
+        return self._fit_network(X, y, targets, sample_weight, first_call, incremental)
 
-    def fit(self, X, y):
+    def _stratify_by(self, y):
+        # Every single-label target, binary or multiclass; see docs/sklearn.md for how
+        # this differs from scikit-learn's MLP, which stratifies binary targets only.
+        return y.ndim == 1
+
+    def _score_raw(self, raw, y, sample_weight):
+        return accuracy_score(y, self._labels(raw), sample_weight=sample_weight)
+
+    def fit(self, X, y, sample_weight=None):
         """Train a fresh network on ``(X, y)`` for up to ``max_iter`` epochs.
 
         Parameters
@@ -390,29 +559,41 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,), or (n_samples, n_classes) 0/1 indicator
             matrix (multilabel, ``binary_cross_entropy`` only)
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weight of each row, not all zero; rescaled to mean 1 before
+            training (see the class docstring).  With ``early_stopping`` the validation
+            score is weighted too.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, classes=None, incremental=False)
+        return self._fit(X, y, sample_weight, classes=None, incremental=False)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over ``(X, y)``, continuing from the current weights.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_classes)
+        sample_weight : array-like of shape (n_samples,), optional
+            As for :meth:`fit`, rescaled to mean 1 over this call's rows.
         classes : array-like of shape (n_classes,), optional
             Every label the classifier will ever see; required on the first call (not for
-            multilabel targets), then optional and must not change.
+            multilabel targets), then optional and must not change.  It comes after
+            ``sample_weight``, as in scikit-learn's ``MLPClassifier.partial_fit``.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            With ``early_stopping=True``, as scikit-learn's does.
         """
-        return self._fit(X, y, classes=classes, incremental=True)
+        return self._fit(X, y, sample_weight, classes=classes, incremental=True)
 
     def decision_function(self, X):
         """Raw output scores (float64): ``(n_samples,)`` for two classes (positive means
@@ -432,7 +613,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict(self, X):
         """Predicted labels from ``classes_``: ``(n_samples,)``, or a 0/1 indicator matrix
         ``(n_samples, n_classes)`` for multilabel targets."""
-        raw = self._raw(X)
+        return self._labels(self._raw(X))
+
+    def _labels(self, raw):
         if self._fitted_sigmoid():
             return self._binarizer.inverse_transform(raw, threshold=0.0)
         return self.classes_[np.argmax(raw, axis=1)]
@@ -474,12 +657,16 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     Parameters are those of :class:`MLPClassifier`, except ``loss``, which is ``"mse"``
     (the only choice).  ``y`` may have several columns (multi-output regression);
     predictions are float64 of shape ``(n_samples,)`` for one output, else
-    ``(n_samples, n_outputs)``.  ``score`` is R^2.
+    ``(n_samples, n_outputs)``.  ``score`` is R^2, and so is the ``early_stopping``
+    validation score (the split is not stratified).  ``sample_weight`` as for
+    :class:`MLPClassifier`.
 
     Attributes
     ----------
     n_features_in_, feature_names_in_, loss_curve_, best_loss_, n_iter_, model_
         As for :class:`MLPClassifier`.
+    validation_scores_, best_validation_score_
+        As for :class:`MLPClassifier` (R^2).
     n_outputs_ : int
         Number of target columns.
     """
@@ -489,21 +676,24 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="mse", optimizer="adam",
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, n_iter_no_change=10, dtype="float32", verbose=0):
+                 random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
+                 validation_fraction=0.1, dtype="float32", verbose=0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
                          batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
-                         dtype=dtype, verbose=verbose)
+                         early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, dtype=dtype,
+                         verbose=verbose)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
 
-    def _fit(self, X, y, incremental):
-        self._check_params()
+    def _fit(self, X, y, sample_weight, incremental):
+        self._check_params(incremental)
         first_call = not (incremental and hasattr(self, "model_"))
         dtype = self._np_dtype() if first_call else self.model_.dtype
         X, y = validate_data(self, X, y, reset=first_call, dtype=dtype, order="C",
@@ -514,20 +704,32 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         elif targets.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {targets.shape[1]} target columns, but the model was fitted "
                              f"with {self.n_outputs_}")
-        return self._run_epochs(X, targets, first_call, incremental)
+        sample_weight = self._check_weights(sample_weight, X)
+        return self._fit_network(X, y, targets, sample_weight, first_call, incremental)
 
-    def fit(self, X, y):
+    def _stratify_by(self, y):
+        return False
+
+    def _score_raw(self, raw, y, sample_weight):
+        return r2_score(y, self._outputs(raw), sample_weight=sample_weight)
+
+    def fit(self, X, y, sample_weight=None):
         """Train a fresh network on ``X`` ``(n_samples, n_features)`` and ``y``
         ``(n_samples,)`` or ``(n_samples, n_outputs)`` for up to ``max_iter`` epochs;
-        returns ``self``."""
-        return self._fit(X, y, incremental=False)
+        ``sample_weight`` ``(n_samples,)`` as for :meth:`MLPClassifier.fit`.  Returns
+        ``self``."""
+        return self._fit(X, y, sample_weight, incremental=False)
 
-    def partial_fit(self, X, y):
-        """One epoch over ``(X, y)``, continuing from the current weights; returns ``self``."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over ``(X, y)``, continuing from the current weights; ``sample_weight``
+        as for :meth:`MLPClassifier.partial_fit`.  Returns ``self``; refuses
+        ``early_stopping=True`` (ValueError), as scikit-learn does."""
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
         """Predictions, float64 of shape ``(n_samples,)`` (one output) or
         ``(n_samples, n_outputs)``."""
-        out = self._raw(X)
-        return out[:, 0] if self.n_outputs_ == 1 else out
+        return self._outputs(self._raw(X))
+
+    def _outputs(self, raw):
+        return raw[:, 0] if self.n_outputs_ == 1 else raw
