@@ -218,6 +218,13 @@ def save_checkpoint(model, path, order, epochs_completed, epochs, batch_size, sh
     training = {"epochs_completed": int(epochs_completed), "epochs": int(epochs),
                 "batch_size": int(batch_size), "shuffle": bool(shuffle),
                 "n_samples": int(order.shape[0])}
+    extra = _add_callback_states(training, callbacks)
+    atomic_write(path, _encode(model, training, order, extra))
+
+
+def _add_callback_states(training, callbacks):
+    """Record each callback's ``get_state()`` in ``training["callbacks"]`` (only when there
+    are callbacks); return its arrays as the ``(name, array)`` tensors to write."""
     extra = []
     if callbacks:
         entries = []
@@ -227,11 +234,11 @@ def save_checkpoint(model, path, order, epochs_completed, epochs, batch_size, sh
                             "tensors": sorted(arrays)})
             extra += [(f"callbacks.{k}.{name}", arrays[name]) for name in sorted(arrays)]
         training["callbacks"] = entries
-    atomic_write(path, _encode(model, training, order, extra))
+    return extra
 
 
 def save_distributed_checkpoint(model, path, rank_states, epochs_completed, epochs, batch_size,
-                                shuffle):
+                                shuffle, callbacks=()):
     """Write a checkpoint of a ``fit_distributed`` run (called on rank 0 only).
 
     ``model`` is rank 0's replica (parameters, optimizer state and step count are the same
@@ -240,6 +247,8 @@ def save_distributed_checkpoint(model, path, rank_states, epochs_completed, epoc
     model RNG's state.  The row orders are stored as one ``shuffle_order`` tensor over all
     ranks' rows, rank ``r``'s local row ``i`` numbered ``sum(n_0 .. n_{r-1}) + i``, so the
     tensor stays a permutation of ``n_samples`` rows as in a single-process checkpoint.
+    ``callbacks`` are rank 0's stateful callbacks, stored as :func:`save_checkpoint` stores
+    them (their state is the same on every rank).
     """
     lengths = [int(order.shape[0]) for order, _, _ in rank_states]
     offsets = np.cumsum([0] + lengths[:-1])
@@ -250,7 +259,8 @@ def save_distributed_checkpoint(model, path, rank_states, epochs_completed, epoc
     training = {"epochs_completed": int(epochs_completed), "epochs": int(epochs),
                 "batch_size": int(batch_size), "shuffle": bool(shuffle),
                 "n_samples": int(sum(lengths)), "ranks": ranks}
-    atomic_write(path, _encode(model, training, order))
+    extra = _add_callback_states(training, callbacks)
+    atomic_write(path, _encode(model, training, order, extra))
 
 
 def rank_state(model, order, shuffle_rng):
