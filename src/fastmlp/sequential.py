@@ -500,18 +500,14 @@ class Sequential:
             :class:`~fastmlp.callbacks.EarlyStopping` restores others when training ends.
         """
         if comm is not None:
-            extras = {"validation_split": validation_split != 0.0, "sample_weight": sample_weight is not None,
-                      "class_weight": class_weight is not None, "callbacks": bool(callbacks)}
-            unsupported = [name for name, given in extras.items() if given]
-            if unsupported:
-                raise ValueError(f"{', '.join(unsupported)}: not supported with comm= "
-                                 "(distributed training) yet")
             # Before any local check: fit_distributed validates on every rank at once, so
             # bad input on one rank raises everywhere instead of leaving the others waiting.
             from fastmlp.distributed import fit_distributed
 
             return fit_distributed(self, X, y, comm, epochs=epochs, batch_size=batch_size,
                                    shuffle=shuffle, validation_data=validation_data,
+                                   validation_split=validation_split, sample_weight=sample_weight,
+                                   class_weight=class_weight, callbacks=callbacks,
                                    verbose=verbose, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume)
         checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
