@@ -8,10 +8,17 @@ bad      models or arguments that differ between ranks (caught), then rank 1 get
          X: every rank must raise the same ValueError
 crash    rank 1 fails inside the training loop: the job must abort, not hang
 threads  numba's thread count per rank during training: default, and chosen by the user
-resume   ``mpi_train.py resume SIZE OUT.json DTYPE CHECKPOINT LENGTHS KILL``: fit(comm=...,
-         checkpoint=CHECKPOINT ("-" for none), checkpoint_every=1, resume=True), shuffled,
-         on shards of LENGTHS rows ("9,7"); KILL "rank:call" makes that rank SIGKILL itself
-         at its call-th compute_gradients ("-1:0": never).  Records every rank's final state.
+options  sample_weight, class_weight="balanced" (classes spread unevenly over the ranks),
+         validation_split and callbacks: uneven shards against single-process steps on the
+         concatenated batches; equal shards against a single-process fit with StepDecay and
+         EarlyStopping; a stop requested on one rank; a divergence with EarlyStopping
+resume   ``mpi_train.py resume SIZE OUT.json DTYPE CHECKPOINT LENGTHS KILL [CALLBACKS]``:
+         fit(comm=..., checkpoint=CHECKPOINT ("-" for none), checkpoint_every=1, resume=True),
+         shuffled, on shards of LENGTHS rows ("9,7"); KILL "rank:call" makes that rank SIGKILL
+         itself at its call-th compute_gradients ("-1:0": never).  CALLBACKS "plateau": with
+         ReduceLROnPlateau and EarlyStopping, validation_split=0.25, sample and class weights
+         ("plateau-only": the same without EarlyStopping).
+         Records every rank's final state.
 
 Rank 0 writes what it measured as JSON to OUT.json.  Every comparison with single-process
 training is made on rank 0, against a model stepped with compute_gradients/apply_gradients
@@ -63,21 +70,34 @@ def shards(lengths, targets="labels"):
     return out
 
 
-def reference(model, parts, batch_size, epochs):
-    """Single process: one step on the concatenation of each step's per-rank minibatches."""
+def reference(model, parts, batch_size, epochs, weights=None, validation=None):
+    """Single process: one step on the concatenation of each step's per-rank minibatches.
+
+    ``weights``: per rank, its rows' sample weights.  ``validation``: (X_val, y_val),
+    evaluated after every epoch.  Returns the History-shaped metrics; for classifiers the
+    accuracy counts the rows ``model.predict`` gets right just before their step.
+    """
     n_steps = max(-(-X.shape[0] // batch_size) for X, _ in parts)
-    losses = []
+    out = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     for _ in range(epochs):
-        weighted, rows = 0.0, 0
+        weighted, rows, correct = 0.0, 0, 0
         for k in range(n_steps):
             sl = slice(k * batch_size, (k + 1) * batch_size)
             Xc = np.concatenate([X[sl] for X, _ in parts])
             yc = np.concatenate([y[sl] for _, y in parts])
-            weighted += model.compute_gradients(Xc, yc) * Xc.shape[0]
+            wc = None if weights is None else np.concatenate([w[sl] for w in weights])
+            if model.is_classifier:
+                correct += int((model.predict(Xc) == yc).sum())
+            weighted += model.compute_gradients(Xc, yc, sample_weight=wc) * Xc.shape[0]
             rows += Xc.shape[0]
             model.apply_gradients()
-        losses.append(weighted / rows)
-    return losses
+        out["loss"].append(weighted / rows)
+        out["accuracy"].append(correct / rows)
+        if validation is not None:
+            scores = model.evaluate(*validation)
+            out["val_loss"].append(scores["loss"])
+            out["val_accuracy"].append(scores.get("accuracy"))
+    return out
 
 
 def gathered_params(model):
@@ -91,13 +111,15 @@ def check_against_reference(result, key, model, history, parts, loss, n_out, bat
     everyone, steps = gathered_params(model)
     if rank == 0:
         ref = make_model(0, loss, n_out, adam)
-        ref_losses = reference(ref, parts, batch_size, epochs)
+        ref_metrics = reference(ref, parts, batch_size, epochs)
         result[key] = {
             "identical": all(np.array_equal(p, everyone[0]) for p in everyone),
             "steps": steps,
             "max_abs_diff": float(np.abs(everyone[0] - ref.params).max()),
-            "loss_diff": float(np.abs(np.array(history["loss"]) - ref_losses).max()),
+            "loss_diff": float(np.abs(np.array(history["loss"]) - ref_metrics["loss"]).max()),
             "ref_steps": ref.optimizer.step_count,
+            "accuracy": [history.history.get("accuracy"), ref_metrics["accuracy"]],
+            "lr": history["lr"],
         }
 
 
@@ -173,6 +195,53 @@ elif mode == "bad":
     except OSError as exc:
         print(f"rank {rank} refused: {exc}", flush=True)
     fio.atomic_write = real_write
+
+    # The new arguments and callbacks, bad on one rank (or unequal): every rank refuses
+    # before training; during training, a callback's failure or a rate changed on one rank
+    # only is raised on every rank after on_train_end ran everywhere.
+    from fastmlp.callbacks import Callback, EarlyStopping
+
+    class Refuse(Callback):
+        def on_train_begin(self, logs):
+            raise ValueError("this callback refuses to start")
+
+    class FailAt(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 2:
+                raise KeyError("a callback failed")
+
+    class RaiseRate(Callback):
+        def on_epoch_begin(self, epoch, logs):
+            self.model.optimizer.lr = 0.05
+
+    class Ended(Callback):
+        def on_train_end(self, logs):
+            print(f"rank {rank} on_train_end: {type(logs['error']).__name__}", flush=True)
+
+    def on_rank_1(bad, good=None):
+        return bad if rank == 1 else good
+
+    refusals = [
+        dict(callbacks=on_rank_1([object()])),
+        dict(validation_split=on_rank_1(1.5, 0.0)),
+        dict(sample_weight=on_rank_1(np.ones(4))),
+        dict(class_weight=on_rank_1({0: 2.0}, {0: 1.0})),
+        dict(class_weight={0: 0.0, 1: 0.0, 2: 0.0}),  # every row of every rank weighs 0
+        dict(callbacks=on_rank_1([EarlyStopping("loss")], [])),
+        dict(callbacks=on_rank_1([Refuse()], [])),
+        dict(callbacks=[Ended()] + on_rank_1([FailAt()], []), epochs=3),
+        dict(callbacks=[Ended()] + on_rank_1([RaiseRate()], []), epochs=3),
+    ]
+    for kwargs in refusals:
+        kwargs.setdefault("epochs", 1)
+        try:
+            make_model(0).fit(X, y, batch_size=2, comm=comm, **kwargs)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            print(f"rank {rank} refused: {type(exc).__name__}: {exc}", flush=True)
+    # Rows weighing 0 on one rank only are fine.
+    history = make_model(0).fit(X, y, epochs=1, batch_size=2, comm=comm,
+                                sample_weight=on_rank_1(np.zeros(6)))
+    print(f"rank {rank} trained with rank 1's rows weighing 0: {history.epoch}", flush=True)
     if rank == 1:
         X[2, 3] = np.nan
     fit_distributed(make_model(0), X, y, comm, epochs=1, batch_size=2)  # raises everywhere
@@ -220,10 +289,172 @@ elif mode == "threads":
                          "after": comm.gather(after, root=0),
                          "user_set": comm.gather(sorted(set(user_set)), root=0),
                          "max": numba.config.NUMBA_NUM_THREADS}
+elif mode == "options":
+    from fastmlp.callbacks import Callback, EarlyStopping, StepDecay
+
+    def skewed(lengths, seed):
+        """Shards whose classes are spread unevenly: rank r's labels lean towards class r."""
+        data_rng = np.random.default_rng(seed)
+        out = []
+        for r, n in enumerate(lengths):
+            X = data_rng.normal(size=(n, N_FEATURES))
+            y = np.where(data_rng.random(n) < 0.7, r % N_CLASSES, data_rng.integers(0, N_CLASSES, n))
+            w = data_rng.uniform(0.0, 2.0, size=n)
+            out.append((X, y, w))
+        return out
+
+    def balanced(parts):
+        """class_weight="balanced" over every rank's rows, written out: n / (k * n_c)."""
+        labels = np.concatenate([y for _, y, _ in parts])
+        counts = np.bincount(labels, minlength=N_CLASSES)
+        return labels.shape[0] / (N_CLASSES * np.maximum(counts, 1))
+
+    # ---- A. uneven shards, weights, "balanced", validation_split: single-process steps
+    lengths = [10, 7, 4][:size]
+    parts = skewed(lengths, 11)
+    parts[-1][2][:] = 0.0  # the last rank's rows all weigh 0: allowed, the others' do not
+    table = balanced(parts)
+    n_train = [int(n * 0.7) for n in lengths]
+    X, y, w = parts[rank]
+    model = make_model(seed=rank)
+    history = model.fit(X, y, epochs=2, batch_size=3, shuffle=False, validation_split=0.3,
+                        sample_weight=w, class_weight="balanced", verbose=1, comm=comm)
+    everyone, steps = gathered_params(model)
+    grads = comm.gather(model.flat_gradients.copy(), root=0)  # the last step's reduced one
+    if rank == 0:
+        ref = make_model(0)
+        train = [(Xr[:k], yr[:k]) for (Xr, yr, _), k in zip(parts, n_train)]
+        weights = [wr[:k] * table[yr[:k]] for (_, yr, wr), k in zip(parts, n_train)]
+        val = (np.concatenate([Xr[k:] for (Xr, _, _), k in zip(parts, n_train)]),
+               np.concatenate([yr[k:] for (_, yr, _), k in zip(parts, n_train)]))
+        expected = reference(ref, train, 3, 2, weights, val)
+        # Per-rank "balanced" weights would weigh the classes differently: the check can fail.
+        local = [wr[:k] * balanced([(None, yr, None)])[yr[:k]]
+                 for (_, yr, wr), k in zip(parts, n_train)]
+        result["steps"] = {
+            "identical": all(np.array_equal(p, everyone[0]) for p in everyone),
+            "same_grads": all(np.array_equal(g, grads[0]) for g in grads),
+            "grad_diff": float(np.abs(grads[0] - ref.flat_gradients).max()),
+            "grad_scale": float(np.abs(ref.flat_gradients).max()),
+            "max_abs_diff": float(np.abs(everyone[0] - ref.params).max()),
+            "steps": steps, "ref_steps": ref.optimizer.step_count,
+            "history": history.history, "expected": expected,
+            "local_differs": float(max(np.abs(a - b).max() for a, b in zip(local, weights))),
+        }
+
+    # ---- B. equal shards with StepDecay and EarlyStopping: a single-process fit
+    parts = [(Xr, yr, np.random.default_rng(13 + r).uniform(0.5, 1.5, size=10))
+             for r, (Xr, yr) in enumerate(shards([10] * size))]
+    X, y, w = parts[rank]
+    stop = EarlyStopping(monitor="val_loss", patience=3)
+    model = make_model(seed=rank)
+    history = model.fit(X, y, epochs=30, batch_size=4, shuffle=False, validation_split=0.2,
+                        sample_weight=w, class_weight="balanced", verbose=2, comm=comm,
+                        callbacks=[StepDecay(step_size=1, gamma=0.7), stop])
+    everyone, _ = gathered_params(model)
+    stops = comm.gather((stop.stopped_epoch, stop.restored_epoch, history.epoch), root=0)
+    hist = comm.gather(history.history, root=0)
+    if rank == 0:
+        # The same rows in one process: each step's per-rank batches side by side, then
+        # every rank's held-out tail (fit's validation_split takes the last rows).
+        order = [(r, i) for k in range(2) for r in range(size) for i in range(4 * k, 4 * k + 4)]
+        order += [(r, i) for r in range(size) for i in range(8, 10)]
+        Xs, ys, ws = (np.array([parts[r][j][i] for r, i in order]) for j in range(3))
+        single_stop = EarlyStopping(monitor="val_loss", patience=3)
+        single = make_model(seed=0)
+        single_history = single.fit(Xs, ys, epochs=30, batch_size=4 * size, shuffle=False,
+                                    validation_split=0.2, sample_weight=ws,
+                                    class_weight="balanced",
+                                    callbacks=[StepDecay(step_size=1, gamma=0.7), single_stop])
+        result["fit"] = {
+            "identical": all(np.array_equal(p, everyone[0]) for p in everyone),
+            "same_history": all(h == hist[0] for h in hist),
+            "stops": stops,
+            "single_stop": [single_stop.stopped_epoch, single_stop.restored_epoch,
+                            single_history.epoch],
+            "history": history.history, "single": single_history.history,
+            "max_abs_diff": float(np.abs(everyone[0] - single.params).max()),
+        }
+
+    # ---- C. a stop requested by a callback on rank 1 only; a logger on rank 0 only
+    class StopAt(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 2:
+                self.model.stop_training = True
+
+    class Logger(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_epoch_end(self, epoch, logs):
+            self.seen.append(logs)
+
+    logger = Logger()
+    mine = [StopAt()] if rank == 1 else [logger] if rank == 0 else []
+    history = make_model(seed=0).fit(X, y, epochs=5, batch_size=4, comm=comm, callbacks=mine)
+    epochs_run = comm.gather(history.epoch, root=0)
+    if rank == 0:
+        result["stop"] = {"epochs": epochs_run,
+                          "logger_matches": logger.seen == [
+                              {k: v[i] for k, v in history.history.items()}
+                              for i in range(len(history.epoch))]}
+
+    # ---- E. binary cross-entropy, one output: "balanced" reads classes 0/1 from the targets
+    lengths = [8, 5, 6][:size]
+    data_rng = np.random.default_rng(14)
+    parts = [(data_rng.normal(size=(n, N_FEATURES)), (data_rng.random(n) < 0.25 + 0.5 * r).astype(int))
+             for r, n in enumerate(lengths)]
+    Xb, yb = parts[rank]
+    model = make_model(seed=rank, loss="binary_cross_entropy", n_out=1)
+    history = model.fit(Xb, yb, epochs=2, batch_size=3, shuffle=False, class_weight="balanced",
+                        comm=comm)
+    everyone, _ = gathered_params(model)
+    if rank == 0:
+        ref = make_model(0, loss="binary_cross_entropy", n_out=1)
+        labels = np.concatenate([yr for _, yr in parts])
+        table = labels.shape[0] / (2 * np.bincount(labels, minlength=2))
+        expected = reference(ref, parts, 3, 2, [table[yr] for _, yr in parts])
+        result["binary"] = {
+            "max_abs_diff": float(np.abs(everyone[0] - ref.params).max()),
+            "loss_diff": float(np.abs(np.array(history["loss"]) - expected["loss"]).max()),
+            "accuracy": [history["accuracy"], expected["accuracy"]],
+        }
+
+    # ---- D. a divergence ends the run: EarlyStopping restores the best epoch everywhere
+    class Blowup(Callback):
+        def __init__(self):
+            self.snapshots = {}
+
+        def on_epoch_begin(self, epoch, logs):
+            if epoch == 4:
+                self.model.optimizer.lr = 1e308
+
+        def on_epoch_end(self, epoch, logs):
+            self.snapshots[epoch] = self.model.params.copy()
+
+    model = make_model(seed=0)
+    blowup, stop = Blowup(), EarlyStopping(monitor="loss", patience=5)
+    try:
+        model.fit(X, y, epochs=6, batch_size=4, shuffle=True, comm=comm, callbacks=[blowup, stop])
+        diverged = None
+    except fastmlp.DivergenceError as exc:
+        diverged = str(exc)
+    everyone, _ = gathered_params(model)
+    restored = comm.gather(stop.restored_epoch, root=0)
+    if rank == 0:
+        result["diverged"] = {
+            "message": diverged, "restored": restored, "history": model.history.epoch,
+            "identical": all(np.array_equal(p, everyone[0]) for p in everyone),
+            "is_best": bool(np.array_equal(everyone[0], blowup.snapshots[restored[0]])),
+        }
 elif mode == "resume":
     dtype, checkpoint, lengths, kill = sys.argv[4:8]
+    with_callbacks = sys.argv[8:] in (["plateau"], ["plateau-only"])
     kill_rank, kill_call = (int(v) for v in kill.split(":"))
     X, y = shards([int(n) for n in lengths.split(",")])[rank]
+    if with_callbacks:  # something to learn, so that val_loss falls before it rises
+        noise = np.random.default_rng(100 + rank).normal(size=(X.shape[0], N_CLASSES))
+        y = np.argmax(X[:, :N_CLASSES] + noise, axis=1)
     model = make_model(seed=0, adam=True, dtype=np.dtype(dtype))
     if rank == kill_rank:
         calls, original = [], model.compute_gradients
@@ -238,8 +469,19 @@ elif mode == "resume":
         model.compute_gradients = dying
     kwargs = {} if checkpoint == "-" else dict(checkpoint=checkpoint, checkpoint_every=1,
                                                resume=True)
-    history = model.fit(X, y, epochs=8, batch_size=3, shuffle=True, validation_data=(X, y),
-                        comm=comm, **kwargs)
+    if with_callbacks:
+        from fastmlp.callbacks import EarlyStopping, ReduceLROnPlateau
+
+        plateau = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=0, threshold=0.05)
+        stop = EarlyStopping(monitor="val_loss", patience=3)
+        weights = np.random.default_rng(rank).uniform(0.5, 1.5, size=X.shape[0])
+        history = model.fit(X, y, epochs=20, batch_size=3, shuffle=True, validation_split=0.25,
+                            sample_weight=weights, class_weight="balanced",
+                            callbacks=[plateau, stop][:1 if sys.argv[8] == "plateau-only" else 2],
+                            comm=comm, **kwargs)
+    else:
+        history = model.fit(X, y, epochs=8, batch_size=3, shuffle=True, validation_data=(X, y),
+                            comm=comm, **kwargs)
 
     def digest(arr):
         return hashlib.sha256(arr.tobytes()).hexdigest()
@@ -248,6 +490,10 @@ elif mode == "resume":
                          "step_count": model.optimizer.step_count,
                          "rng": model._rng.bit_generator.state}, root=0)
     result["resume"] = {"ranks": state, "epoch": history.epoch, "history": history.history}
+    if with_callbacks:
+        result["resume"]["callbacks"] = comm.gather(
+            {"lr": model.optimizer.lr, "best": plateau.best, "bad_epochs": plateau.bad_epochs,
+             "stopped": stop.stopped_epoch, "restored": stop.restored_epoch}, root=0)
 else:
     raise SystemExit(f"unknown mode {mode!r}")
 

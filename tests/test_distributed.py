@@ -67,9 +67,14 @@ def test_equal_shards_match_single_process(n, tmp_path):
         assert eq["steps"] == [eq["ref_steps"]] * n, (key, eq)
         assert eq["max_abs_diff"] < 1e-12, (key, eq)
         assert eq["loss_diff"] < 1e-12, (key, eq)
+        # Rows predicted right before their step, counted on each rank and summed: the
+        # same counts as one process predicting each concatenated batch before its step.
+        accuracy, expected = eq["accuracy"]
+        assert accuracy == expected and len(set(accuracy)) == 2, (key, eq)
+    assert result["equal"]["lr"] == [0.2, 0.2] and result["adam"]["lr"] == [0.05, 0.05]
     shuffled = result["shuffled"]
     assert shuffled["identical"] and shuffled["same_history"], shuffled
-    assert shuffled["keys"] == ["loss", "val_accuracy", "val_loss"]
+    assert shuffled["keys"] == ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
 
 
 @needs_mpi
@@ -84,6 +89,75 @@ def test_uneven_shards_weight_rows(n, tmp_path):
     assert un["steps"] == [un["ref_steps"]] * n
     assert un["max_abs_diff"] < 1e-12, un
     assert un["loss_diff"] < 1e-12, un
+    assert un["accuracy"][0] is None  # mse: no accuracy in the History
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_weights_validation_split_and_callbacks_match_single_process(n, tmp_path):
+    rc, output, result = mpirun("options", n, tmp_path)
+    assert rc == 0, output
+
+    # A. Shards of 10, 7 (, 4) rows, 30% held out on each rank, batch 3, sample weights
+    # (the last rank's all 0), class_weight="balanced" with each rank's labels leaning to
+    # its own class: every step equals one process's weighted step on the concatenated
+    # batch, with the weights from the global class counts.
+    st = result["steps"]
+    assert st["identical"] and st["same_grads"], st
+    assert st["steps"] == [st["ref_steps"]] * n
+    # The last step's reduced gradient against compute_gradients(..., sample_weight=...) on
+    # the concatenated batch, float64: summation order only.
+    assert st["grad_diff"] < 1e-15 and st["grad_scale"] > 1e-3, st
+    assert st["max_abs_diff"] < 1e-12, st
+    # Per-rank "balanced" weights would differ by this much: the comparison can fail.
+    assert st["local_differs"] > 0.1, st
+    history, expected = st["history"], st["expected"]
+    assert sorted(history) == ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
+    for key in ("loss", "val_loss"):
+        assert max(abs(a - b) for a, b in zip(history[key], expected[key])) < 1e-12, key
+    for key in ("accuracy", "val_accuracy"):
+        assert history[key] == expected[key], key
+    assert history["lr"] == [0.2, 0.2]
+    # verbose=1 under MPI: one line per epoch, from rank 0 only (no lr column: no schedule).
+    assert output.count("epoch 1/2  loss ") == 1 and output.count("epoch 2/2  loss ") == 1
+    assert " lr " not in next(line for line in output.splitlines() if line.startswith("epoch 1/2"))
+
+    # B. StepDecay + EarlyStopping, validation_split, weights: the whole fit on n ranks
+    # equals a single-process fit of the same rows (laid out so that its batches and its
+    # held-out tail are the ranks' ones).
+    fit = result["fit"]
+    assert fit["identical"] and fit["same_history"], fit
+    stopped, restored, epochs = fit["single_stop"]
+    # A real case: the rate decays, EarlyStopping stops after its best epoch, early.
+    assert 2 < restored < stopped < 30 and len(set(fit["single"]["lr"])) > 2
+    assert fit["stops"] == [[stopped, restored, epochs]] * n  # the same decision on every rank
+    assert fit["history"]["lr"] == fit["single"]["lr"]
+    for key in ("accuracy", "val_accuracy"):
+        assert fit["history"][key] == fit["single"][key], key
+    for key in ("loss", "val_loss"):
+        assert max(abs(a - b) for a, b in zip(fit["history"][key], fit["single"][key])) < 1e-12
+    assert fit["max_abs_diff"] < 1e-12, fit  # the restored best weights, on every rank
+    # verbose=2: one line per epoch with the lr column (a schedule is there), rank 0 only.
+    assert output.count(f"epoch {stopped}/30  loss ") == 1
+    assert "lr 0.2  " in output and f"epoch {stopped + 1}/30" not in output
+
+    # C. A callback on rank 1 only stops the run: every rank stops after that epoch.  A
+    # logger on rank 0 only sees the History's figures.
+    assert result["stop"] == {"epochs": [[1, 2]] * n, "logger_matches": True}
+
+    # E. Binary cross-entropy with one output: classes and right answers from the targets.
+    binary = result["binary"]
+    assert binary["max_abs_diff"] < 1e-12 and binary["loss_diff"] < 1e-12, binary
+    assert binary["accuracy"][0] == binary["accuracy"][1], binary
+
+    # D. A divergence in epoch 4: every rank raises it, and EarlyStopping puts back the best
+    # epoch's weights on every rank.
+    div = result["diverged"]
+    assert div["message"] is not None and "epoch 4" in div["message"], div
+    assert div["message"].endswith("Then a callback changed the parameters as training ended "
+                                   "(EarlyStopping restores those of its best epoch).")
+    assert div["restored"] == [3] * n and div["history"] == [1, 2, 3]
+    assert div["identical"] and div["is_best"], div
 
 
 @needs_mpi
@@ -118,6 +192,32 @@ def test_bad_input_on_one_rank_raises_on_every_rank(n, tmp_path):
         assert f"rank {r} refused: fit_distributed: rank 1's resume differs from rank 0's" in output
         assert (f"rank {r} refused: fit_distributed: rank 0 of {n}: could not write checkpoint "
                 f"{tmp_path / f'bad-{n}.json.ck'}: [Errno 28] No space left on device") in output
+        # validation_split, sample_weight, class_weight and callbacks, bad on rank 1 only or
+        # unequal: refused on every rank before training.
+        for refusal in [
+            f"TypeError: fit_distributed: rank 1 of {n}: callbacks[0] is <object object at ",
+            (f"ValueError: fit_distributed: rank 1 of {n}: validation_split must be a number in "
+             "[0, 1), got 1.5"),
+            (f"ValueError: fit_distributed: rank 1 of {n}: sample_weight must have shape (6,), "
+             "one weight per row of X, got shape (4,)"),
+            "ValueError: fit_distributed: rank 1's class_weight differs from rank 0's",
+            ("ValueError: fit_distributed: sample_weight and class_weight give every training "
+             "row of every rank the weight 0: nothing would be learned"),
+            ("ValueError: fit_distributed: rank 1's list of stateful callbacks (their classes, "
+             "in order) differs from rank 0's"),
+            f"ValueError: fit_distributed: rank 1 of {n}: this callback refuses to start",
+            # During training: a callback failing on rank 1, a rate changed on rank 1 only.
+            (f"RuntimeError: fit_distributed: rank 1 of {n}: on_epoch_end of epoch 2: "
+             "'a callback failed'"),
+            (f"ValueError: fit_distributed: rank 1 of {n}: after the callbacks' on_epoch_begin "
+             "of epoch 1 the optimizer has lr=0.05 (rank 0: 0.2); give every rank the same "
+             "callbacks"),
+        ]:
+            assert f"rank {r} refused: {refusal}" in output, (r, refusal, output)
+        # on_train_end ran on every rank, with the error every rank raises.
+        assert f"rank {r} on_train_end: RuntimeError" in output
+        assert f"rank {r} on_train_end: ValueError" in output
+        assert f"rank {r} trained with rank 1's rows weighing 0: [1]" in output
     assert not (tmp_path / f"bad-{n}.json.ck").exists()
 
 
@@ -168,12 +268,12 @@ def test_cli_train_mpi_saves_one_model_from_rank_zero(tmp_path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def resume_run(n, tmp_path, dtype, checkpoint, lengths="9,7", kill="-1:0"):
+def resume_run(n, tmp_path, dtype, checkpoint, lengths="9,7", kill="-1:0", callbacks=()):
     """tests/mpi_train.py resume under ``mpiexec -n N``; (returncode, output, rank 0's JSON)."""
     out = tmp_path / "resume.json"
     out.unlink(missing_ok=True)
     returncode, output = mpiexec(n, [sys.executable, str(SCRIPT), "resume", str(n), str(out),
-                                     dtype, str(checkpoint), lengths, kill])
+                                     dtype, str(checkpoint), lengths, kill, *callbacks])
     return returncode, output, json.loads(out.read_text())["resume"] if out.exists() else None
 
 
@@ -221,6 +321,58 @@ def test_killed_job_resumes_bit_identical(dtype, tmp_path):
     rc, output, again = resume_run(2, tmp_path, dtype, ck)
     assert rc == 0, output
     assert again["epoch"] == [] and again["ranks"] == reference["ranks"]
+
+
+@needs_mpi
+def test_killed_job_with_plateau_and_early_stopping_resumes_bit_identical(tmp_path):
+    # Shards of 24 and 20 rows, validation_split=0.25 (18 and 15 training rows: 6 and 5
+    # steps of 3 rows per epoch), sample and "balanced" class weights, Adam,
+    # ReduceLROnPlateau(patience=0) and EarlyStopping(patience=3) on val_loss.
+    plateau = ("plateau",)
+    reference_ck = tmp_path / "reference.fmlp"
+    rc, output, reference = resume_run(2, tmp_path, "float64", reference_ck, "24,20",
+                                       callbacks=plateau)
+    assert rc == 0, output
+    states = reference["callbacks"]
+    assert states[0] == states[1]  # the callbacks agree on every rank
+    # The case is real: the rate dropped twice, and EarlyStopping stopped at epoch 6 and
+    # restored epoch 3, which a resume after epoch 4 knows from the checkpoint only.
+    assert states[0]["stopped"] == 6 and states[0]["restored"] == 3, states
+    assert reference["epoch"] == list(range(1, 7))
+    assert reference["history"]["lr"] == [0.05] * 4 + [0.025, 0.0125]
+    assert len({r["params"] for r in reference["ranks"]}) == 1
+
+    ck = tmp_path / "killed.fmlp"
+    # Rank 0 (the writer) dies in the 3rd step of epoch 2, before the best epoch ...
+    rc, output, _ = resume_run(2, tmp_path, "float64", ck, "24,20", "0:9", plateau)
+    assert rc != 0 and "rank 0 kills itself" in output, output
+    assert epochs_in(ck) == 1
+    # ... then, resumed, rank 1 dies in the 2nd step of epoch 5, after it.
+    rc, output, _ = resume_run(2, tmp_path, "float64", ck, "24,20", "1:17", plateau)
+    assert rc != 0 and "rank 1 kills itself" in output, output
+    assert epochs_in(ck) == 4
+    rc, output, resumed = resume_run(2, tmp_path, "float64", ck, "24,20", callbacks=plateau)
+    assert rc == 0, output
+    # The same rates, the same stop, the same restored weights, on every rank, bit for bit.
+    assert resumed["callbacks"] == reference["callbacks"]
+    assert resumed["ranks"] == reference["ranks"]
+    assert resumed["epoch"] == [5, 6]
+    for key, values in reference["history"].items():
+        assert resumed["history"][key] == values[4:], key
+    assert ck.read_bytes() == reference_ck.read_bytes()
+    # The last checkpoint holds rank 0's callbacks' state.
+    from fastmlp.io import read
+
+    entries = read(ck).header["training"]["callbacks"]
+    assert [e["class"] for e in entries] == ["ReduceLROnPlateau", "EarlyStopping"]
+    assert entries[0]["state"]["lr"] == 0.00625 and entries[1]["state"]["best_epoch"] == 3
+    # Without EarlyStopping its state would be lost: refused on every rank, nothing written.
+    rc, output, result = resume_run(2, tmp_path, "float64", ck, "24,20", callbacks=["plateau-only"])
+    assert rc != 0 and result is None
+    assert output.count(f"ValueError: fit_distributed: rank 0 of 2: checkpoint {ck} was written "
+                        "by fit with the stateful callbacks ['ReduceLROnPlateau', "
+                        "'EarlyStopping'], this call has ['ReduceLROnPlateau']") == 2, output
+    assert ck.read_bytes() == reference_ck.read_bytes()
 
 
 @needs_mpi
