@@ -677,24 +677,6 @@ def test_a_single_callback_need_not_be_in_a_list():
     assert rec2.calls[-1] == ("on_train_end", {"error": None})
 
 
-@pytest.mark.parametrize("kwargs,names", [
-    (dict(callbacks=[Callback()]), "callbacks"),
-    (dict(callbacks=Callback()), "callbacks"),
-    (dict(validation_split=0.2), "validation_split"),
-    (dict(sample_weight=np.ones(40)), "sample_weight"),
-    (dict(class_weight="balanced"), "class_weight"),
-    (dict(class_weight={0: 2.0}, sample_weight=np.ones(40), callbacks=[EarlyStopping("loss")]),
-     "sample_weight, class_weight, callbacks"),
-])
-def test_comm_refuses_the_single_process_options(kwargs, names):
-    X, y = _data()
-    model = _model()
-    before = _state(model)
-    with pytest.raises(ValueError, match=f"^{names}: not supported with comm="):
-        model.fit(X, y, epochs=2, comm=object(), **kwargs)
-    assert _state(model) == before
-
-
 # ----------------------------------------------------------------------------- resume with stateful callbacks
 def _stateful_callbacks():
     return [ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=0, threshold=0.05),

@@ -265,6 +265,14 @@ def test_cli_train_mpi_saves_one_model_from_rank_zero(tmp_path):
     assert output.count("saved to") == 1 and "on 2 ranks" in output
     assert output.count("epoch 3/3") == 1
     assert fastmlp.load(str(model_path)).predict(X).shape == (120,)
+    # The training-loop options work under --mpi too: one summary, one plot, from rank 0.
+    plot = tmp_path / "curves.png"
+    returncode, output = mpiexec(2, argv[:-2] + ["--epochs", "30", "--lr", "0.5", "--val-split", "0.25",
+                                                 "--early-stopping", "2", "--lr-schedule", "plateau",
+                                                 "--plot", str(plot)])
+    assert returncode == 0, output
+    assert output.count("kept the weights of epoch") == 1 and output.count("curves saved") == 1
+    assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -188,8 +188,6 @@ def _train(args):
             v = slice(rank * len(validation[0]) // size, (rank + 1) * len(validation[0]) // size)
             validation = (validation[0][v], validation[1][v])
     callbacks = _callbacks(args, validation is not None)
-    if callbacks and comm is not None:
-        raise CommandError("--early-stopping and --lr-schedule are not supported with --mpi yet")
     if args.plot:
         _check_plot_target(args.plot)
     start = time.perf_counter()

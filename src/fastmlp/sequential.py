@@ -482,8 +482,10 @@ class Sequential:
             rank's shard and ``batch_size`` is per rank (see docs/distributed.md).  Rank 0
             writes the checkpoints, which hold every rank's row order and shuffle stream; a
             resume needs as many ranks, with as many rows each, as the run that wrote it.
-            ``validation_split``, ``sample_weight``, ``class_weight`` and ``callbacks``
-            are not supported with ``comm``.
+            ``validation_split`` holds out the end of each rank's shard, ``sample_weight``
+            is per rank, ``class_weight="balanced"`` counts classes over all ranks, and every
+            rank runs the callbacks on the same reduced logs; ``verbose`` 1 and 2 print one
+            line per epoch on rank 0.
 
         Returns
         -------
