@@ -394,7 +394,7 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
     if hooks:
         error = None
         try:
-            metrics = _metrics(model, checked.validation is not None)
+            metrics = model._metric_names(checked.validation is not None)
             for callback in callbacks:
                 callback.set_model(model)
             for callback in callbacks:  # may refuse the setup: nothing has changed yet
@@ -423,14 +423,6 @@ def fit_distributed(model, X, y, comm, epochs=1, batch_size=32, shuffle=True, va
                          lengths, verbose, checkpoint, resumed)
     model.history = history
     return history
-
-
-def _metrics(model, has_validation):
-    """The History's metric names, in :meth:`Sequential.fit`'s order."""
-    metrics = ["loss"] + (["accuracy"] if model.is_classifier else [])
-    if has_validation:
-        metrics += ["val_loss"] + (["val_accuracy"] if model.is_classifier else [])
-    return metrics + ["lr"]
 
 
 def _scatter_checkpoint(comm, model, resumed):
@@ -530,7 +522,7 @@ def _epochs(model, comm, MPI, checked, lengths, verbose, checkpoint, resumed):
     n_out = model.n_outputs
     # loss * rows, rows predicted right, then validation: loss * rows, right, rows
     sums = np.zeros(5)
-    metrics = _metrics(model, validation is not None)
+    metrics = model._metric_names(validation is not None)
     shown = [m for m in metrics if m != "lr" or any(_changes_lr(c) for c in callbacks)]
     history = History()
     model.history = history

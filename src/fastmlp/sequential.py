@@ -537,10 +537,7 @@ class Sequential:
             # Read and checked in full before the model changes.
             resumed, epochs_done = _io.read_checkpoint(self, checkpoint, epochs, batch_size,
                                                        bool(shuffle), n, callbacks=stateful)
-        metrics = ["loss"] + (["accuracy"] if self.is_classifier else [])
-        if validation is not None:
-            metrics += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
-        metrics.append("lr")
+        metrics = self._metric_names(validation is not None)
         self.stop_training = False
         for callback in callbacks:
             callback.set_model(self)
@@ -604,6 +601,14 @@ class Sequential:
         finally:
             self._end_training(callbacks, error)
         return history
+
+    def _metric_names(self, has_validation):
+        """The names an epoch's logs and the History hold, in order (shared with
+        ``fit_distributed``)."""
+        metrics = ["loss"] + (["accuracy"] if self.is_classifier else [])
+        if has_validation:
+            metrics += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
+        return metrics + ["lr"]
 
     def _train_one_epoch(self, ws, epoch, X, labels, targets, weights, order, batch_size,
                          batch_losses, batch_correct, progress):
