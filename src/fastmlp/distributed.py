@@ -12,7 +12,6 @@ never needs it.
 """
 
 import math
-import numbers
 import os
 import sys
 import time
@@ -140,11 +139,8 @@ def _validate(model, X, y, epochs, batch_size, shuffle, validation_data, validat
     # path: the other ranks' nodes need not see rank 0's directory.
     checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume,
                                               filesystem=rank == 0)
-    if validation_data is not None and not (isinstance(validation_split, numbers.Real)
-                                            and validation_split == 0):
-        raise ValueError("give validation_data or validation_split, not both")
     epochs, batch_size, shuffle, X, labels, targets, validation = model._check_fit_arguments(
-        X, y, epochs, batch_size, shuffle, validation_data, verbose)
+        X, y, epochs, batch_size, shuffle, validation_data, verbose, validation_split)
     # With "balanced" these are this shard's weights; they are recomputed from the global
     # class counts once every rank has passed its checks.
     weights = model._row_weights(sample_weight, class_weight, X, labels, targets)

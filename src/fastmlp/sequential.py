@@ -513,11 +513,8 @@ class Sequential:
                                    verbose=verbose, checkpoint=checkpoint,
                                    checkpoint_every=checkpoint_every, resume=resume)
         checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
-        if validation_data is not None and not (isinstance(validation_split, numbers.Real)
-                                                and validation_split == 0):
-            raise ValueError("give validation_data or validation_split, not both")
         epochs, batch_size, shuffle, X, labels, targets, validation = self._check_fit_arguments(
-            X, y, epochs, batch_size, shuffle, validation_data, verbose)
+            X, y, epochs, batch_size, shuffle, validation_data, verbose, validation_split)
         weights = self._row_weights(sample_weight, class_weight, X, labels, targets)
         X, labels, targets, weights, validation = self._split_validation(
             validation_split, X, labels, targets, weights, validation)
@@ -684,7 +681,8 @@ class Sequential:
             error.args = (error.args[0] + " Then a callback changed the parameters as training "
                           "ended (EarlyStopping restores those of its best epoch).",)
 
-    def _check_fit_arguments(self, X, y, epochs, batch_size, shuffle, validation_data, verbose):
+    def _check_fit_arguments(self, X, y, epochs, batch_size, shuffle, validation_data, verbose,
+                             validation_split=0.0):
         """``fit``'s arguments checked and converted (shared with ``fit_distributed``).
 
         Returns
@@ -692,6 +690,9 @@ class Sequential:
         epochs, batch_size, shuffle, X, labels, targets, validation
             ``validation`` is None or ``(X_val, labels_val, targets_val, workspace)``.
         """
+        if validation_data is not None and not (isinstance(validation_split, numbers.Real)
+                                                and validation_split == 0):
+            raise ValueError("give validation_data or validation_split, not both")
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         if not isinstance(shuffle, (bool, np.bool_)):
