@@ -23,9 +23,8 @@ import numba
 import numpy as np
 
 from fastmlp import io as _io
-from fastmlp.callbacks import Callback
 from fastmlp.kernels.checks import count_nonfinite
-from fastmlp.kernels.network import ACT_OFFSET, _count_correct
+from fastmlp.kernels.network import count_correct_cached
 from fastmlp.progress import epoch_line
 from fastmlp.sequential import (DivergenceError, History, Sequential, _changes_lr,
                                 _check_callbacks, _check_checkpoint_args)
@@ -149,8 +148,7 @@ def _validate(model, X, y, epochs, batch_size, shuffle, validation_data, validat
         balanced = (sample_weight, X, labels, targets, _class_counts(model, labels, targets))
     X, labels, targets, weights, validation = model._split_validation(
         validation_split, X, labels, targets, weights, validation)
-    callbacks = _check_callbacks(callbacks)
-    stateful = [c for c in callbacks if type(c).get_state is not Callback.get_state]
+    callbacks, stateful = _check_callbacks(callbacks)
     if class_weight is None or balanced is not None:
         class_key = class_weight
     else:
@@ -515,7 +513,6 @@ def _epochs(model, comm, MPI, checked, lengths, verbose, checkpoint, resumed):
     y_batch = np.empty((local_batch,) + y_source.shape[1:], dtype=y_source.dtype)
     w_batch = np.empty(local_batch if weights.shape[0] else 0, dtype=model.dtype)
     counts_correct = model.is_classifier
-    n_out = model.n_outputs
     # loss * rows, rows predicted right, then validation: loss * rows, right, rows
     sums = np.zeros(5)
     metrics = model._metric_names(validation is not None)
@@ -545,7 +542,10 @@ def _epochs(model, comm, MPI, checked, lengths, verbose, checkpoint, resumed):
                 loss = model.compute_gradients(xb, yb, wb)
                 loss_sum += loss * b
                 if counts_correct:
-                    correct += _count_step_correct(model, b, n_out, yb, uses_labels)
+                    # From the scores this step's forward pass cached, as fit's epoch counts.
+                    lab, tgt = (yb, model._no_targets) if uses_labels else (model._no_labels, yb)
+                    correct += int(count_correct_cached(model._train_workspace.net,
+                                                        model.loss_code, lab, tgt))
             grads = model.flat_gradients
             if not b:
                 grads.fill(0)
@@ -605,18 +605,6 @@ def _epochs(model, comm, MPI, checked, lengths, verbose, checkpoint, resumed):
         if model.stop_training:
             break
     return history
-
-
-def _count_step_correct(model, b, n_out, yb, uses_labels):
-    """Rows of this step's batch predicted right before the step: from the scores its
-    forward pass left in the workspace (backward leaves them alone), as ``fit``'s compiled
-    epoch counts them, with no second forward pass."""
-    net = model._train_workspace.net
-    begin = int(net.buffer_offsets[-1, ACT_OFFSET])
-    scores = net.acts[begin:begin + b * n_out].reshape(b, n_out)
-    if uses_labels:
-        return int(_count_correct(model.loss_code, scores, yb, model._no_targets))
-    return int(_count_correct(model.loss_code, scores, model._no_labels, yb))
 
 
 def _abort(comm):

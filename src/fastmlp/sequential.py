@@ -521,10 +521,7 @@ class Sequential:
         if weights.shape[0] and not weights.any():
             raise ValueError("sample_weight and class_weight give every training row the weight 0: "
                              "nothing would be learned")
-        callbacks = _check_callbacks(callbacks)
-        # Those whose state a checkpoint keeps (the others, a logger say, may come and go
-        # between a run and its resume).
-        stateful = [c for c in callbacks if type(c).get_state is not Callback.get_state]
+        callbacks, stateful = _check_callbacks(callbacks)
 
         n = X.shape[0]
         batch_size = min(batch_size, n)
@@ -840,15 +837,16 @@ class Sequential:
 
 
 def _check_callbacks(callbacks):
+    """``(callbacks, stateful)``: the callbacks as a list, and those of them whose state a
+    checkpoint keeps (they override ``get_state``; the others, a logger say, may come and
+    go between a run and its resume)."""
     if callbacks is None:
-        return []
-    if isinstance(callbacks, Callback):
-        return [callbacks]
-    callbacks = list(callbacks)
+        return [], []
+    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
     for k, callback in enumerate(callbacks):
         if not isinstance(callback, Callback):
             raise TypeError(f"callbacks[{k}] is {callback!r}, not a fastmlp.callbacks.Callback")
-    return callbacks
+    return callbacks, [c for c in callbacks if type(c).get_state is not Callback.get_state]
 
 
 def _changes_lr(callback):

@@ -202,6 +202,32 @@ def _count_correct(loss_code, scores, labels, targets):
 
 
 @njit(**JIT_OPTIONS)
+def count_correct_cached(net, loss_code, labels, targets):
+    """Rows of the last forward pass whose cached scores predict them right.
+
+    After :func:`compute_gradients` too: backward leaves the cached outputs alone, so the
+    scores are still those the step's forward pass computed (no second forward pass).
+
+    Parameters
+    ----------
+    net : NetBuffers
+    loss_code : int
+        Not MSE.
+    labels : ndarray of int64, shape (batch,) or (0,)
+        The batch's class labels (label losses), empty otherwise.
+    targets : ndarray of shape (batch, n_out) or (0, n_out)
+        The batch's 0/1 targets (binary cross-entropy), empty otherwise.
+
+    Returns
+    -------
+    int
+    """
+    n_rows = labels.shape[0] if labels.shape[0] > 0 else targets.shape[0]
+    scores = layer_output(net, net.arch.shape[0] - 1, n_rows)
+    return _count_correct(loss_code, scores, labels, targets)
+
+
+@njit(**JIT_OPTIONS)
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                 x_batch, label_batch, target_batch, weight_batch,
                 opt_kind, opt_state, opt_hyper, n_weights, first_step,
@@ -275,10 +301,8 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
         batch_losses[s] = loss
         if not np.isfinite(loss):
             return s
-        # backward leaves the cached outputs alone, so the scores are still those of the step.
         if loss_code != MSE:
-            scores = layer_output(net, net.arch.shape[0] - 1, rows)
-            batch_correct[s] = _count_correct(loss_code, scores, lab, tgt)
+            batch_correct[s] = count_correct_cached(net, loss_code, lab, tgt)
         optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
                          first_step + s + 1, n_threads)
     return stop_batch
