@@ -13,6 +13,10 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Options for every serial kernel.  ``nogil`` lets several Python threads predict at once.
 JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
 
+# Options for one-line helpers (views, sizes): numba inlines their IR into the caller
+# rather than compiling each as a function of its own.
+TINY_JIT_OPTIONS = dict(JIT_OPTIONS, inline="always")
+
 # Options for the few ``prange`` drivers.
 PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
 

@@ -41,8 +41,8 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
     twin.set_weights(model.get_weights())
     Xp, labels, targets = twin._prepare(X, y)
     ws = twin._training_workspace(Xp.shape[0])
-    n_threads = get_num_threads()
-    network.compute_gradients(ws.net, twin.loss_code, Xp, labels, targets, twin._no_weights, n_threads)
+    network.compute_gradients(ws.net, twin.loss_code, Xp, labels, targets, twin._no_weights,
+                              ws.kernel_threads(get_num_threads()))
     analytic = np.array(ws.net.grads)
 
     probe = twin._inference_workspace(Xp.shape[0])
@@ -51,7 +51,7 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
         saved = twin.params[index]
         twin.params[index] = value
         loss, _ = network.evaluate_chunked(probe.net, twin.loss_code, Xp, labels, targets,
-                                           probe.capacity, n_threads)
+                                           probe.capacity, probe.kernel_threads(get_num_threads()))
         twin.params[index] = saved
         return loss
 

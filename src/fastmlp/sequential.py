@@ -355,7 +355,7 @@ class Sequential:
             weights = sample_weight_per_row(sample_weight, X.shape[0]).astype(self.dtype)
         ws = self._training_workspace(X.shape[0])
         return network.compute_gradients(ws.net, self.loss_code, X, labels, targets, weights,
-                                         get_num_threads())
+                                         ws.kernel_threads(get_num_threads()))
 
     @property
     def flat_gradients(self):
@@ -392,8 +392,10 @@ class Sequential:
         hyper = self._hyperparameters()
         steps_before = self._save_finite_state()
         opt.step_count += 1
+        # The update is serial whatever the thread count (kernels/optim.py): None keeps the
+        # prange drivers out of its compiled code.
         network.optimizer_update(opt.kind, self.params, grads, opt.state, hyper, self._n_weights,
-                                 opt.step_count, get_num_threads())
+                                 opt.step_count, None)
         if count_nonfinite(self.params):
             self._restore_finite_state(steps_before)
             raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
@@ -624,7 +626,7 @@ class Sequential:
                 ws.net, self.loss_code, X, labels, targets, weights, order, batch_size,
                 ws.x_batch, ws.label_batch, ws.target_batch, ws.weight_batch,
                 opt.kind, opt.state, hyper, self._n_weights, steps_before, first, stop,
-                batch_losses, batch_correct, get_num_threads())
+                batch_losses, batch_correct, ws.kernel_threads(get_num_threads()))
 
         if progress is None:
             done = run(0, n_batches)
@@ -756,7 +758,7 @@ class Sequential:
     # ----------------------------------------------------------------- inference
     def _evaluate_prepared(self, X, labels, targets, ws):
         loss, correct = network.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
-                                                 ws.capacity, get_num_threads())
+                                                 ws.capacity, ws.kernel_threads(get_num_threads()))
         return float(loss), int(correct)
 
     def evaluate(self, X, y):
@@ -781,7 +783,7 @@ class Sequential:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
             out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        network.predict_into(ws.net, X, transform, ws.capacity, out, get_num_threads())
+        network.predict_into(ws.net, X, transform, ws.capacity, out, ws.kernel_threads(get_num_threads()))
         return out
 
     def decision_function(self, X):
@@ -826,7 +828,8 @@ class Sequential:
         if self.is_classifier:
             return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
         pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        network.predict_into(ws.net, X, network.RAW, ws.capacity, pred, get_num_threads())
+        network.predict_into(ws.net, X, network.RAW, ws.capacity, pred,
+                             ws.kernel_threads(get_num_threads()))
         t = targets.astype(np.float64)
         ss_res = ((t - pred) ** 2).sum(axis=0)
         ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)

@@ -6,6 +6,8 @@ batch smaller than the capacity uses contiguous views of the same arrays.
 
 import numpy as np
 
+from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
+from fastmlp.kernels.blas import BLOCK_ALIGN
 from fastmlp.kernels.network import ACT_OFFSET, N_OUT, PIECES, WINNER_OFFSET, Z_OFFSET, NetBuffers
 
 
@@ -36,6 +38,22 @@ def layer_table(layers, dtype):
     return arch, act_params, n_weights, offset
 
 
+def has_parallel_work(arch, capacity):
+    """Whether some kernel on a batch of up to ``capacity`` rows would split its work over
+    threads: a product of at least ``PARALLEL_MIN_FLOPS`` with a side of two
+    ``BLOCK_ALIGN`` blocks (:func:`fastmlp.kernels.blas.matmul`), or an elementwise pass over
+    at least ``PARALLEL_MIN_ELEMENTS`` elements (:func:`fastmlp.kernels.activations
+    .work_chunks`).  Both grow with the rows, so ``capacity`` bounds every call."""
+    for n_in, n_out, pieces in arch[:, :3]:
+        width = int(n_out * pieces)
+        sides = (capacity, int(n_in), width)
+        if 2 * capacity * n_in * width >= PARALLEL_MIN_FLOPS and max(sides) >= 2 * BLOCK_ALIGN:
+            return True
+        if capacity >= 2 and capacity * width >= PARALLEL_MIN_ELEMENTS:
+            return True
+    return False
+
+
 class Workspace:
     """Every buffer one forward/backward pass of up to ``capacity`` rows needs.
 
@@ -53,6 +71,7 @@ class Workspace:
 
     def __init__(self, arch, act_params, params, capacity, n_targets, training):
         dtype = params.dtype
+        self._parallel_work = has_parallel_work(arch, capacity)
         n_out = arch[:, N_OUT]
         is_maxout = arch[:, PIECES] > 1
         n_in = int(arch[0, 0])
@@ -71,8 +90,11 @@ class Workspace:
             grads=np.zeros(params.shape[0] if training else 0, dtype=dtype),  # (n_params,)
             acts=np.zeros(act_size, dtype=dtype),  # [(capacity, n_out_k)] back to back
             deltas=np.zeros(act_size, dtype=dtype),  # [(capacity, n_out_k)]
-            zbuf=np.zeros(capacity * int(z_widths.sum()), dtype=dtype),  # [(capacity, pieces*n_out_k)]
-            winner=np.zeros(capacity * int(winner_widths.sum()), dtype=np.int32),  # [(capacity, n_out_k)]
+            # [(capacity, pieces*n_out_k)] and [(capacity, n_out_k)] over the maxout layers;
+            # None without any, which keeps the maxout kernels out of the compiled code
+            zbuf=np.zeros(capacity * int(z_widths.sum()), dtype=dtype) if is_maxout.any() else None,
+            winner=(np.zeros(capacity * int(winner_widths.sum()), dtype=np.int32)
+                    if is_maxout.any() else None),
             buffer_offsets=offsets,
             row_loss=np.zeros(capacity, dtype=np.float64),  # (capacity,)
         )
@@ -82,9 +104,21 @@ class Workspace:
         self.target_batch = np.zeros((gather_rows if n_targets else 0, max(n_targets, 1)), dtype=dtype)
         self.weight_batch = np.zeros(gather_rows, dtype=dtype)  # (capacity,) sample weights
 
+    def kernel_threads(self, n_threads):
+        """The ``n_threads`` argument for the kernels on these buffers: ``n_threads``, or
+        None when every product and elementwise pass would run serially anyway.
+
+        None selects the kernels' serial build, which compiles no ``prange`` driver at all
+        (about half of a first fit's compile time); the results are the same bit for bit,
+        since with ``n_threads`` the kernels would take the same serial paths.
+        """
+        if n_threads < 2 or not self._parallel_work:
+            return None
+        return n_threads
+
     @property
     def nbytes(self):
         """Total bytes held (the shared parameter vector excluded)."""
-        arrays = [a for name, a in self.net._asdict().items() if name != "params"]
+        arrays = [a for name, a in self.net._asdict().items() if name != "params" and a is not None]
         return sum(a.nbytes for a in arrays + [self.x_batch, self.label_batch, self.target_batch,
                                                   self.weight_batch])

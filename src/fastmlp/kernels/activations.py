@@ -21,7 +21,7 @@ At the kinks (``z == 0``) the derivative used is the left one, as in scikit-lear
 import numpy as np
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
 
 IDENTITY = 0
 SIGMOID = 1
@@ -120,7 +120,7 @@ def _activation_grad_parallel(a, delta, code, param, n_chunks):
         _activation_grad_rows(a, delta, code, param, c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def work_chunks(n_units, n_elements, n_threads):
     """How many chunks to split ``n_units`` rows (or columns) of elementwise work into.
 
@@ -134,7 +134,7 @@ def work_chunks(n_units, n_elements, n_threads):
     return min(n_threads, n_units)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def bias_activation(z, b, code, param, n_threads):
     """Add the bias and apply the activation in place: ``z <- f(z + b)``.
 
@@ -150,6 +150,9 @@ def bias_activation(z, b, code, param, n_threads):
     n_threads : int
         Threads the elementwise work may use (it stays serial when small).
     """
+    if n_threads is None:
+        _bias_activation_rows(z, b, code, param, 0, z.shape[0])
+        return
     n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
         _bias_activation_rows(z, b, code, param, 0, z.shape[0])
@@ -157,7 +160,7 @@ def bias_activation(z, b, code, param, n_threads):
         _bias_activation_parallel(z, b, code, param, n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def activation_grad(a, delta, code, param, n_threads):
     """Turn ``dL/da`` into ``dL/dz`` in place: ``delta <- delta * f'(z)``, with f' from ``a``.
 
@@ -172,6 +175,9 @@ def activation_grad(a, delta, code, param, n_threads):
     n_threads : int
     """
     if code == IDENTITY:
+        return
+    if n_threads is None:
+        _activation_grad_rows(a, delta, code, param, 0, a.shape[0])
         return
     n_chunks = work_chunks(a.shape[0], a.size, n_threads)
     if n_chunks == 1:

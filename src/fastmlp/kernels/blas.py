@@ -11,14 +11,14 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_FLOPS
+from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_FLOPS
 
 # Block boundaries fall on multiples of this many rows (columns): blocks stay thick enough
 # for BLAS to run at speed and line up with its register tiles.
 BLOCK_ALIGN = 64
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def block_start(i, n_units, n_chunks):
     """First row (column) of block ``i`` of ``n_chunks``: aligned to ``BLOCK_ALIGN``."""
     if i >= n_chunks:
@@ -46,13 +46,13 @@ def _pointer_to(typingctx, value):
     return types.voidptr(value), codegen
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _leading_dimension(a):
     # Rows of a row-major view are ``strides[0]`` apart; a single row may report any stride.
     return max(a.strides[0] // a.itemsize, a.shape[1], 1)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def gemm(a, transpose_a, b, transpose_b, c, accumulate):
     """``c = op(a) @ op(b)``, or ``c += op(a) @ op(b)`` with ``accumulate``.
 
@@ -109,7 +109,7 @@ def _gemm_parallel(a, transpose_a, b, transpose_b, c, n_chunks, by_rows):
                  c[:, c0:c1], False)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def matmul(a, transpose_a, b, transpose_b, c, n_threads):
     """``c = op(a) @ op(b)`` on up to ``n_threads`` threads, BLAS itself single-threaded.
 
@@ -126,6 +126,9 @@ def matmul(a, transpose_a, b, transpose_b, c, n_threads):
         As in :func:`gemm`.
     n_threads : int
     """
+    if n_threads is None:
+        gemm(a, transpose_a, b, transpose_b, c, False)
+        return
     m, n = c.shape
     k = a.shape[0] if transpose_a else a.shape[1]
     by_rows = m >= n

@@ -9,7 +9,7 @@ same results whatever the thread count, and the BLAS blocks agree up to rounding
 
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from fastmlp.kernels.activations import activation_grad, bias_activation, work_chunks
 from fastmlp.kernels.blas import matmul
 
@@ -30,7 +30,7 @@ def _column_sum_parallel(x, out, n_chunks):
         _column_sum_range(x, out, c * n_cols // n_chunks, (c + 1) * n_cols // n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def column_sum(x, out, n_threads):
     """Sum over rows: ``out[j] = sum_i x[i, j]``, rows added in order 0, 1, ...
 
@@ -41,6 +41,9 @@ def column_sum(x, out, n_threads):
         Overwritten.
     n_threads : int
     """
+    if n_threads is None:
+        _column_sum_range(x, out, 0, x.shape[1])
+        return
     n_chunks = work_chunks(x.shape[1], x.size, n_threads)
     if n_chunks == 1:
         _column_sum_range(x, out, 0, x.shape[1])
@@ -48,7 +51,7 @@ def column_sum(x, out, n_threads):
         _column_sum_parallel(x, out, n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def dense_forward(x, W, b, code, param, out, n_threads):
     """Fused dense layer ``out = f(x @ W + b)``.
 
@@ -70,7 +73,7 @@ def dense_forward(x, W, b, code, param, out, n_threads):
     bias_activation(out, b, code, param, n_threads)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_grad_x, n_threads):
     """Backward pass of :func:`dense_forward`.
 
@@ -125,7 +128,7 @@ def _maxout_select_parallel(z, b, pieces, out, winner, n_chunks):
         _maxout_select_rows(z, b, pieces, out, winner, c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def maxout_forward(x, W, b, pieces, z, out, winner, n_threads):
     """Maxout layer ``out[:, j] = max_k (x @ W_k + b_k)[:, j]``.
 
@@ -147,6 +150,9 @@ def maxout_forward(x, W, b, pieces, z, out, winner, n_threads):
     n_threads : int
     """
     matmul(x, False, W, False, z, n_threads)
+    if n_threads is None:
+        _maxout_select_rows(z, b, pieces, out, winner, 0, z.shape[0])
+        return
     n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
         _maxout_select_rows(z, b, pieces, out, winner, 0, z.shape[0])

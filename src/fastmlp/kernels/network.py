@@ -22,13 +22,17 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from fastmlp.config import JIT_OPTIONS
+from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.dense import dense_backward, dense_forward, maxout_backward, maxout_forward
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, MSE, loss_and_grad, weight_rows
 from fastmlp.kernels.optim import optimizer_update
 
 N_IN, N_OUT, PIECES, ACTIVATION, W_OFFSET, B_OFFSET = range(6)
 ACT_OFFSET, Z_OFFSET, WINNER_OFFSET = range(3)
+
+# Layer 0's index, typed int64 as every other layer's: numba types a literal ``0`` as
+# ``Literal[int](0)`` and compiles a second copy of the layer functions for it.
+FIRST_LAYER = np.zeros(1, dtype=np.int64)
 
 #: How scores are turned into predictions by :func:`predict_into`.
 RAW, SOFTMAX, SIGMOID, THRESHOLD, ARGMAX = range(5)
@@ -42,20 +46,21 @@ NetBuffers = namedtuple(
         "grads",  # (n_params,) same layout as params; empty for inference
         "acts",  # (capacity * sum n_out,) each layer's output, cached for backward
         "deltas",  # (capacity * sum n_out,) dL/d(output) per layer, then dL/dz
-        "zbuf",  # (capacity * sum pieces*n_out over maxout layers,) pre-activations / dL/dz
-        "winner",  # int32 (capacity * sum n_out over maxout layers,) winning piece
+        "zbuf",  # (capacity * sum pieces*n_out over maxout layers,) pre-activations / dL/dz;
+                 # None without maxout layers, so that no maxout code is compiled
+        "winner",  # int32 (capacity * sum n_out over maxout layers,) winning piece; or None
         "buffer_offsets",  # int64 (n_layers, 3)
         "row_loss",  # float64 (capacity,) per-row losses
     ],
 )
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _rows(buf, offset, n_rows, n_cols):
     return buf[offset:offset + n_rows * n_cols].reshape((n_rows, n_cols))
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def layer_weights(arch, flat, k):
     """Views ``(W, b)`` of layer ``k`` into ``flat`` (the parameters or the gradients)."""
     n_in = arch[k, N_IN]
@@ -65,26 +70,29 @@ def layer_weights(arch, flat, k):
     return flat[w:w + n_in * width].reshape((n_in, width)), flat[b:b + width]
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def layer_output(net, k, n_rows):
     """View of layer ``k``'s cached output for the current ``n_rows`` rows."""
     return _rows(net.acts, net.buffer_offsets[k, ACT_OFFSET], n_rows, net.arch[k, N_OUT])
 
 
 @njit(**JIT_OPTIONS)
-def _layer_forward(net, k, x, n_threads):
+def _layer_forward(net, k, x, zbuf, winner, n_threads):
+    # ``zbuf`` and ``winner`` are ``net``'s fields passed again as arguments: for a network
+    # without maxout layers they are None, and numba then compiles no maxout code at all
+    # (it prunes a branch on ``argument is None`` before typing it).
     arch = net.arch
     n_rows = x.shape[0]
     W, b = layer_weights(arch, net.params, k)
     out = layer_output(net, k, n_rows)
-    pieces = arch[k, PIECES]
-    if pieces == 1:
+    if zbuf is None or winner is None or arch[k, PIECES] == 1:
         dense_forward(x, W, b, arch[k, ACTIVATION], net.act_params[k], out, n_threads)
     else:
+        pieces = arch[k, PIECES]
         n_out = arch[k, N_OUT]
-        z = _rows(net.zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
-        winner = _rows(net.winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
-        maxout_forward(x, W, b, pieces, z, out, winner, n_threads)
+        z = _rows(zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
+        winners = _rows(winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
+        maxout_forward(x, W, b, pieces, z, out, winners, n_threads)
 
 
 @njit(**JIT_OPTIONS)
@@ -97,19 +105,19 @@ def forward(net, x, n_threads):
     n_layers = net.arch.shape[0]
     # Layer 0 reads the caller's array; it is a separate call so that a read-only or
     # differently laid-out input does not have to unify with the workspace views.
-    _layer_forward(net, 0, x, n_threads)
+    _layer_forward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, n_threads)
     for k in range(1, n_layers):
-        _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]), n_threads)
+        _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner, n_threads)
     return layer_output(net, n_layers - 1, x.shape[0])
 
 
 @njit(**JIT_OPTIONS)
-def _layer_backward(net, k, x, n_threads):
+def _layer_backward(net, k, x, zbuf, winner, n_threads):
+    # ``zbuf``/``winner``: None without maxout layers, as in :func:`_layer_forward`.
     arch = net.arch
     n_rows = x.shape[0]
     n_in = arch[k, N_IN]
     n_out = arch[k, N_OUT]
-    pieces = arch[k, PIECES]
     W, _ = layer_weights(arch, net.params, k)
     grad_W, grad_b = layer_weights(arch, net.grads, k)
     delta = _rows(net.deltas, net.buffer_offsets[k, ACT_OFFSET], n_rows, n_out)
@@ -117,15 +125,16 @@ def _layer_backward(net, k, x, n_threads):
     # Layer 0 has no upstream delta to fill; any view of the right type stands in, untouched.
     grad_x = _rows(net.deltas, net.buffer_offsets[k - 1, ACT_OFFSET] if compute_grad_x else 0,
                    n_rows if compute_grad_x else 0, n_in)
-    if pieces == 1:
+    if zbuf is None or winner is None or arch[k, PIECES] == 1:
         a = layer_output(net, k, n_rows)
         dense_backward(x, W, a, arch[k, ACTIVATION], net.act_params[k], delta,
                        grad_W, grad_b, grad_x, compute_grad_x, n_threads)
     else:
-        grad_z = _rows(net.zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
-        winner = _rows(net.winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
-        maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x,
-                        n_threads)
+        pieces = arch[k, PIECES]
+        grad_z = _rows(zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
+        winners = _rows(winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
+        maxout_backward(x, W, winners, pieces, delta, grad_z, grad_W, grad_b, grad_x,
+                        compute_grad_x, n_threads)
 
 
 @njit(**JIT_OPTIONS)
@@ -134,11 +143,11 @@ def backward(net, x, n_threads):
     gradient vector ``net.grads``, using the activations cached by :func:`forward` on ``x``."""
     n_layers = net.arch.shape[0]
     for k in range(n_layers - 1, 0, -1):
-        _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]), n_threads)
-    _layer_backward(net, 0, x, n_threads)
+        _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner, n_threads)
+    _layer_backward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, n_threads)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def last_delta(net, n_rows):
     """View of the last layer's delta rows (where the loss writes ``dL/dscores``)."""
     k = net.arch.shape[0] - 1
@@ -287,11 +296,15 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
         rows = min(batch_size, n - start)
         for i in range(rows):
             r = order[start + i]
-            x_batch[i, :] = X[r, :]
+            # Element loops, not slice assignments: those compile a shape check with a
+            # formatted error message, a second of compile time for a shape that cannot differ.
+            for j in range(X.shape[1]):
+                x_batch[i, j] = X[r, j]
             if has_labels:
                 label_batch[i] = labels[r]
             if has_targets:
-                target_batch[i, :] = targets[r, :]
+                for j in range(targets.shape[1]):
+                    target_batch[i, j] = targets[r, j]
             if has_weights:
                 weight_batch[i] = weights[r]
         lab = label_batch[:rows] if has_labels else label_batch[:0]

@@ -12,7 +12,7 @@ cores sharing one memory bandwidth and the pool's start-up coming on top.
 import numpy as np
 from numba import njit
 
-from fastmlp.config import JIT_OPTIONS
+from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS
 
 SGD = 0
 ADAM = 1
@@ -38,7 +38,7 @@ def _sgd_range(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
         params[i] -= lr * g
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weight_decay, n_threads):
     """One SGD step in place, with PyTorch's momentum, Nesterov and weight-decay rules.
 
@@ -83,7 +83,7 @@ def _adam_range(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_de
         params[i] -= step_size * m[i] / (np.sqrt(v[i]) / bias_correction2_sqrt + eps)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def adam_update(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled, step,
                 n_threads):
     """One Adam (or, with ``decoupled``, AdamW) step in place, following PyTorch.
