@@ -1,0 +1,373 @@
+"""Where numba keeps fastmlp's compiled kernels, and keeping that cache sound.
+
+numba compiles a kernel the first time it meets a new combination of argument types and,
+with ``cache=True``, saves the machine code on disk.  This module decides where, and
+guards the cache against what numba itself does not:
+
+- **Location.**  ``NUMBA_CACHE_DIR`` when set; else the package's own ``__pycache__``
+  when it is writable; else a per-user directory (``$XDG_CACHE_HOME/fastmlp``, by
+  default ``~/.cache/fastmlp``), so a read-only install (a system package, a container
+  image) still compiles only once; else a directory under the system's temporary one.
+- **Stale code.**  numba checks only the source file that defines a function, not those of
+  its callees (numba #1833): the kernels' cache is dropped whenever any kernel source, or
+  ``config.py``, differs from the one that filled it.
+- **Several processes.**  Compiling and saving happen under an exclusive file lock in the
+  cache directory: when several processes (the ranks of an MPI job on one node, a test
+  suite's workers) start with an empty cache, one compiles and the others wait, then load
+  what it saved (numba #4807 reports crashes when processes fill one cache at once).
+- **Damaged files.**  After each compilation the cache files' sha256 digests go into a
+  manifest; before numba reads a kernel's files they are checked against it, and a file
+  that is truncated, garbled, or written by a process killed before it could record it is
+  deleted, so numba compiles again instead of crashing or running damaged code.
+- **Notices.**  Inside :func:`compile_notices`, a compilation prints one line on stderr
+  when it starts and one when it ends, so a first fit never pauses silently.
+"""
+
+import contextlib
+import contextvars
+import glob
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+from numba.core import config as numba_config
+from numba.core import event
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.dispatcher import Dispatcher
+
+#: The manifest of digests and the lock file, beside the cache files they guard.
+MANIFEST_NAME = "fastmlp-manifest.json"
+LOCK_NAME = "fastmlp-compile.lock"
+STAMP_NAME = "fastmlp-kernels.sha256"
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+KERNEL_SOURCES = os.path.join(_HERE, "kernels")
+
+_notices = contextvars.ContextVar("fastmlp_compile_notices", default=False)
+
+#: What a user is told is compiling, by entry point.
+_DESCRIPTIONS = {
+    "train_epoch": "the training loop",
+    "compute_gradients": "the gradient step",
+    "optimizer_update": "the optimizer update",
+    "evaluate_chunked": "evaluation",
+    "predict_into": "prediction",
+}
+
+
+def _writable_directory(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def _numba_subpath(source_dir):
+    # numba's own naming of a source directory inside a cache root
+    # (``_CacheLocator.get_suitable_cache_subpath``): the folder's name and a hash of its path.
+    source_dir = os.path.abspath(source_dir)
+    return "_".join([os.path.basename(source_dir), hashlib.sha1(source_dir.encode()).hexdigest()])
+
+
+def user_cache_root():
+    """The per-user cache root used when the package directory is read-only."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastmlp")
+
+
+def choose_cache_root(source_dir=KERNEL_SOURCES, environ_root=None):
+    """The root directory to hand numba as ``CACHE_DIR``, or None for the in-tree cache.
+
+    Parameters
+    ----------
+    source_dir : str
+        The kernels' source directory.
+    environ_root : str or None
+        ``NUMBA_CACHE_DIR`` as numba read it (``numba.config.CACHE_DIR``); it wins.
+
+    Returns
+    -------
+    root : str or None
+        None means numba's default, ``source_dir/__pycache__``, which is writable.
+    cache_dir : str
+        The directory the kernels' files will be in.
+    """
+    if environ_root:
+        return environ_root, os.path.join(environ_root, _numba_subpath(source_dir))
+    in_tree = os.path.join(source_dir, "__pycache__")
+    if _writable_directory(in_tree):
+        return None, in_tree
+    for root in (user_cache_root(),
+                 os.path.join(tempfile.gettempdir(), f"fastmlp-cache-{os.getuid()}")):
+        if _writable_directory(os.path.join(root, _numba_subpath(source_dir))):
+            return root, os.path.join(root, _numba_subpath(source_dir))
+    return None, None
+
+
+def _sources_digest(source_dir):
+    digest = hashlib.sha256()
+    paths = sorted(glob.glob(os.path.join(source_dir, "*.py")))
+    paths += [os.path.join(os.path.dirname(source_dir), "config.py")]
+    for path in paths:
+        if os.path.exists(path):
+            with open(path, "rb") as source:
+                digest.update(os.path.basename(path).encode() + b"\0" + source.read())
+    return digest.hexdigest()
+
+
+def _cache_files(cache_dir, prefix=""):
+    return sorted(glob.glob(os.path.join(glob.escape(cache_dir), glob.escape(prefix) + "*.nb[ic]")))
+
+
+def drop_stale_cache(cache_dir, source_dir=KERNEL_SOURCES):
+    """Delete the kernels' cache files in ``cache_dir`` if the sources changed since they
+    were written; record the sources' digest.  Does nothing where it may not write."""
+    digest = _sources_digest(source_dir)
+    stamp_path = os.path.join(cache_dir, STAMP_NAME)
+    try:
+        with open(stamp_path) as stamp:
+            if stamp.read() == digest:
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with _file_lock(cache_dir):
+            for stale in _cache_files(cache_dir):
+                os.remove(stale)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(cache_dir, MANIFEST_NAME))
+            _write_atomically(stamp_path, digest.encode())
+    except OSError:
+        pass
+
+
+def _write_atomically(path, data):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+_process_lock = threading.RLock()
+_lock_depth = 0
+
+
+@contextlib.contextmanager
+def _file_lock(cache_dir):
+    """Exclusive across processes (``flock``), re-entrant within this one."""
+    global _lock_depth
+    with _process_lock:
+        handle = None
+        if _lock_depth == 0 and cache_dir is not None:
+            try:
+                import fcntl
+
+                handle = open(os.path.join(cache_dir, LOCK_NAME), "a+b")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except (OSError, ImportError):  # no lock where none can be had (Windows, read-only)
+                if handle is not None:
+                    handle.close()
+                handle = None
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+            if handle is not None:
+                handle.close()  # closing releases the flock
+
+
+def _digest(path):
+    with open(path, "rb") as data:
+        return hashlib.sha256(data.read()).hexdigest()
+
+
+class CacheGuard:
+    """Checks a cache directory's files against the manifest and records new ones.
+
+    Parameters
+    ----------
+    cache_dir : str or None
+        None: no cache (then every method does nothing).
+    """
+
+    def __init__(self, cache_dir):
+        self.cache_dir = cache_dir
+        # (path, size, mtime_ns) -> digest of the files this process checked or recorded
+        self._known = {}
+
+    def _manifest(self):
+        try:
+            with open(os.path.join(self.cache_dir, MANIFEST_NAME)) as data:
+                manifest = json.load(data)
+            return manifest if isinstance(manifest, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _state(self, path):
+        st = os.stat(path)
+        return (path, st.st_size, st.st_mtime_ns)
+
+    def check(self, prefix):
+        """Delete the files named ``prefix*`` that the manifest does not vouch for."""
+        if self.cache_dir is None:
+            return
+        manifest = None
+        for path in _cache_files(self.cache_dir, prefix):
+            try:
+                state = self._state(path)
+                if state in self._known:
+                    continue
+                if manifest is None:
+                    manifest = self._manifest()
+                digest = _digest(path)
+                if manifest.get(os.path.basename(path)) == digest:
+                    self._known[state] = digest
+                    continue
+                os.remove(path)
+            except OSError:
+                continue
+
+    def trust(self, prefix):
+        """Take the files named ``prefix*`` as sound: this process just wrote or checked
+        them, holding the lock."""
+        if self.cache_dir is None:
+            return
+        for path in _cache_files(self.cache_dir, prefix):
+            with contextlib.suppress(OSError):
+                state = self._state(path)
+                if state not in self._known:
+                    self._known[state] = _digest(path)
+
+    def record(self):
+        """Put every cache file's digest into the manifest (files this process saw unchanged
+        keep their digest without being read again)."""
+        if self.cache_dir is None:
+            return
+        manifest = {}
+        for path in _cache_files(self.cache_dir):
+            try:
+                state = self._state(path)
+                digest = self._known.get(state) or _digest(path)
+            except OSError:
+                continue
+            self._known[state] = digest
+            manifest[os.path.basename(path)] = digest
+        with contextlib.suppress(OSError):
+            _write_atomically(os.path.join(self.cache_dir, MANIFEST_NAME),
+                              json.dumps(manifest, sort_keys=True, indent=0).encode())
+
+
+class _Notice(event.Listener):
+    """Prints when the first real compilation (not a cache load) of a guarded call starts."""
+
+    def __init__(self):
+        self.started = None
+        self.what = None
+
+    def on_start(self, ev):
+        if self.started is None and _notices.get():
+            self.started = time.perf_counter()
+            print(f"fastmlp: compiling {self.what} for this machine; this happens once per "
+                  "machine and fastmlp version (`fastmlp compile` does it ahead of time)...",
+                  file=sys.stderr, flush=True)
+
+    def on_end(self, ev):
+        pass
+
+
+_notice = _Notice()
+event.register("numba:compile", _notice)
+
+_guard = CacheGuard(None)
+
+
+def _describe(dispatcher, sig):
+    name = dispatcher.py_func.__name__
+    what = _DESCRIPTIONS.get(name, f"fastmlp.kernels {name}")
+    dtypes = {str(t.dtype) for t in sig if hasattr(t, "dtype") and str(t.dtype).startswith("float")}
+    return f"{what} ({', '.join(sorted(dtypes))})" if dtypes else what
+
+
+def _guarded_compile(dispatcher):
+    original = dispatcher.compile
+    module = os.path.splitext(os.path.basename(dispatcher.py_func.__code__.co_filename))[0]
+    prefix = f"{module}.{dispatcher.py_func.__qualname__}-{dispatcher.py_func.__code__.co_firstlineno}."
+
+    def compile(sig):
+        # numba's compiler lock first, then ours: a user's jitted function that calls a
+        # kernel holds numba's lock when it reaches this one, and the order must not flip.
+        with global_compiler_lock, _file_lock(_guard.cache_dir):
+            outermost = _lock_depth == 1
+            if outermost:
+                _notice.started = None
+                _notice.what = _describe(dispatcher, sig if isinstance(sig, tuple) else ())
+            _guard.check(prefix)
+            try:
+                return original(sig)
+            finally:
+                _guard.trust(prefix)
+                if outermost:
+                    _guard.record()
+                    if _notice.started is not None:
+                        print(f"fastmlp: compiled in {time.perf_counter() - _notice.started:.1f} s",
+                              file=sys.stderr, flush=True)
+                        _notice.started = None
+
+    dispatcher.compile = compile
+
+
+@contextlib.contextmanager
+def compile_notices(enabled=True):
+    """Within this block, say on stderr when kernels start compiling and how long it took."""
+    token = _notices.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _notices.reset(token)
+
+
+@contextlib.contextmanager
+def kernel_cache(source_dir=KERNEL_SOURCES):
+    """Import the kernel modules inside this block: their functions then cache where this
+    module decided, and every one of them compiles under the guard.
+
+    Yields the cache directory (None when nothing is writable: numba then keeps the
+    compiled code in memory only).
+    """
+    global _guard
+    root, cache_dir = choose_cache_root(source_dir, numba_config.CACHE_DIR)
+    if cache_dir is not None:
+        drop_stale_cache(cache_dir, source_dir)
+    _guard = CacheGuard(cache_dir)
+    saved_root = numba_config.CACHE_DIR
+    if root is not None:
+        numba_config.CACHE_DIR = root
+    try:
+        yield cache_dir
+    finally:
+        numba_config.CACHE_DIR = saved_root
+
+
+def guard_module(module):
+    """Route every numba function of ``module`` through the cache guard."""
+    for value in vars(module).values():
+        if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
+            _guarded_compile(value)
+
+
+def cache_directory():
+    """The directory holding fastmlp's compiled kernels (None: no cache could be written)."""
+    return _guard.cache_dir
