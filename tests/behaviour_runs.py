@@ -194,9 +194,9 @@ def _checkpointed(interrupt_at=None):
         model = _model(optimizer=Adam(lr=0.03))
         callbacks = [ReduceLROnPlateau("val_loss", factor=0.5, patience=1),
                      EarlyStopping("val_loss", patience=4)]
-        history = model.fit(X, y, epochs=9, batch_size=5, validation_split=0.2, sample_weight=w,
-                            class_weight={0: 2.0}, callbacks=callbacks + crash,
-                            checkpoint=path, resume=True)
+        model.fit(X, y, epochs=9, batch_size=5, validation_split=0.2, sample_weight=w,
+                  class_weight={0: 2.0}, callbacks=callbacks + crash,
+                  checkpoint=path, resume=True)
         # A resumed fit's History holds its own epochs only: compare the final state.
         return model_hash(model, None, callbacks)
 
