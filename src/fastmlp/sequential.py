@@ -9,6 +9,7 @@ workspaces, and implements what the loop needs from a model
 
 import math
 import numbers
+import threading
 
 import numpy as np
 
@@ -110,6 +111,9 @@ class Sequential:
         self.history = None  # the History of the last fit
         self._hyper_key = None
         self._hyper = None
+        # Held while this model trains: one thread at a time may change the parameters
+        # (re-entrant: fit's own steps take it again).  Predictions never take it.
+        self._training = threading.RLock()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -144,10 +148,16 @@ class Sequential:
         return (f"Sequential([\n    {inner}\n], loss={self.loss!r}, optimizer={self.optimizer!r}, "
                 f"dtype={self.dtype.name})")
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_training"]  # a lock belongs to this process and this object
+        return state
+
     def __setstate__(self, state):
         # pickle and deepcopy restore each layer's W and b as arrays of their own (numpy
         # copies views): point them back into the parameter vector.
         self.__dict__.update(state)
+        self._training = threading.RLock()
         for k, layer in enumerate(self.layers):
             layer.W, layer.b = self._layer_views(self.params, k)
 
@@ -298,6 +308,15 @@ class Sequential:
         return self._hyper
 
     # ----------------------------------------------------------------- training
+    def _claim(self, what):
+        """Take the training lock without waiting, or refuse: two threads stepping one
+        model would interleave half-applied updates."""
+        if not self._training.acquire(blocking=False):
+            raise RuntimeError(f"{what}: this model is being trained in another thread; one "
+                               "model trains in one thread at a time (predict, evaluate and "
+                               "score from other threads are fine). Train a copy "
+                               "(copy.deepcopy(model)) in the other thread instead.")
+
     def compute_gradients(self, X, y, sample_weight=None):
         """Forward and backward pass on one batch without updating the parameters.
 
@@ -317,13 +336,17 @@ class Sequential:
         float
             The batch's mean (weighted) loss.
         """
-        X, labels, targets = self._prepare(X, y)
-        weights = self._no_weights
-        if sample_weight is not None:
-            weights = sample_weight_per_row(sample_weight, X.shape[0]).astype(self.dtype)
-        ws = self._training_workspace(X.shape[0])
-        return compiled.compute_gradients(ws.net, self.loss_code, X, labels, targets, weights,
-                                         get_num_threads())
+        self._claim("compute_gradients")
+        try:
+            X, labels, targets = self._prepare(X, y)
+            weights = self._no_weights
+            if sample_weight is not None:
+                weights = sample_weight_per_row(sample_weight, X.shape[0]).astype(self.dtype)
+            ws = self._training_workspace(X.shape[0])
+            return compiled.compute_gradients(ws.net, self.loss_code, X, labels, targets,
+                                              weights, get_num_threads())
+        finally:
+            self._training.release()
 
     @property
     def flat_gradients(self):
@@ -358,17 +381,21 @@ class Sequential:
         DivergenceError
             If the update made a parameter NaN or Inf; it is then undone.
         """
-        grads = self.flat_gradients
-        opt = self.optimizer
-        hyper = self._hyperparameters()
-        steps_before = self.save_finite_state()
-        opt.step_count += 1
-        compiled.optimizer_update(opt.kind, self.params, grads, opt.state, hyper, self._n_weights,
-                                 opt.step_count, get_num_threads())
-        if count_nonfinite(self.params):
-            self.restore_finite_state(steps_before)
-            raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
-                                  "try a smaller learning rate")
+        self._claim("apply_gradients")
+        try:
+            grads = self.flat_gradients
+            opt = self.optimizer
+            hyper = self._hyperparameters()
+            steps_before = self.save_finite_state()
+            opt.step_count += 1
+            compiled.optimizer_update(opt.kind, self.params, grads, opt.state, hyper,
+                                      self._n_weights, opt.step_count, get_num_threads())
+            if count_nonfinite(self.params):
+                self.restore_finite_state(steps_before)
+                raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
+                                      "try a smaller learning rate")
+        finally:
+            self._training.release()
 
     def train_steps(self, rows, order, batch_size, first, stop, batch_losses, batch_correct,
                     step_count):
@@ -426,12 +453,19 @@ class Sequential:
         ------
         DivergenceError
             If the loss is NaN or Inf; the parameters are then left unchanged.
+        RuntimeError
+            If another thread is training this model at the same time.
         """
-        loss = self.compute_gradients(X, y, sample_weight)
-        if not math.isfinite(loss):
-            raise DivergenceError(f"the loss is {loss} on this batch; the step was not applied")
-        self.apply_gradients()
-        return loss
+        self._claim("train_step")
+        try:
+            loss = self.compute_gradients(X, y, sample_weight)
+            if not math.isfinite(loss):
+                raise DivergenceError(f"the loss is {loss} on this batch; the step was not "
+                                      "applied")
+            self.apply_gradients()
+            return loss
+        finally:
+            self._training.release()
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None, verbose=0,
@@ -515,15 +549,29 @@ class Sequential:
             parameters are those of the last finite step (or of the start of that epoch if
             the last update already made them non-finite), unless a callback such as
             :class:`~fastmlp.callbacks.EarlyStopping` restores others when training ends.
+        RuntimeError
+            When another thread is training this model (``fit``, ``train_step``,
+            ``compute_gradients`` or ``apply_gradients``); nothing changes.  Predictions
+            from other threads stay allowed.
+        KeyboardInterrupt
+            On Ctrl-C.  An epoch's steps run as one compiled call (in slices with
+            ``verbose=1``), so the interrupt takes effect when the call returns: the model
+            then holds the parameters, optimizer state and step count of its last
+            completed step, every callback's ``on_train_end`` has run, and the last
+            checkpoint on disk is intact (``resume=True`` continues bit-identically).
         """
-        # Under comm= the MPI strategy checks the arguments on every rank at once, so bad
-        # input on one rank raises everywhere instead of leaving the others waiting.
-        return training.fit(self, X, y, comm=comm, epochs=epochs, batch_size=batch_size,
-                            shuffle=shuffle, validation_data=validation_data,
-                            validation_split=validation_split, sample_weight=sample_weight,
-                            class_weight=class_weight, callbacks=callbacks, verbose=verbose,
-                            checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                            resume=resume)
+        self._claim("fit")
+        try:
+            # Under comm= the MPI strategy checks the arguments on every rank at once, so
+            # bad input on one rank raises everywhere instead of leaving the others waiting.
+            return training.fit(self, X, y, comm=comm, epochs=epochs, batch_size=batch_size,
+                                shuffle=shuffle, validation_data=validation_data,
+                                validation_split=validation_split, sample_weight=sample_weight,
+                                class_weight=class_weight, callbacks=callbacks,
+                                verbose=verbose, checkpoint=checkpoint,
+                                checkpoint_every=checkpoint_every, resume=resume)
+        finally:
+            self._training.release()
 
     # ----------------------------------------------------------------- inference
     def _evaluate_prepared(self, X, labels, targets, ws):

@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -12,6 +14,36 @@ from fastmlp.progress import REDRAW_SECONDS, EpochProgress
 from fastmlp.training.history import DivergenceError
 from fastmlp.training.loop import Strategy, begin_callbacks, end_callbacks, restore_callbacks
 from fastmlp.training.options import check_fit
+
+
+class HeldInterrupt:
+    """Context manager: a SIGINT (Ctrl-C) that arrives inside the block is acted on when it
+    ends, so that the ``KeyboardInterrupt`` never lands between a compiled call that
+    changed the parameters and the step count that goes with them.
+
+    Only in the main thread (the one Python delivers signals to), and only over a Python
+    handler (the default one raises ``KeyboardInterrupt``); an ignored SIGINT stays ignored.
+    A compiled epoch cannot be interrupted anyway: this only moves the interrupt to the
+    next point where the model is consistent.
+    """
+
+    def __enter__(self):
+        self.previous, self.caught = None, None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.getsignal(signal.SIGINT)
+            if callable(handler):
+                self.previous = signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self.caught = (signum, frame)
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            if self.caught is not None:
+                self.previous(*self.caught)  # the default handler raises KeyboardInterrupt
+        return False
 
 
 class Local(Strategy):
@@ -80,8 +112,13 @@ class Local(Strategy):
         steps_before = model.save_finite_state()
 
         def run(first, stop):
-            return model.train_steps(rows, order, batch_size, first, stop, batch_losses,
-                                     batch_correct, steps_before)
+            # The step count moves with the parameters, in one uninterruptible piece: after
+            # Ctrl-C the model is exactly that of its last completed step.
+            with HeldInterrupt():
+                reached = model.train_steps(rows, order, batch_size, first, stop, batch_losses,
+                                            batch_correct, steps_before)
+                model.optimizer.step_count = steps_before + reached
+            return reached
 
         if progress is None:
             done = run(0, n_batches)
@@ -100,7 +137,6 @@ class Local(Strategy):
                 # About one redraw per REDRAW_SECONDS: a live bar, and so few returns to
                 # Python that they cost nothing next to the steps.
                 chunk = max(1, min(n_batches, int(chunk * REDRAW_SECONDS / max(elapsed, 1e-9))))
-        model.optimizer.step_count += done
         params_finite = count_nonfinite(model.params) == 0
         if done < n_batches or not params_finite:
             if progress is not None:
