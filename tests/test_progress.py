@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastmlp.progress as progress
-import fastmlp.sequential as sequential
+import fastmlp.training.local as local_training
 from fastmlp import SGD, Dense, DivergenceError, Sequential
 from fastmlp.callbacks import EarlyStopping, ReduceLROnPlateau, StepDecay
 from fastmlp.kernels import network
@@ -88,7 +88,7 @@ def test_plain_bar_when_training_diverges_shows_the_batches_done(no_tqdm, capsys
 def test_running_metrics_on_a_terminal_are_the_means_over_the_batches_so_far(monkeypatch):
     monkeypatch.setattr(progress, "_tqdm", lambda: None)
     monkeypatch.setattr(progress, "REDRAW_SECONDS", 0)  # draw at every update
-    monkeypatch.setattr(sequential, "REDRAW_SECONDS", 1e-9)  # one batch per slice
+    monkeypatch.setattr(local_training, "REDRAW_SECONDS", 1e-9)  # one batch per slice
     stream = FakeTTY()
     monkeypatch.setattr(sys, "stdout", stream)
     rng = np.random.default_rng(8)
@@ -209,7 +209,7 @@ def test_tqdm_and_matplotlib_are_imported_lazily(code):
 def test_an_epoch_in_slices_ends_exactly_as_one_whole(monkeypatch, capsys, bar):
     if bar == "plain":
         monkeypatch.setattr(progress, "_tqdm", lambda: None)
-    monkeypatch.setattr(sequential, "REDRAW_SECONDS", 1e-7)  # a slice of ~one batch per redraw
+    monkeypatch.setattr(local_training, "REDRAW_SECONDS", 1e-7)  # a slice of ~one batch per redraw
     calls = []
     real = network.train_epoch
 

@@ -5,10 +5,10 @@
 
 from fastmlp.baselines import random_search
 from fastmlp.gradcheck import gradcheck
-from fastmlp.io import FormatError, load
+from fastmlp.io import FormatError
 from fastmlp.layers import Dense, Layer, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
-from fastmlp.sequential import DivergenceError, History, Sequential
+from fastmlp.sequential import DivergenceError, History, Sequential, load
 from fastmlp.threads import get_num_threads, set_num_threads, threads
 
 __version__ = "0.1.0"

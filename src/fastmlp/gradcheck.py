@@ -2,9 +2,7 @@
 
 import numpy as np
 
-from fastmlp.kernels import network
 from fastmlp.sequential import Sequential
-from fastmlp.threads import get_num_threads
 
 
 def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
@@ -39,40 +37,29 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
     twin = Sequential([layer.unbuilt_copy() for layer in model.layers], loss=model.loss,
                       dtype=np.float64, seed=0)
     twin.set_weights(model.get_weights())
-    Xp, labels, targets = twin._prepare(X, y)
-    ws = twin._training_workspace(Xp.shape[0])
-    network.compute_gradients(ws.net, twin.loss_code, Xp, labels, targets, twin._no_weights,
-                              ws.kernel_threads(get_num_threads()))
-    analytic = np.array(ws.net.grads)
+    twin.compute_gradients(X, y)
+    analytic = twin.flat_gradients.copy()
 
-    probe = twin._inference_workspace(Xp.shape[0])
+    rows = twin.rows(X, y)
+    probe = twin.inference_workspace(rows.n)
 
     def loss_at(index, value):
         saved = twin.params[index]
         twin.params[index] = value
-        loss, _ = network.evaluate_chunked(probe.net, twin.loss_code, Xp, labels, targets,
-                                           probe.capacity, probe.kernel_threads(get_num_threads()))
+        loss, _ = twin.evaluate_rows(rows, probe)
         twin.params[index] = saved
         return loss
 
     rng = np.random.default_rng(seed)
     errors = []
-    for k in range(len(twin.layers)):
-        for start, size in _array_spans(twin, k):
-            indices = np.arange(start, start + size)
-            if max_elements is not None and size > max_elements:
-                indices = rng.choice(indices, size=max_elements, replace=False)
-            numeric = np.empty(len(indices))
-            for j, i in enumerate(indices):
-                p = twin.params[i]
-                numeric[j] = (loss_at(i, p + eps) - loss_at(i, p - eps)) / (2 * eps)
-            scale = max(np.abs(analytic[indices]).max(), np.abs(numeric).max())
-            errors.append(float(np.abs(analytic[indices] - numeric).max() / scale) if scale > 0 else 0.0)
+    for start, size in twin.parameter_spans():
+        indices = np.arange(start, start + size)
+        if max_elements is not None and size > max_elements:
+            indices = rng.choice(indices, size=max_elements, replace=False)
+        numeric = np.empty(len(indices))
+        for j, i in enumerate(indices):
+            p = twin.params[i]
+            numeric[j] = (loss_at(i, p + eps) - loss_at(i, p - eps)) / (2 * eps)
+        scale = max(np.abs(analytic[indices]).max(), np.abs(numeric).max())
+        errors.append(float(np.abs(analytic[indices] - numeric).max() / scale) if scale > 0 else 0.0)
     return errors
-
-
-def _array_spans(model, k):
-    arch = model._arch
-    width = arch[k, network.N_OUT] * arch[k, network.PIECES]
-    return [(int(arch[k, network.W_OFFSET]), int(arch[k, network.N_IN] * width)),
-            (int(arch[k, network.B_OFFSET]), int(width))]

@@ -14,8 +14,8 @@ little-endian; see ``docs/file-format.md``)::
     payload      raw little-endian tensors at the offsets the header gives
     checksum     32 bytes  SHA-256 of every byte before it
 
-Nothing here unpickles, evaluates or imports anything named in a file.  :func:`load` checks
-the header's claims against the file's real size before it allocates, verifies the
+Nothing here unpickles, evaluates or imports anything named in a file.  :func:`read` (which
+:func:`fastmlp.load` calls) checks the header's claims against the file's real size before it allocates, verifies the
 checksum, and checks every field against the architecture; whatever it refuses raises
 :class:`FormatError` naming the problem.  Writes go to a temporary file in the same
 directory, are flushed and fsynced, and replace the target in one ``os.replace``, so a
@@ -181,7 +181,7 @@ def _encode(model, training=None, order=None, extra_tensors=()):
                   "seed": None if seed is None else int(seed),
                   "layers": [_layer_entry(layer) for layer in model.layers]},
         "optimizer": _optimizer_entry(model.optimizer),
-        "rng": model._rng.bit_generator.state,
+        "rng": model.rng.bit_generator.state,
         "training": training,
         "tensors": table,
     }
@@ -194,7 +194,8 @@ def _encode(model, training=None, order=None, extra_tensors=()):
     return chunks + [digest.digest()]
 
 
-def _check_path(path, what="path"):
+def check_path(path, what="path"):
+    """``path`` as a str, after checking it names a file (``TypeError``/``ValueError``)."""
     if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
         raise TypeError(f"{what} must be a str or os.PathLike file name, got {path!r}")
     path = os.fspath(path)
@@ -205,7 +206,7 @@ def _check_path(path, what="path"):
 
 def save(model, path):
     """Write ``model`` to ``path`` atomically (see :meth:`Sequential.save`)."""
-    path = _check_path(path)
+    path = check_path(path)
     atomic_write(path, _encode(model))
 
 
@@ -267,7 +268,7 @@ def rank_state(model, order, shuffle_rng):
     """What one rank contributes to a distributed checkpoint (see
     :func:`save_distributed_checkpoint`): copies, safe to send."""
     return (np.array(order, dtype=np.int64), shuffle_rng.bit_generator.state,
-            model._rng.bit_generator.state)
+            model.rng.bit_generator.state)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -577,7 +578,7 @@ def read(path):
     OSError
         When the file cannot be opened or read.
     """
-    path = _check_path(path)
+    path = check_path(path)
     check = _Checker(path)
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
@@ -631,25 +632,24 @@ def read(path):
     return Contents(header, tensors)
 
 
-def _build(path, contents):
-    """A new Sequential from checked contents (its constructors re-check every value)."""
-    from fastmlp.sequential import Sequential
+#: What :func:`model_spec` returns: enough to build the model a file describes.
+ModelSpec = namedtuple("ModelSpec", ["layers", "loss", "dtype", "seed", "optimizer_class",
+                                     "hyperparameters"])
 
-    header, tensors = contents
+
+def model_spec(path, contents):
+    """The model that checked ``contents`` (from :func:`read`) describe, as plain values.
+
+    ``layers`` holds ``(kind, n_in, n_out, pieces, activation, activation_params)`` per
+    layer (``kind`` is ``"dense"`` or ``"maxout"``); ``optimizer_class`` is one of
+    :data:`OPTIMIZERS` and ``hyperparameters`` its keyword arguments.  The file format
+    knows no model class: :func:`fastmlp.load` builds the ``Sequential``.
+    """
+    header = contents.header
     model_h, opt_h = header["model"], header["optimizer"]
-    try:
-        layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
-                  else Maxout(n_in, n_out, pieces)
-                  for kind, n_in, n_out, pieces, activation, params in _check_layers(_Checker(path),
-                                                                                     model_h["layers"])]
-        optimizer = OPTIMIZERS[opt_h["class"]](
-            **{k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()})
-        model = Sequential(layers, loss=model_h["loss"], optimizer=optimizer, seed=model_h["seed"],
-                           dtype=np.dtype(model_h["dtype"]))
-    except (TypeError, ValueError) as exc:
-        _fail(path, f"the file describes an invalid model: {exc}")
-    _apply_state(model, contents)
-    return model
+    return ModelSpec(_check_layers(_Checker(path), model_h["layers"]), model_h["loss"],
+                     model_h["dtype"], model_h["seed"], OPTIMIZERS[opt_h["class"]],
+                     {k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()})
 
 
 def _apply_state(model, contents):
@@ -657,34 +657,7 @@ def _apply_state(model, contents):
     np.copyto(model.params, tensors["params"])
     np.copyto(model.optimizer.state, tensors["optimizer_state"])
     model.optimizer.step_count = header["optimizer"]["step_count"]
-    model._rng.bit_generator.state = header["rng"]
-
-
-def load(path):
-    """Load a model saved by :meth:`Sequential.save` (or a ``fit`` checkpoint).
-
-    The file is checked completely (magic, format version, sizes against the real file
-    size, SHA-256 checksum, every header field against the architecture) before anything
-    is built; nothing in it can run code.  The model comes back with its weights, loss,
-    dtype, optimizer (hyperparameters, state, step count) and RNG state, so training goes
-    on exactly as it would have without the save.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-
-    Returns
-    -------
-    Sequential
-
-    Raises
-    ------
-    FormatError
-        When the file is not an intact fastmlp file of a supported version; the message
-        names the problem.
-    """
-    path = _check_path(path)
-    return _build(path, read(path))
+    model.rng.bit_generator.state = header["rng"]
 
 
 def _model_description(model):

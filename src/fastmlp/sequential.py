@@ -1,110 +1,32 @@
-"""The ``Sequential`` model: validation, state, the training loop and predictions.
+"""The ``Sequential`` model: layers, parameters, workspaces, the step API and predictions.
 
-The numerics live in :mod:`fastmlp.kernels`; this module checks what the user hands in,
-owns the parameter vector, the optimizer state and the preallocated workspaces, and calls
-the compiled drivers.
+The numerics live in :mod:`fastmlp.kernels` (called through :mod:`fastmlp.compiled`); the
+epoch loop that ``fit`` runs lives in :mod:`fastmlp.training`.  This module checks what the
+user hands in, owns the parameter vector, the optimizer state and the preallocated
+workspaces, and implements what the loop needs from a model
+(:class:`fastmlp.training.protocol.Trainable`).
 """
 
 import math
 import numbers
-import os
-import time
+import threading
 
 import numpy as np
 
-from fastmlp import io as _io
-from fastmlp._validation import (as_features, as_labels, as_targets, check_positive_int,
-                                 class_weight_per_row, sample_weight_per_row)
-from fastmlp.callbacks import Callback, LearningRateSchedule, ReduceLROnPlateau
-from fastmlp.kernels import network
-from fastmlp.kernels.checks import count_nonfinite
+from fastmlp import compiled, io, training
+from fastmlp._validation import as_features, as_labels, as_targets, sample_weight_per_row
+from fastmlp.compiled import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
-from fastmlp.layers import Layer
+from fastmlp.layers import Dense, Layer, Maxout
 from fastmlp.optimizers import SGD, Optimizer
-from fastmlp.progress import REDRAW_SECONDS, EpochProgress, epoch_line
 from fastmlp.threads import get_num_threads, pin_blas
+from fastmlp.training import DivergenceError, History, Rows
 from fastmlp.workspace import Workspace, layer_table
+
+__all__ = ["DivergenceError", "History", "Sequential", "load"]
 
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
 PREDICT_CHUNK_ROWS = 1024
-
-
-class DivergenceError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the model keeps finite weights."""
-
-
-class History:
-    """What :meth:`Sequential.fit` returns: per-epoch metrics.
-
-    Attributes
-    ----------
-    history : dict of str -> list of float
-        One value per epoch of each metric: ``"loss"`` (mean training loss of the epoch,
-        measured during it), ``"accuracy"`` (classifiers: training rows predicted right
-        just before their step), ``"lr"`` (learning rate used) and, with validation data,
-        ``"val_loss"`` and ``"val_accuracy"`` (classifiers).
-    epoch : list of int
-        The 1-based epoch numbers of this ``fit`` call.
-    """
-
-    def __init__(self):
-        self.history = {"loss": []}
-        self.epoch = []
-
-    def __getitem__(self, key):
-        return self.history[key]
-
-    def __repr__(self):
-        last = {k: round(v[-1], 6) for k, v in self.history.items() if v}
-        return f"History(epochs={len(self.epoch)}, last={last})"
-
-    def plot(self, path=None, metrics=None):
-        """Draw the training and validation curves (needs matplotlib).
-
-        One panel per metric family: ``loss`` with ``val_loss``, ``accuracy`` with
-        ``val_accuracy``, over the epoch numbers.
-
-        Parameters
-        ----------
-        path : str or os.PathLike, optional
-            Save the figure there (format from the extension: ``.png``, ``.pdf``, ``.svg``).
-        metrics : list of str, optional
-            Training metrics to draw, each with its ``val_`` twin when present; default
-            ``loss`` and, for classifiers, ``accuracy``.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            Made without pyplot, so no window opens and no GUI backend is needed.
-        """
-        try:
-            from matplotlib.figure import Figure
-            from matplotlib.ticker import MaxNLocator
-        except ImportError:
-            raise ImportError("History.plot needs matplotlib: pip install matplotlib "
-                              "(or fastmlp[plot])") from None
-        if not self.epoch:
-            raise ValueError("this History has no epochs to plot")
-        if metrics is None:
-            metrics = [m for m in ("loss", "accuracy") if m in self.history]
-        for name in metrics:
-            if name not in self.history:
-                raise ValueError(f"no metric {name!r} in this History; it has "
-                                 f"{', '.join(self.history)}")
-        figure = Figure(figsize=(5.5 * len(metrics), 4), layout="constrained")
-        for axes, name in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
-            axes.plot(self.epoch, self.history[name], marker=".", label=f"training {name}")
-            if f"val_{name}" in self.history:
-                axes.plot(self.epoch, self.history[f"val_{name}"], marker=".",
-                          label=f"validation {name}")
-            axes.set_xlabel("epoch")
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axes.set_ylabel(name)
-            axes.grid(alpha=0.3)
-            axes.legend()
-        if path is not None:
-            figure.savefig(path, dpi=100)
-        return figure
 
 
 class Sequential:
@@ -189,6 +111,9 @@ class Sequential:
         self.history = None  # the History of the last fit
         self._hyper_key = None
         self._hyper = None
+        # Held while this model trains: one thread at a time may change the parameters
+        # (re-entrant: fit's own steps take it again).  Predictions never take it.
+        self._training = threading.RLock()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -207,7 +132,15 @@ class Sequential:
         return self.loss_code != MSE
 
     @property
-    def _uses_labels(self):
+    def rng(self):
+        """The model's random stream (numpy ``Generator``): weight initialisation, then each
+        epoch's shuffle.  Checkpoints save and restore its state."""
+        return self._rng
+
+    @property
+    def uses_labels(self):
+        """True when ``y`` is integer class labels (``softmax_cross_entropy``,
+        ``multiclass_hinge``); False when it is targets."""
         return self.loss_code in (LOSSES["softmax_cross_entropy"], MULTICLASS_HINGE)
 
     def __repr__(self):
@@ -215,17 +148,23 @@ class Sequential:
         return (f"Sequential([\n    {inner}\n], loss={self.loss!r}, optimizer={self.optimizer!r}, "
                 f"dtype={self.dtype.name})")
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_training"]  # a lock belongs to this process and this object
+        return state
+
     def __setstate__(self, state):
         # pickle and deepcopy restore each layer's W and b as arrays of their own (numpy
         # copies views): point them back into the parameter vector.
         self.__dict__.update(state)
+        self._training = threading.RLock()
         for k, layer in enumerate(self.layers):
             layer.W, layer.b = self._layer_views(self.params, k)
 
     # ----------------------------------------------------------------- weights
     def _layer_views(self, flat, k):
         layer = self.layers[k]
-        w0, b0 = self._arch[k, network.W_OFFSET], self._arch[k, network.B_OFFSET]
+        w0, b0 = self._arch[k, compiled.W_OFFSET], self._arch[k, compiled.B_OFFSET]
         W = flat[w0:w0 + layer.n_in * layer.pieces * layer.n_out].reshape(layer.weight_shape)
         return W, flat[b0:b0 + layer.pieces * layer.n_out]
 
@@ -287,15 +226,52 @@ class Sequential:
         ----------
         path : str or os.PathLike
         """
-        _io.save(self, path)
+        io.save(self, path)
 
     # ----------------------------------------------------------------- input handling
+    def rows(self, X, y):
+        """``(X, y)`` validated and converted, as :class:`~fastmlp.training.Rows` without
+        weights.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like
+            As :meth:`fit` takes it.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For anything :meth:`fit` refuses in ``X`` or ``y``.
+        """
+        return Rows(*self._prepare(X, y), self._no_weights)
+
+    def signature(self):
+        """What replicas of this model on other MPI ranks must match (a tuple: dtype, loss,
+        parameter count, architecture, activation parameters, optimizer class,
+        hyperparameters and state shape)."""
+        opt = self.optimizer
+        return (self.dtype.name, self.loss, self.params.shape[0], self._arch.tobytes(),
+                np.asarray(self._act_params).tobytes(), type(opt).__name__,
+                tuple(getattr(opt, name) for name in opt.hyperparameter_names), opt.state.shape)
+
+    def parameter_spans(self):
+        """``[(start, size), ...]``: where each array of :meth:`get_weights` (``W1, b1, ...``)
+        lies in :attr:`params`."""
+        spans = []
+        for k in range(len(self.layers)):
+            arch = self._arch[k]
+            width = int(arch[compiled.N_OUT] * arch[compiled.PIECES])
+            spans += [(int(arch[compiled.W_OFFSET]), int(arch[compiled.N_IN]) * width),
+                      (int(arch[compiled.B_OFFSET]), width)]
+        return spans
+
     def _prepare(self, X, y):
         """Validated ``(X, labels, targets)``; the unused one of labels/targets is empty."""
         X = as_features(X, self.n_features_in, self.dtype)
         if y is None:
             raise ValueError("y is required")
-        if self._uses_labels:
+        if self.uses_labels:
             return X, as_labels(y, X.shape[0], self.n_outputs), self._no_targets
         targets = as_targets(y, X.shape[0], self.n_outputs, self.dtype,
                              binary=self.loss_code == BINARY_CROSS_ENTROPY)
@@ -304,12 +280,14 @@ class Sequential:
     def _training_workspace(self, rows):
         ws = self._train_workspace
         if ws is None or ws.capacity < rows:
-            n_targets = 0 if self._uses_labels else self.n_outputs
+            n_targets = 0 if self.uses_labels else self.n_outputs
             ws = Workspace(self._arch, self._act_params, self.params, rows, n_targets, training=True)
             self._train_workspace = ws
         return ws
 
-    def _inference_workspace(self, rows):
+    def inference_workspace(self, rows):
+        """Buffers for a forward pass over ``rows`` rows, in chunks of at most
+        ``PREDICT_CHUNK_ROWS``; for :meth:`evaluate_rows`."""
         # A fresh one per call: predictions from several threads never share buffers.
         return Workspace(self._arch, self._act_params, self.params, min(rows, PREDICT_CHUNK_ROWS),
                          0, training=False)
@@ -330,6 +308,15 @@ class Sequential:
         return self._hyper
 
     # ----------------------------------------------------------------- training
+    def _claim(self, what):
+        """Take the training lock without waiting, or refuse: two threads stepping one
+        model would interleave half-applied updates."""
+        if not self._training.acquire(blocking=False):
+            raise RuntimeError(f"{what}: this model is being trained in another thread; one "
+                               "model trains in one thread at a time (predict, evaluate and "
+                               "score from other threads are fine). Train a copy "
+                               "(copy.deepcopy(model)) in the other thread instead.")
+
     def compute_gradients(self, X, y, sample_weight=None):
         """Forward and backward pass on one batch without updating the parameters.
 
@@ -349,13 +336,17 @@ class Sequential:
         float
             The batch's mean (weighted) loss.
         """
-        X, labels, targets = self._prepare(X, y)
-        weights = self._no_weights
-        if sample_weight is not None:
-            weights = sample_weight_per_row(sample_weight, X.shape[0]).astype(self.dtype)
-        ws = self._training_workspace(X.shape[0])
-        return network.compute_gradients(ws.net, self.loss_code, X, labels, targets, weights,
-                                         ws.kernel_threads(get_num_threads()))
+        self._claim("compute_gradients")
+        try:
+            X, labels, targets = self._prepare(X, y)
+            weights = self._no_weights
+            if sample_weight is not None:
+                weights = sample_weight_per_row(sample_weight, X.shape[0]).astype(self.dtype)
+            ws = self._training_workspace(X.shape[0])
+            return compiled.compute_gradients(ws.net, self.loss_code, X, labels, targets,
+                                              weights, ws.kernel_threads(get_num_threads()))
+        finally:
+            self._training.release()
 
     @property
     def flat_gradients(self):
@@ -369,12 +360,15 @@ class Sequential:
             raise RuntimeError("no gradients yet: call compute_gradients first")
         return self._train_workspace.net.grads
 
-    def _save_finite_state(self):
+    def save_finite_state(self):
+        """Remember the parameters and optimizer state (the fallback should an update
+        overflow); returns the optimizer's step count, for :meth:`restore_finite_state`."""
         np.copyto(self._saved_params, self.params)
         np.copyto(self._saved_state, self.optimizer.state)
         return self.optimizer.step_count
 
-    def _restore_finite_state(self, step_count):
+    def restore_finite_state(self, step_count):
+        """Put back what :meth:`save_finite_state` remembered, and ``step_count``."""
         np.copyto(self.params, self._saved_params)
         np.copyto(self.optimizer.state, self._saved_state)
         self.optimizer.step_count = step_count
@@ -387,19 +381,67 @@ class Sequential:
         DivergenceError
             If the update made a parameter NaN or Inf; it is then undone.
         """
-        grads = self.flat_gradients
+        self._claim("apply_gradients")
+        try:
+            grads = self.flat_gradients
+            opt = self.optimizer
+            hyper = self._hyperparameters()
+            steps_before = self.save_finite_state()
+            opt.step_count += 1
+            # The update is serial whatever the thread count (kernels/optim.py): None keeps
+            # the prange drivers out of its compiled code.
+            compiled.optimizer_update(opt.kind, self.params, grads, opt.state, hyper,
+                                      self._n_weights, opt.step_count, None)
+            if count_nonfinite(self.params):
+                self.restore_finite_state(steps_before)
+                raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
+                                      "try a smaller learning rate")
+        finally:
+            self._training.release()
+
+    def train_steps(self, rows, order, batch_size, first, stop, batch_losses, batch_correct,
+                    step_count):
+        """Steps ``first .. stop - 1`` of an epoch in one compiled call (``fit``'s loop).
+
+        Parameters
+        ----------
+        rows : Rows
+            The training rows, from :meth:`rows` (with their weights).
+        order : ndarray of int64, shape (n,)
+            Step ``k`` trains on rows ``order[k * batch_size:(k + 1) * batch_size]``.
+        batch_size : int
+        first, stop : int
+            The steps to run.
+        batch_losses : ndarray of float64, shape (n_batches,)
+            Overwritten: each step's mean loss.
+        batch_correct : ndarray of int64, shape (n_batches,)
+            Overwritten: each step's rows predicted right before the step.
+        step_count : int
+            The optimizer's step count before step 0 of the epoch (the caller adds the
+            steps run when the epoch ends).
+
+        Returns
+        -------
+        int
+            The first step not run: ``stop``, or the step whose loss was not finite
+            (the parameters are then those before it).
+        """
+        ws = self._training_workspace(batch_size)
         opt = self.optimizer
-        hyper = self._hyperparameters()
-        steps_before = self._save_finite_state()
-        opt.step_count += 1
-        # The update is serial whatever the thread count (kernels/optim.py): None keeps the
-        # prange drivers out of its compiled code.
-        network.optimizer_update(opt.kind, self.params, grads, opt.state, hyper, self._n_weights,
-                                 opt.step_count, None)
-        if count_nonfinite(self.params):
-            self._restore_finite_state(steps_before)
-            raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
-                                  "try a smaller learning rate")
+        hyper = self._hyperparameters()  # a schedule may have changed lr since the last call
+        return compiled.train_epoch(
+            ws.net, self.loss_code, rows.X, rows.labels, rows.targets, rows.weights, order,
+            batch_size, ws.x_batch, ws.label_batch, ws.target_batch, ws.weight_batch, opt.kind,
+            opt.state, hyper, self._n_weights, step_count, first, stop, batch_losses,
+            batch_correct, ws.kernel_threads(get_num_threads()))
+
+    def count_correct_last_step(self, y):
+        """Rows of the last :meth:`compute_gradients` batch predicted right, from the scores
+        its forward pass cached; ``y`` is that batch's labels or targets as :meth:`rows`
+        converts them."""
+        labels, targets = (y, self._no_targets) if self.uses_labels else (self._no_labels, y)
+        return int(compiled.count_correct_cached(self._train_workspace.net, self.loss_code,
+                                                 labels, targets))
 
     def train_step(self, X, y, sample_weight=None):
         """One optimizer step on the batch ``(X, y)``; returns the batch's mean loss.
@@ -413,12 +455,19 @@ class Sequential:
         ------
         DivergenceError
             If the loss is NaN or Inf; the parameters are then left unchanged.
+        RuntimeError
+            If another thread is training this model at the same time.
         """
-        loss = self.compute_gradients(X, y, sample_weight)
-        if not math.isfinite(loss):
-            raise DivergenceError(f"the loss is {loss} on this batch; the step was not applied")
-        self.apply_gradients()
-        return loss
+        self._claim("train_step")
+        try:
+            loss = self.compute_gradients(X, y, sample_weight)
+            if not math.isfinite(loss):
+                raise DivergenceError(f"the loss is {loss} on this batch; the step was not "
+                                      "applied")
+            self.apply_gradients()
+            return loss
+        finally:
+            self._training.release()
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None, verbose=0,
@@ -502,264 +551,40 @@ class Sequential:
             parameters are those of the last finite step (or of the start of that epoch if
             the last update already made them non-finite), unless a callback such as
             :class:`~fastmlp.callbacks.EarlyStopping` restores others when training ends.
+        RuntimeError
+            When another thread is training this model (``fit``, ``train_step``,
+            ``compute_gradients`` or ``apply_gradients``); nothing changes.  Predictions
+            from other threads stay allowed.
+        KeyboardInterrupt
+            On Ctrl-C.  An epoch's steps run as one compiled call (in slices with
+            ``verbose=1``), so the interrupt takes effect when the call returns: the model
+            then holds the parameters, optimizer state and step count of its last
+            completed step, every callback's ``on_train_end`` has run, and the last
+            checkpoint on disk is intact (``resume=True`` continues bit-identically).
         """
-        if comm is not None:
-            # Before any local check: fit_distributed validates on every rank at once, so
-            # bad input on one rank raises everywhere instead of leaving the others waiting.
-            from fastmlp.distributed import fit_distributed
-
-            return fit_distributed(self, X, y, comm, epochs=epochs, batch_size=batch_size,
-                                   shuffle=shuffle, validation_data=validation_data,
-                                   validation_split=validation_split, sample_weight=sample_weight,
-                                   class_weight=class_weight, callbacks=callbacks,
-                                   verbose=verbose, checkpoint=checkpoint,
-                                   checkpoint_every=checkpoint_every, resume=resume)
-        checkpoint_every = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
-        epochs, batch_size, shuffle, X, labels, targets, validation = self._check_fit_arguments(
-            X, y, epochs, batch_size, shuffle, validation_data, verbose, validation_split)
-        weights = self._row_weights(sample_weight, class_weight, X, labels, targets)
-        X, labels, targets, weights, validation = self._split_validation(
-            validation_split, X, labels, targets, weights, validation)
-        if weights.shape[0] and not weights.any():
-            raise ValueError("sample_weight and class_weight give every training row the weight 0: "
-                             "nothing would be learned")
-        callbacks, stateful = _check_callbacks(callbacks)
-
-        n = X.shape[0]
-        batch_size = min(batch_size, n)
-        n_batches = -(-n // batch_size)
-        resumed, epochs_done = None, 0
-        if resume and os.path.exists(checkpoint):
-            # Read and checked in full before the model changes.
-            resumed, epochs_done = _io.read_checkpoint(self, checkpoint, epochs, batch_size,
-                                                       bool(shuffle), n, callbacks=stateful)
-        metrics = self._metric_names(validation is not None)
-        self.stop_training = False
-        for callback in callbacks:
-            callback.set_model(self)
-        for callback in callbacks:  # may refuse the setup: nothing has changed yet
-            callback.on_train_begin({"metrics": list(metrics), "epochs": epochs})
-        saved_states = _io.callback_states(resumed) if resumed is not None else []
-        for callback, (fields, arrays) in zip(stateful, saved_states):
-            try:
-                callback.check_state(fields, arrays)
-            except ValueError as exc:
-                raise ValueError(f"checkpoint {checkpoint}: {exc}") from None
-
-        ws = self._training_workspace(batch_size)
-        order = np.arange(n, dtype=np.int64)  # shuffled in place: each epoch's order depends on it
-        if resumed is not None:
-            _io.apply_checkpoint(self, resumed, order)
-            for callback, (fields, arrays) in zip(stateful, saved_states):
-                callback.set_state(fields, arrays)
-        batch_losses = np.zeros(n_batches)
-        batch_correct = np.zeros(n_batches, dtype=np.int64)
-        shown = [m for m in metrics if m != "lr" or any(_changes_lr(c) for c in callbacks)]
-        history = History()
-        self.history = history
-        error = None
+        self._claim("fit")
         try:
-            for epoch in range(epochs_done + 1, epochs + 1):
-                for callback in callbacks:
-                    callback.on_epoch_begin(epoch, {})
-                started = time.perf_counter()
-                if shuffle:
-                    self._rng.shuffle(order)
-                progress = EpochProgress(epoch, epochs, n_batches) if verbose == 1 else None
-                logs = self._train_one_epoch(ws, epoch, X, labels, targets, weights, order,
-                                             batch_size, batch_losses, batch_correct, progress)
-                if validation is not None:
-                    val_loss, correct = self._evaluate_prepared(*validation)
-                    logs["val_loss"] = val_loss
-                    if self.is_classifier:
-                        logs["val_accuracy"] = correct / validation[0].shape[0]
-                logs["lr"] = float(self.optimizer.lr)
-                history.epoch.append(epoch)
-                for name in metrics:
-                    history.history.setdefault(name, []).append(logs[name])
-                shown_logs = {name: logs[name] for name in shown}
-                if progress is not None:
-                    progress.close(shown_logs)
-                elif verbose == 2:
-                    print(epoch_line(epoch, epochs, shown_logs, time.perf_counter() - started),
-                          flush=True)
-                for callback in callbacks:
-                    callback.on_epoch_end(epoch, dict(logs))
-                last = epoch == epochs or self.stop_training
-                if checkpoint is not None and (epoch % checkpoint_every == 0 or last):
-                    _io.save_checkpoint(self, checkpoint, order, epoch, epochs, batch_size,
-                                        bool(shuffle), stateful)
-                if self.stop_training:
-                    break
-        except BaseException as exc:
-            error = exc
-            raise
+            # Under comm= the MPI strategy checks the arguments on every rank at once, so
+            # bad input on one rank raises everywhere instead of leaving the others waiting.
+            return training.fit(self, X, y, comm=comm, epochs=epochs, batch_size=batch_size,
+                                shuffle=shuffle, validation_data=validation_data,
+                                validation_split=validation_split, sample_weight=sample_weight,
+                                class_weight=class_weight, callbacks=callbacks,
+                                verbose=verbose, checkpoint=checkpoint,
+                                checkpoint_every=checkpoint_every, resume=resume)
         finally:
-            self._end_training(callbacks, error)
-        return history
-
-    def _metric_names(self, has_validation):
-        """The names an epoch's logs and the History hold, in order (shared with
-        ``fit_distributed``)."""
-        metrics = ["loss"] + (["accuracy"] if self.is_classifier else [])
-        if has_validation:
-            metrics += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
-        return metrics + ["lr"]
-
-    def _train_one_epoch(self, ws, epoch, X, labels, targets, weights, order, batch_size,
-                         batch_losses, batch_correct, progress):
-        """Run one epoch's steps (in slices when a progress bar is shown); return its logs.
-
-        Raises DivergenceError, after restoring the last finite parameters, when a loss or
-        the epoch's last update is not finite.
-        """
-        opt = self.optimizer
-        hyper = self._hyperparameters()  # a schedule may have changed lr since the last epoch
-        n = order.shape[0]
-        n_batches = batch_losses.shape[0]
-        # The epoch's start is the fallback should an update overflow: the loss of the
-        # next step shows that, but after the epoch's last step only this check does.
-        steps_before = self._save_finite_state()
-
-        def run(first, stop):
-            return network.train_epoch(
-                ws.net, self.loss_code, X, labels, targets, weights, order, batch_size,
-                ws.x_batch, ws.label_batch, ws.target_batch, ws.weight_batch,
-                opt.kind, opt.state, hyper, self._n_weights, steps_before, first, stop,
-                batch_losses, batch_correct, ws.kernel_threads(get_num_threads()))
-
-        if progress is None:
-            done = run(0, n_batches)
-        else:
-            done, chunk = 0, 1
-            while done < n_batches:
-                stop = min(n_batches, done + chunk)
-                started = time.perf_counter()
-                reached = run(done, stop)
-                elapsed = time.perf_counter() - started
-                if reached < stop:
-                    done = reached
-                    break
-                done = stop
-                progress.update(done, self._running_logs(done, batch_size, n, batch_losses, batch_correct))
-                # About one redraw per REDRAW_SECONDS: a live bar, and so few returns to
-                # Python that they cost nothing next to the steps.
-                chunk = max(1, min(n_batches, int(chunk * REDRAW_SECONDS / max(elapsed, 1e-9))))
-        opt.step_count += done
-        params_finite = count_nonfinite(self.params) == 0
-        if done < n_batches or not params_finite:
-            if progress is not None:
-                progress.close(self._running_logs(done, batch_size, n, batch_losses, batch_correct)
-                               if done else {}, finished=False)
-            where = (f"the training loss became {batch_losses[done]} at epoch {epoch}, step "
-                     f"{done + 1} of {n_batches}" if done < n_batches else
-                     f"the last update of epoch {epoch} overflowed to NaN or Inf")
-            kept = "the parameters of the last finite step"
-            if not params_finite:
-                self._restore_finite_state(steps_before)
-                kept = f"the parameters from the start of epoch {epoch}"
-            raise DivergenceError(f"{where}; training stopped and the model keeps {kept}. "
-                                  "Try a smaller learning rate.")
-        return self._running_logs(n_batches, batch_size, n, batch_losses, batch_correct)
-
-    def _running_logs(self, batches_done, batch_size, n, batch_losses, batch_correct):
-        """Loss (and accuracy) over the first ``batches_done`` batches of the epoch, per row."""
-        rows = min(n, batches_done * batch_size)
-        last_rows = rows - (batches_done - 1) * batch_size
-        loss_sum = batch_losses[:batches_done - 1].sum() * batch_size + batch_losses[batches_done - 1] * last_rows
-        logs = {"loss": float(loss_sum / rows)}
-        if self.is_classifier:
-            logs["accuracy"] = int(batch_correct[:batches_done].sum()) / rows
-        return logs
-
-    def _end_training(self, callbacks, error):
-        before = self.params.copy() if isinstance(error, DivergenceError) else None
-        for callback in callbacks:
-            callback.on_train_end({"error": error})
-        if before is not None and not np.array_equal(before, self.params):
-            error.args = (error.args[0] + " Then a callback changed the parameters as training "
-                          "ended (EarlyStopping restores those of its best epoch).",)
-
-    def _check_fit_arguments(self, X, y, epochs, batch_size, shuffle, validation_data, verbose,
-                             validation_split=0.0):
-        """``fit``'s arguments checked and converted (shared with ``fit_distributed``).
-
-        Returns
-        -------
-        epochs, batch_size, shuffle, X, labels, targets, validation
-            ``validation`` is None or ``(X_val, labels_val, targets_val, workspace)``.
-        """
-        if validation_data is not None and not (isinstance(validation_split, numbers.Real)
-                                                and validation_split == 0):
-            raise ValueError("give validation_data or validation_split, not both")
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
-        if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral) or verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        X, labels, targets = self._prepare(X, y)
-        validation = None
-        if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
-            try:
-                X_val, labels_val, targets_val = self._prepare(*validation_data)
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(f"validation_data: {exc}") from None
-            validation = (X_val, labels_val, targets_val, self._inference_workspace(X_val.shape[0]))
-        return epochs, batch_size, bool(shuffle), X, labels, targets, validation
-
-    def _row_weights(self, sample_weight, class_weight, X, labels, targets):
-        """Per-row loss weights ``(n,)`` of the model's dtype, or the empty stand-in."""
-        n = X.shape[0]
-        weights = None
-        if sample_weight is not None:
-            weights = sample_weight_per_row(sample_weight, n)
-        if class_weight is not None:
-            if self._uses_labels:
-                classes, n_classes = labels, self.n_outputs
-            elif self.loss_code == BINARY_CROSS_ENTROPY and self.n_outputs == 1:
-                classes, n_classes = targets[:, 0].astype(np.int64), 2
-            else:
-                raise ValueError(f"class_weight needs class labels: it applies to "
-                                 f"softmax_cross_entropy, multiclass_hinge and single-output "
-                                 f"binary_cross_entropy, not to {self.loss!r} with "
-                                 f"{self.n_outputs} outputs (use sample_weight)")
-            per_class = class_weight_per_row(class_weight, classes, n_classes)
-            weights = per_class if weights is None else weights * per_class
-        if weights is None:
-            return self._no_weights
-        return weights.astype(self.dtype)
-
-    def _split_validation(self, validation_split, X, labels, targets, weights, validation):
-        """Hold out the last ``validation_split`` fraction of the rows."""
-        if isinstance(validation_split, (bool, np.bool_)) or not isinstance(validation_split, numbers.Real) \
-                or not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
-        if validation_split == 0:
-            return X, labels, targets, weights, validation
-        n = X.shape[0]
-        n_train = int(n * (1 - validation_split))
-        if n_train < 1 or n_train == n:
-            raise ValueError(f"validation_split={validation_split} of {n} rows leaves "
-                             f"{n_train} for training and {n - n_train} for validation; "
-                             "both need at least one")
-
-        def head(a):
-            return a[:n_train] if a.shape[0] else a
-
-        def tail(a):
-            return a[n_train:] if a.shape[0] else a
-
-        validation = (X[n_train:], tail(labels), tail(targets), self._inference_workspace(n - n_train))
-        return X[:n_train], head(labels), head(targets), head(weights), validation
+            self._training.release()
 
     # ----------------------------------------------------------------- inference
     def _evaluate_prepared(self, X, labels, targets, ws):
-        loss, correct = network.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
+        loss, correct = compiled.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
                                                  ws.capacity, ws.kernel_threads(get_num_threads()))
         return float(loss), int(correct)
+
+    def evaluate_rows(self, rows, workspace):
+        """``(mean data loss, rows predicted right)`` of ``rows`` (:class:`Rows`) with
+        ``workspace`` from :meth:`inference_workspace`."""
+        return self._evaluate_prepared(rows.X, rows.labels, rows.targets, workspace)
 
     def evaluate(self, X, y):
         """Mean data loss on ``(X, y)`` and, for the classification losses, the accuracy.
@@ -770,7 +595,7 @@ class Sequential:
             ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for ``mse``).
         """
         X, labels, targets = self._prepare(X, y)
-        loss, correct = self._evaluate_prepared(X, labels, targets, self._inference_workspace(X.shape[0]))
+        loss, correct = self._evaluate_prepared(X, labels, targets, self.inference_workspace(X.shape[0]))
         result = {"loss": loss}
         if self.is_classifier:
             result["accuracy"] = correct / X.shape[0]
@@ -778,17 +603,18 @@ class Sequential:
 
     def _predict(self, X, transform):
         X = as_features(X, self.n_features_in, self.dtype)
-        ws = self._inference_workspace(X.shape[0])
-        if transform == network.ARGMAX:
+        ws = self.inference_workspace(X.shape[0])
+        if transform == compiled.ARGMAX:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
             out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        network.predict_into(ws.net, X, transform, ws.capacity, out, ws.kernel_threads(get_num_threads()))
+        compiled.predict_into(ws.net, X, transform, ws.capacity, out,
+                              ws.kernel_threads(get_num_threads()))
         return out
 
     def decision_function(self, X):
         """Raw scores of the last layer, shape ``(n_samples, n_outputs)``."""
-        return self._predict(X, network.RAW)
+        return self._predict(X, compiled.RAW)
 
     def predict(self, X):
         """Predictions for ``X`` of shape ``(n_samples, n_features)``.
@@ -801,12 +627,12 @@ class Sequential:
             ``(n_samples,)`` with one output, else ``(n_samples, n_outputs)``; raw outputs
             for ``mse``, ``(n_samples,)`` with one output, else ``(n_samples, n_outputs)``.
         """
-        if self._uses_labels:
-            return self._predict(X, network.ARGMAX)[:, 0]
+        if self.uses_labels:
+            return self._predict(X, compiled.ARGMAX)[:, 0]
         if self.loss_code == BINARY_CROSS_ENTROPY:
-            out = self._predict(X, network.THRESHOLD).astype(np.int64)
+            out = self._predict(X, compiled.THRESHOLD).astype(np.int64)
         else:
-            out = self._predict(X, network.RAW)
+            out = self._predict(X, compiled.RAW)
         return out[:, 0] if self.n_outputs == 1 else out
 
     def predict_proba(self, X):
@@ -814,9 +640,9 @@ class Sequential:
         ``softmax_cross_entropy``; each output's sigmoid ``(n_samples, n_outputs)`` for
         ``binary_cross_entropy``.  Not defined for ``multiclass_hinge`` and ``mse``."""
         if self.loss_code == LOSSES["softmax_cross_entropy"]:
-            return self._predict(X, network.SOFTMAX)
+            return self._predict(X, compiled.SOFTMAX)
         if self.loss_code == BINARY_CROSS_ENTROPY:
-            return self._predict(X, network.SIGMOID)
+            return self._predict(X, compiled.SIGMOID)
         raise AttributeError(f"predict_proba is not defined for loss {self.loss!r}: its scores are "
                              "not probabilities (use decision_function)")
 
@@ -824,12 +650,12 @@ class Sequential:
         """Accuracy for the classification losses (subset accuracy for several binary
         outputs); the coefficient of determination R^2 for ``mse`` (averaged over outputs)."""
         X, labels, targets = self._prepare(X, y)
-        ws = self._inference_workspace(X.shape[0])
+        ws = self.inference_workspace(X.shape[0])
         if self.is_classifier:
             return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
         pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        network.predict_into(ws.net, X, network.RAW, ws.capacity, pred,
-                             ws.kernel_threads(get_num_threads()))
+        compiled.predict_into(ws.net, X, compiled.RAW, ws.capacity, pred,
+                              ws.kernel_threads(get_num_threads()))
         t = targets.astype(np.float64)
         ss_res = ((t - pred) ** 2).sum(axis=0)
         ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
@@ -837,44 +663,6 @@ class Sequential:
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
                       np.where(ss_res == 0, 1.0, 0.0))
         return float(r2.mean())
-
-
-def _check_callbacks(callbacks):
-    """``(callbacks, stateful)``: the callbacks as a list, and those of them whose state a
-    checkpoint keeps (they override ``get_state``; the others, a logger say, may come and
-    go between a run and its resume)."""
-    if callbacks is None:
-        return [], []
-    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
-    for k, callback in enumerate(callbacks):
-        if not isinstance(callback, Callback):
-            raise TypeError(f"callbacks[{k}] is {callback!r}, not a fastmlp.callbacks.Callback")
-    return callbacks, [c for c in callbacks if type(c).get_state is not Callback.get_state]
-
-
-def _changes_lr(callback):
-    return isinstance(callback, (LearningRateSchedule, ReduceLROnPlateau))
-
-
-def _check_checkpoint_args(checkpoint, checkpoint_every, resume, filesystem=True):
-    """``checkpoint_every`` as an int (1 by default), after checking the three together.
-
-    ``filesystem=False`` skips the checks that ask the file system about the path (for the
-    ranks of a distributed run that never write it)."""
-    if not isinstance(resume, (bool, np.bool_)):
-        raise ValueError(f"resume must be True or False, got {resume!r}")
-    if checkpoint is None:
-        if checkpoint_every is not None or resume:
-            raise ValueError("checkpoint_every and resume need a checkpoint path")
-        return None
-    path = _io._check_path(checkpoint, "checkpoint")
-    if filesystem:
-        if os.path.isdir(path):
-            raise ValueError(f"checkpoint {path!r} is a directory; give a file name")
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise ValueError(f"checkpoint directory {directory!r} does not exist")
-    return 1 if checkpoint_every is None else check_positive_int(checkpoint_every, "checkpoint_every")
 
 
 def _check_layers(layers):
@@ -892,3 +680,41 @@ def _check_layers(layers):
         if layers[k].n_in != layers[k - 1].n_out:
             raise ValueError(f"layer {k + 1} ({layers[k]!r}) takes {layers[k].n_in} inputs, but "
                              f"layer {k} ({layers[k - 1]!r}) outputs {layers[k - 1].n_out}")
+
+
+def load(path):
+    """Load a model saved by :meth:`Sequential.save` (or a ``fit`` checkpoint).
+
+    The file is checked completely (magic, format version, sizes against the real file
+    size, SHA-256 checksum, every header field against the architecture) before anything
+    is built; nothing in it can run code.  The model comes back with its weights, loss,
+    dtype, optimizer (hyperparameters, state, step count) and RNG state, so training goes
+    on exactly as it would have without the save.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    FormatError
+        When the file is not an intact fastmlp file of a supported version; the message
+        names the problem.
+    """
+    path = io.check_path(path)
+    contents = io.read(path)
+    spec = io.model_spec(path, contents)
+    try:
+        layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
+                  else Maxout(n_in, n_out, pieces)
+                  for kind, n_in, n_out, pieces, activation, params in spec.layers]
+        model = Sequential(layers, loss=spec.loss, optimizer=spec.optimizer_class(**spec.hyperparameters),
+                           seed=spec.seed, dtype=np.dtype(spec.dtype))
+    except (TypeError, ValueError) as exc:
+        raise io.FormatError(f"{path}: the file describes an invalid model: {exc}") from None
+    io.apply_checkpoint_model(model, contents)
+    return model

@@ -345,16 +345,6 @@ class _BaseMLP(BaseEstimator):
             out[start:start + m] = self.model_.decision_function(rows)[:m]
         return out
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        model = self.__dict__.get("model_")
-        if model is not None:
-            # Pickling and deepcopy rebuild each layer's W and b as separate arrays, no
-            # longer views of model.params (the array training and prediction use); point
-            # them back so model_.get_weights()/set_weights() see the live parameters.
-            for k, layer in enumerate(model.layers):
-                layer.W, layer.b = model._layer_views(model.params, k)
-
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multilayer perceptron classifier trained by fastmlp, with scikit-learn's estimator API.

@@ -7,8 +7,7 @@ batch smaller than the capacity uses contiguous views of the same arrays.
 import numpy as np
 
 from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
-from fastmlp.kernels.blas import BLOCK_ALIGN
-from fastmlp.kernels.network import ACT_OFFSET, N_OUT, PIECES, WINNER_OFFSET, Z_OFFSET, NetBuffers
+from fastmlp.compiled import ACT_OFFSET, BLOCK_ALIGN, N_OUT, PIECES, WINNER_OFFSET, Z_OFFSET, NetBuffers
 
 
 def layer_table(layers, dtype):

@@ -1,0 +1,60 @@
+"""The one door from Python into the compiled network drivers (:mod:`fastmlp.kernels.network`).
+
+Every call the package makes into ``fastmlp.kernels.network`` goes through a function here,
+with the kernels' own argument order, so that a change of a driver's signature is adapted
+in one file.  Nothing here validates or allocates: the callers (:class:`~fastmlp.Sequential`,
+:mod:`fastmlp.workspace`, :func:`~fastmlp.gradcheck`) own every array and check it first.
+"""
+
+from fastmlp.kernels import blas, network
+from fastmlp.kernels.checks import count_nonfinite
+
+# Column names of the ``arch`` table and of ``buffer_offsets``, and the prediction
+# transforms: constants of the drivers' data layout.
+N_IN, N_OUT, PIECES, W_OFFSET, B_OFFSET = (network.N_IN, network.N_OUT, network.PIECES,
+                                           network.W_OFFSET, network.B_OFFSET)
+ACT_OFFSET, Z_OFFSET, WINNER_OFFSET = network.ACT_OFFSET, network.Z_OFFSET, network.WINNER_OFFSET
+RAW, SOFTMAX, SIGMOID, THRESHOLD, ARGMAX = (network.RAW, network.SOFTMAX, network.SIGMOID,
+                                            network.THRESHOLD, network.ARGMAX)
+NetBuffers = network.NetBuffers
+# Rows (columns) a block of a product split over threads holds at least.
+BLOCK_ALIGN = blas.BLOCK_ALIGN
+
+__all__ = ["count_nonfinite", "train_epoch", "compute_gradients", "optimizer_update",
+           "count_correct_cached", "evaluate_chunked", "predict_into"]
+
+
+def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, x_batch,
+                label_batch, target_batch, weight_batch, opt_kind, opt_state, hyper, n_weights,
+                step_count, first, stop, batch_losses, batch_correct, n_threads):
+    """Steps ``first .. stop - 1`` of an epoch, compiled; returns the index of the first step
+    not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
+    return network.train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
+                               x_batch, label_batch, target_batch, weight_batch, opt_kind,
+                               opt_state, hyper, n_weights, step_count, first, stop,
+                               batch_losses, batch_correct, n_threads)
+
+
+def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
+    """Forward and backward pass on one batch into ``net.grads``; returns the mean loss."""
+    return network.compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads)
+
+
+def optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, n_threads):
+    """One in-place optimizer update of ``params`` and ``state`` from ``grads``."""
+    network.optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, n_threads)
+
+
+def count_correct_cached(net, loss_code, labels, targets):
+    """Rows the last forward pass (its scores cached in ``net``) predicted right."""
+    return network.count_correct_cached(net, loss_code, labels, targets)
+
+
+def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads):
+    """``(mean loss, rows predicted right)`` over ``X`` in chunks of ``chunk_rows``."""
+    return network.evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads)
+
+
+def predict_into(net, X, transform, chunk_rows, out, n_threads):
+    """Scores of ``X`` after ``transform`` (``RAW``, ``SOFTMAX``, ...) written into ``out``."""
+    network.predict_into(net, X, transform, chunk_rows, out, n_threads)

@@ -1,0 +1,32 @@
+"""The training loop: one epoch loop for one process and for MPI (see :mod:`.loop`).
+
+Modules, lowest first: :mod:`.history` (what a fit returns), :mod:`.rows` (the rows a fit
+trains on), :mod:`.protocol` (what the loop needs from a model), :mod:`.options` (a fit's
+arguments, checked), :mod:`.loop` (the ten steps of an epoch and the strategy interface),
+:mod:`.local` and :mod:`.mpi` (the two strategies, side by side).  Nothing here imports
+:mod:`fastmlp.sequential`: the model comes in through :class:`.protocol.Trainable`.
+"""
+
+from fastmlp.training.history import DivergenceError, History
+from fastmlp.training.local import Local
+from fastmlp.training.loop import run_epochs
+from fastmlp.training.mpi import MPI
+from fastmlp.training.rows import Rows
+
+__all__ = ["DivergenceError", "History", "Rows", "fit"]
+
+
+def fit(model, X, y, comm=None, **arguments):
+    """Train ``model`` (a :class:`~fastmlp.training.protocol.Trainable`) on ``(X, y)``.
+
+    The keyword arguments are :meth:`Sequential.fit <fastmlp.Sequential.fit>`'s; with
+    ``comm`` (an mpi4py communicator) this call is one rank of a data-parallel run and
+    every rank of ``comm`` must make it.  Returns the :class:`History`.
+    """
+    strategy = Local(model) if comm is None else MPI(model, comm)
+    plan = strategy.prepare(X, y, **arguments)
+    epochs_done = strategy.start(plan)
+    with strategy.threads():
+        history = run_epochs(model, plan, strategy, epochs_done)
+    model.history = history
+    return history

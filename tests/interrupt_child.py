@@ -1,0 +1,77 @@
+"""Child of tests/test_interrupt.py: ``interrupt_child.py CHECKPOINT``.
+
+Trains with a checkpoint every epoch and prints ``epoch N begins`` as each epoch starts;
+the parent sends SIGINT during epoch 3.  Prints one JSON line with what it found.
+"""
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+
+import fastmlp
+from fastmlp import Adam, Dense, Sequential
+from fastmlp.callbacks import Callback, ReduceLROnPlateau
+
+checkpoint = sys.argv[1]
+rng = np.random.default_rng(3)
+X = rng.normal(size=(60000, 8))
+y = (X[:, 0] * X[:, 1] > 0).astype(int) + (X[:, 2] > 0)
+EPOCHS, BATCH = 6, 16
+STEPS_PER_EPOCH = -(-X.shape[0] // BATCH)
+
+
+def model():
+    return Sequential([Dense(8, 128, activation="relu"), Dense(128, 3)], optimizer=Adam(lr=0.003),
+                      seed=5, dtype=np.float64)
+
+
+def digest(m):
+    return hashlib.sha256(m.params.tobytes() + m.optimizer.state.tobytes()
+                          + str((m.optimizer.step_count, m.rng.bit_generator.state)).encode()
+                          ).hexdigest()
+
+
+class Announce(Callback):
+    def __init__(self):
+        self.ended_with = "never called"
+
+    def on_epoch_begin(self, epoch, logs):
+        print(f"epoch {epoch} begins", flush=True)
+
+    def on_train_end(self, logs):
+        self.ended_with = type(logs["error"]).__name__
+
+
+announce = Announce()
+interrupted = model()
+report = {"interrupted": False}
+try:
+    interrupted.fit(X, y, epochs=EPOCHS, batch_size=BATCH,
+                    callbacks=[announce, ReduceLROnPlateau("loss", patience=0)],
+                    checkpoint=checkpoint, resume=True)
+except KeyboardInterrupt:
+    report["interrupted"] = True
+print("parent's signal handled; checking", flush=True)
+steps = interrupted.optimizer.step_count
+report.update(on_train_end_error=announce.ended_with, steps=steps, steps_per_epoch=STEPS_PER_EPOCH)
+
+# A model that ran the same whole epochs, never interrupted.
+same_epochs = model()
+same_epochs.fit(X, y, epochs=max(1, steps // STEPS_PER_EPOCH), batch_size=BATCH,
+                callbacks=[ReduceLROnPlateau("loss", patience=0)])
+report["matches_a_run_of_its_epochs"] = digest(same_epochs) == digest(interrupted)
+
+loaded = fastmlp.load(checkpoint)
+report["checkpoint_loads"] = loaded.params.shape == interrupted.params.shape
+report["checkpoint_epochs"] = fastmlp.io.read(checkpoint).header["training"]["epochs_completed"]
+
+resumed = model()
+resumed.fit(X, y, epochs=EPOCHS, batch_size=BATCH,
+            callbacks=[ReduceLROnPlateau("loss", patience=0)], checkpoint=checkpoint, resume=True)
+reference = model()
+reference.fit(X, y, epochs=EPOCHS, batch_size=BATCH,
+              callbacks=[ReduceLROnPlateau("loss", patience=0)])
+report["resumed_equals_uninterrupted"] = digest(resumed) == digest(reference)
+print(json.dumps(report), flush=True)
