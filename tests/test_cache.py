@@ -27,3 +27,135 @@ def test_changed_kernel_sources_drop_the_cache(tmp_path):
     assert all(path.exists() for path in cached)
     assert sorted(os.listdir(cache)) == sorted([p.name for p in cached]
                                                + ["fastmlp-kernels.sha256", "fastmlp-compile.lock"])
+
+
+# --- The cache where users install, shared by processes, and damaged -------------------
+#
+# Each case runs fresh interpreters (a process's first call is what the cache serves) on
+# one cheap kernel, so the mechanism is exercised without compiling a whole network.
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import fastmlp
+
+PACKAGE = os.path.dirname(os.path.abspath(fastmlp.__file__))
+
+# A child: import fastmlp, call one kernel (a parallel=True one, the kind numba #4807 saw
+# crash when several processes filled a cache at once), report what numba compiled.
+CHILD = r"""
+import json, os, sys, time
+from numba.core import event
+compiled = []
+class Listener(event.Listener):
+    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
+    def on_end(self, ev): pass
+event.register("numba:compile", Listener())
+import numpy as np
+start_file = os.environ.get("START_FILE")
+while start_file and not os.path.exists(start_file):
+    time.sleep(0.005)
+from fastmlp import jitcache
+from fastmlp.kernels import activations
+z = np.ones((4, 3))
+activations._bias_activation_parallel(z, np.full(3, 0.5), activations.RELU, 0.0, 2)
+print(json.dumps({"compiled": compiled, "cache": jitcache.cache_directory(),
+                  "result": z.tolist()}))
+"""
+
+
+def _child(env, timeout=300):
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(extra)
+    return env
+
+
+def test_a_read_only_install_caches_in_the_users_directory(tmp_path):
+    # A copy of the package whose directory cannot be written: numba's in-tree cache is out,
+    # and the per-user directory ($XDG_CACHE_HOME/fastmlp) must serve the second process.
+    site = tmp_path / "site"
+    shutil.copytree(PACKAGE, site / "fastmlp", ignore=shutil.ignore_patterns("__pycache__"))
+    # Root ignores permission bits; a __pycache__ that is a plain file cannot be created
+    # or written for anyone, which is what a read-only install means to numba.
+    (site / "fastmlp" / "kernels" / "__pycache__").write_text("not a directory")
+    for path in site.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    xdg = tmp_path / "xdg"
+    env = _env(PYTHONPATH=str(site), XDG_CACHE_HOME=str(xdg))
+    try:
+        first, second = _child(env), _child(env)
+    finally:
+        for path in [site, *site.rglob("*")]:
+            path.chmod(0o755)
+    assert first["cache"].startswith(str(xdg / "fastmlp")), first["cache"]
+    assert "_bias_activation_parallel" in first["compiled"]
+    assert second["compiled"] == [] and second["cache"] == first["cache"]
+    assert first["result"] == second["result"] == [[1.5] * 3] * 4
+
+
+def test_numba_cache_dir_still_wins(tmp_path):
+    result = _child(_env(NUMBA_CACHE_DIR=str(tmp_path / "numba")))
+    assert result["cache"].startswith(str(tmp_path / "numba"))
+
+
+def test_processes_starting_together_compile_once_and_all_load(tmp_path):
+    # Three processes released at the same instant on an empty cache: the file lock lets
+    # one compile and save; the others wait for it and load what it saved.
+    start = tmp_path / "go"
+    env = _env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), START_FILE=str(start))
+    children = [subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    time.sleep(1.0)  # let all three import numpy and numba first
+    start.write_text("")
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    compilers = [r for r in results if "_bias_activation_parallel" in r["compiled"]]
+    assert len(compilers) == 1, [r["compiled"] for r in results]
+    assert all(r["result"] == [[1.5] * 3] * 4 for r in results)
+
+
+def _kernel_files(cache_root):
+    (directory,) = [d for d in cache_root.iterdir() if d.is_dir()]
+    return directory, sorted(directory.glob("activations._bias_activation_parallel-*"))
+
+
+@pytest.mark.parametrize("damage", ["truncate index", "truncate data", "garble data",
+                                    "empty data", "garble manifest"])
+def test_a_damaged_cache_file_is_compiled_again(tmp_path, damage):
+    root = tmp_path / "cache"
+    env = _env(NUMBA_CACHE_DIR=str(root))
+    assert "_bias_activation_parallel" in _child(env)["compiled"]
+    directory, files = _kernel_files(root)
+    index = next(f for f in files if f.suffix == ".nbi")
+    data = next(f for f in files if f.suffix == ".nbc")
+    if damage == "truncate index":
+        index.write_bytes(index.read_bytes()[:30])  # numba alone: UnpicklingError
+    elif damage == "truncate data":
+        data.write_bytes(data.read_bytes()[:100])
+    elif damage == "garble data":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)  # inside the machine code
+        data.write_bytes(bytes(raw))
+    elif damage == "empty data":
+        data.write_bytes(b"")
+    else:
+        (directory / "fastmlp-manifest.json").write_text("{not json")
+    again = _child(env)
+    assert "_bias_activation_parallel" in again["compiled"]
+    assert again["result"] == [[1.5] * 3] * 4
+    assert _child(env)["compiled"] == []  # and the repaired cache serves the next process

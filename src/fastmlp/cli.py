@@ -99,6 +99,24 @@ def build_parser():
                                             "tree compares with PyTorch, JAX and scikit-learn.")
     bench.add_argument("--quick", action="store_true", help="less work per shape (noisier)")
     _threads_argument(bench)
+
+    from fastmlp.precompile import BUILDS, DTYPES, FEATURES
+
+    compile_ = commands.add_parser(
+        "compile", help="compile the kernels ahead of time into numba's on-disk cache",
+        description="Fill the kernel cache so that the first fit or predict of a new process "
+                    "loads machine code instead of compiling it: for a Docker image's build "
+                    "step, a CI cache keyed on the numba version and the CPU, or a cluster's "
+                    "shared software stack. By default every dtype, layer kind and build.")
+    compile_.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
+                          help="float dtypes of the models to compile for (default: all)")
+    compile_.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES),
+                          help="dense: networks of Dense layers only; maxout: with a Maxout layer "
+                               "(default: both)")
+    compile_.add_argument("--builds", nargs="+", choices=BUILDS, default=list(BUILDS),
+                          help="serial: small layers or one thread; parallel: layers large "
+                               "enough to split over threads (default: both)")
+    _threads_argument(compile_)
     return parser
 
 
@@ -288,22 +306,36 @@ def _bench(args):
     run_bench(quick=args.quick)
 
 
+def _compile(args):
+    from fastmlp.precompile import precompile
+
+    precompile(dtypes=args.dtype, features=args.features, builds=args.builds, verbose=True)
+
+
+def _run(args):
+    if args.command == "demo":
+        from fastmlp.demo import run_demo
+
+        run_demo(seed=args.seed)
+    else:
+        {"train": _train, "predict": _predict, "evaluate": _evaluate, "bench": _bench,
+         "compile": _compile}[args.command](args)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    from fastmlp.jitcache import compile_notices
     from fastmlp.sequential import DivergenceError
 
     try:
         _set_threads(args.threads)
-        if args.command == "demo":
-            from fastmlp.demo import run_demo
-
-            run_demo(seed=args.seed)
-        else:
-            {"train": _train, "predict": _predict, "evaluate": _evaluate, "bench": _bench}[args.command](args)
+        # Any command may meet kernels not yet compiled on this machine: say so on stderr.
+        with compile_notices():
+            _run(args)
     except (CommandError, DivergenceError) as exc:
         print(f"fastmlp: error: {exc}", file=sys.stderr)
         return 1

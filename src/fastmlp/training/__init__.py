@@ -7,6 +7,7 @@ arguments, checked), :mod:`.loop` (the ten steps of an epoch and the strategy in
 :mod:`fastmlp.sequential`: the model comes in through :class:`.protocol.Trainable`.
 """
 
+from fastmlp.jitcache import compile_notices
 from fastmlp.training.history import DivergenceError, History
 from fastmlp.training.local import Local
 from fastmlp.training.loop import run_epochs
@@ -26,7 +27,8 @@ def fit(model, X, y, comm=None, **arguments):
     strategy = Local(model) if comm is None else MPI(model, comm)
     plan = strategy.prepare(X, y, **arguments)
     epochs_done = strategy.start(plan)
-    with strategy.threads():
+    # A first fit compiles the kernels for this model: say so on stderr when verbose.
+    with strategy.threads(), compile_notices(bool(plan.verbose) and strategy.prints):
         history = run_epochs(model, plan, strategy, epochs_done)
     model.history = history
     return history

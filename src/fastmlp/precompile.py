@@ -1,0 +1,97 @@
+"""Compile the kernels ahead of time: ``fastmlp compile`` and :func:`precompile`.
+
+numba compiles a kernel for each combination of argument types it meets, so the cache is
+filled by running each combination fastmlp can produce once, on a tiny model: what varies
+is the float dtype, whether a network has a maxout layer (its buffers are ``None``
+otherwise, :mod:`fastmlp.workspace`), and the serial or parallel build (the serial one
+compiles no ``prange`` driver; :meth:`~fastmlp.workspace.Workspace.kernel_threads`).
+Losses, activations, optimizers, sample weights and callbacks do not change the types, so
+one run per combination compiles them all.  Nothing here is timed or checked: the point
+is only that every entry point (fit, validation, evaluate, predict, the step API, the
+step-by-step path MPI takes) has met its argument types once.
+"""
+
+import sys
+import time
+
+import numpy as np
+
+from fastmlp.callbacks import CosineAnnealing, ExponentialDecay, ReduceLROnPlateau, StepDecay
+from fastmlp.jitcache import cache_directory
+from fastmlp.layers import Dense, Maxout
+from fastmlp.optimizers import SGD
+from fastmlp.sequential import Sequential
+from fastmlp.threads import get_num_threads
+
+DTYPES = ("float32", "float64")
+FEATURES = ("dense", "maxout")
+BUILDS = ("serial", "parallel")
+
+# A hidden width and batch at which every elementwise pass reaches PARALLEL_MIN_ELEMENTS
+# (64 * 1024 = 2**16), so the workspaces choose the parallel build.
+_PARALLEL_WIDTH, _PARALLEL_BATCH = 1024, 64
+_SERIAL_WIDTH, _SERIAL_BATCH = 8, 8
+
+
+def _exercise(dtype, feature, build):
+    width, batch = (_PARALLEL_WIDTH, _PARALLEL_BATCH) if build == "parallel" else (_SERIAL_WIDTH, _SERIAL_BATCH)
+    rng = np.random.default_rng(0)
+    n_in, n_classes, n = 4, 3, 2 * batch
+    layers = [Dense(n_in, width, activation="relu")]
+    if feature == "maxout":
+        layers.append(Maxout(width, width, pieces=2))
+    layers.append(Dense(width, n_classes))
+    X = rng.normal(size=(n, n_in)).astype(dtype)
+    y = rng.integers(0, n_classes, size=n)
+    model = Sequential(layers, optimizer=SGD(lr=0.01), dtype=np.dtype(dtype).type, seed=0)
+    # One schedule per fit (each sets the rate); their scalar kernels take float64 whatever
+    # the model's dtype, so the first combination compiles them for all.
+    for schedule in (StepDecay(step_size=1), ExponentialDecay(gamma=0.9),
+                     CosineAnnealing(period=2), ReduceLROnPlateau()):
+        model.fit(X, y, epochs=1, batch_size=batch, validation_split=0.5, callbacks=[schedule],
+                  verbose=0)
+    model.evaluate(X, y)
+    model.predict(X)
+    model.predict_proba(X)
+    model.train_step(X[:batch], y[:batch])
+    model.count_correct_last_step(y[:batch])
+
+
+def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):
+    """Compile every kernel combination asked for into numba's on-disk cache.
+
+    Parameters
+    ----------
+    dtypes : iterable of {"float32", "float64"}
+    features : iterable of {"dense", "maxout"}
+        Networks of Dense layers only, and networks with a maxout layer.
+    builds : iterable of {"serial", "parallel"}
+        The parallel build is skipped when numba has a single thread (it is never used
+        then).
+    verbose : bool
+        Print one line per combination on stderr.
+
+    Returns
+    -------
+    list of (str, str, str, float)
+        ``(dtype, feature, build, seconds)`` for each combination compiled (or loaded).
+    """
+    done = []
+    if verbose:
+        print(f"fastmlp compile: cache directory {cache_directory()}", file=sys.stderr, flush=True)
+    for dtype in dtypes:
+        for feature in features:
+            for build in builds:
+                if build == "parallel" and get_num_threads() < 2:
+                    if verbose:
+                        print(f"fastmlp compile: {dtype} {feature} parallel: skipped "
+                              "(one thread: never used)", file=sys.stderr, flush=True)
+                    continue
+                started = time.perf_counter()
+                _exercise(dtype, feature, build)
+                seconds = time.perf_counter() - started
+                done.append((dtype, feature, build, seconds))
+                if verbose:
+                    print(f"fastmlp compile: {dtype} {feature} {build}: {seconds:.1f} s",
+                          file=sys.stderr, flush=True)
+    return done
