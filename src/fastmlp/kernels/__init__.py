@@ -3,6 +3,14 @@
 Nothing here validates input or allocates in a hot loop; the API layer above
 (:mod:`fastmlp.sequential`) owns validation, state and buffers.
 
+Every kernel that may split work over threads takes ``n_threads``: an int, or None for the
+*serial build*.  numba removes a branch on ``argument is None`` before it types the code, so
+with None no ``prange`` driver is compiled at all, about half of a first fit's compile
+time; :meth:`fastmlp.workspace.Workspace.kernel_threads` passes None whenever the work is
+too small to be split anyway, which keeps the results bit for bit those of ``n_threads``.
+The maxout buffers in :class:`~fastmlp.kernels.network.NetBuffers` are None the same way
+for networks without maxout layers.
+
 The modules are imported here, inside :func:`fastmlp.jitcache.kernel_cache`, so that their
 compiled code is cached where that module decides (a per-user directory when the package
 is read-only), dropped when any kernel source changes, and compiled by one process at a

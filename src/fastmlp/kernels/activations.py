@@ -147,7 +147,8 @@ def bias_activation(z, b, code, param, n_threads):
         Activation code (``ACTIVATIONS[name][0]``).
     param : float
         ``negative_slope`` for leaky ReLU, ``alpha`` for ELU, ignored otherwise.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
         Threads the elementwise work may use (it stays serial when small).
     """
     if n_threads is None:
@@ -172,7 +173,8 @@ def activation_grad(a, delta, code, param, n_threads):
         Upstream gradient ``dL/da`` on entry, ``dL/dz`` on return.
     code : int
     param : float
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
     """
     if code == IDENTITY:
         return

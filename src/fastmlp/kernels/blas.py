@@ -124,7 +124,8 @@ def matmul(a, transpose_a, b, transpose_b, c, n_threads):
     ----------
     a, transpose_a, b, transpose_b, c
         As in :func:`gemm`.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
     """
     if n_threads is None:
         gemm(a, transpose_a, b, transpose_b, c, False)

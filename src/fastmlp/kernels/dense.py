@@ -39,7 +39,8 @@ def column_sum(x, out, n_threads):
     x : ndarray of shape (batch, n)
     out : ndarray of shape (n,)
         Overwritten.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
     """
     if n_threads is None:
         _column_sum_range(x, out, 0, x.shape[1])
@@ -66,7 +67,8 @@ def dense_forward(x, W, b, code, param, out, n_threads):
         Activation parameter (leaky ReLU slope, ELU alpha).
     out : ndarray of shape (batch, n_out), C-contiguous
         Overwritten with the activation; it is also the cache the backward pass needs.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
         Threads for the elementwise work (BLAS sizes its own pool, see ``fastmlp.threads``).
     """
     matmul(x, False, W, False, out, n_threads)
@@ -96,7 +98,8 @@ def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_
         Overwritten with ``dL/dx = dL/dz @ W.T`` when ``compute_grad_x``; untouched
         otherwise (the first layer has no use for it).
     compute_grad_x : bool
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
     """
     activation_grad(a, delta, code, param, n_threads)
     matmul(x, True, delta, False, grad_W, n_threads)
@@ -147,7 +150,8 @@ def maxout_forward(x, W, b, pieces, z, out, winner, n_threads):
         Overwritten with the maxout output.
     winner : ndarray of int32, shape (batch, n_out)
         Overwritten with the index of the winning piece: the cache the backward pass needs.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
     """
     matmul(x, False, W, False, z, n_threads)
     if n_threads is None:
@@ -183,7 +187,8 @@ def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x,
     grad_x : ndarray of shape (batch, n_in)
         Overwritten when ``compute_grad_x``.
     compute_grad_x : bool
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
     """
     n_out = delta.shape[1]
     for i in range(delta.shape[0]):

@@ -147,7 +147,8 @@ def loss_and_grad(code, scores, labels, targets, grad, row_loss, n_threads):
         Overwritten with ``dL/dscores`` of the mean loss.
     row_loss : ndarray of float64, shape (>= batch,)
         Scratch: each row's summed loss.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
 
     Returns
     -------

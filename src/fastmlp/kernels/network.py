@@ -170,7 +170,8 @@ def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads
         Targets (binary cross-entropy, MSE), empty otherwise.
     row_weights : ndarray of shape (batch,) or (0,)
         Sample weights (see :func:`~fastmlp.kernels.losses.weight_rows`); empty for none.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
         Threads for the elementwise kernels (``numba.get_num_threads()`` of the caller).
 
     Returns
@@ -277,7 +278,8 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
     batch_correct : ndarray of int64, shape (n_batches,)
         Entry ``s`` is overwritten with the number of batch ``s``'s rows the network
         predicted right before the step (0 for MSE).
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
 
     Returns
     -------
@@ -395,7 +397,8 @@ def predict_into(net, X, transform, chunk_rows, out, n_threads):
     chunk_rows : int
     out : ndarray of shape (n, n_out), or (n, 1) for ``ARGMAX``
         Overwritten.
-    n_threads : int
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
     """
     n = X.shape[0]
     for start in range(0, n, chunk_rows):
