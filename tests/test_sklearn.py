@@ -473,15 +473,16 @@ def test_divergence_after_the_best_epoch_keeps_the_best_parameters(spiral, monke
     X, y = spiral
     clf = MLPClassifier(**ES).fit(X, y)
     best_epoch = int(np.argmax(clf.validation_scores_)) + 1
-    real_fit, calls = Sequential.fit, []
+    real_steps, calls = Sequential.train_steps, []
 
-    def diverging_fit(self, *args, **kwargs):  # the estimator calls fit once per epoch
-        calls.append(None)
+    def diverging_steps(self, rows, order, batch_size, first, stop, batch_losses, *args):
+        calls.append(None)  # one call per epoch (no progress bar)
         if len(calls) == best_epoch + 2:
-            raise DivergenceError("the training loss became nan at epoch 1, step 1 of 1")
-        return real_fit(self, *args, **kwargs)
+            batch_losses[first] = np.nan  # the epoch's first step diverges
+            return first
+        return real_steps(self, rows, order, batch_size, first, stop, batch_losses, *args)
 
-    monkeypatch.setattr(Sequential, "fit", diverging_fit)
+    monkeypatch.setattr(Sequential, "train_steps", diverging_steps)
     twin = clone(clf)
     with pytest.raises(DivergenceError, match=rf"^epoch {best_epoch + 2} of MLPClassifier: the "
                        rf".* keeps the parameters of epoch {best_epoch}, the best validation"):

@@ -17,8 +17,9 @@ There is no per-batch hook: an epoch is one compiled loop, and calling back into
 after every step would cost more than a small network's step.
 
 The learning-rate schedules (:class:`StepDecay`, :class:`ExponentialDecay`,
-:class:`CosineAnnealing`, :class:`ReduceLROnPlateau`) and :class:`EarlyStopping` are
-callbacks; the rates themselves come from :mod:`fastmlp.kernels.schedules`.
+:class:`CosineAnnealing`, :class:`ReduceLROnPlateau`), :class:`EarlyStopping` and
+:class:`ToleranceStopping` (scikit-learn's ``tol`` rule) are callbacks; the rates themselves
+come from :mod:`fastmlp.kernels.schedules`.
 """
 
 import math
@@ -434,6 +435,131 @@ class EarlyStopping(Callback):
             self.best = fields["best"]
             self.best_epoch = fields["best_epoch"]
         self._wait = fields["wait"]
+        self.stopped_epoch = fields["stopped_epoch"] or None
+        if "best_params" in arrays:
+            np.copyto(self._best_params, arrays["best_params"])
+
+    def on_train_end(self, logs):
+        if self._best_params is not None and self.best_epoch is not None:
+            np.copyto(self.model.params, self._best_params)
+            self.restored_epoch = self.best_epoch
+        self._best_params = None
+
+
+class ToleranceStopping(Callback):
+    """scikit-learn's MLP stopping rule (its ``tol`` and ``n_iter_no_change``): stop when a
+    metric has not improved by ``tol`` for more than ``n_iter_no_change`` epochs in a row.
+
+    It differs from :class:`EarlyStopping` as scikit-learn's rule differs from Keras's: an
+    epoch improves when it comes within ``tol`` of beating the best value
+    (``value <= best - tol`` when minimising, ``value >= best + tol`` when maximising;
+    a NaN never improves), ``best`` follows every new best value whether or not it
+    improved by ``tol``, training stops once the count of epochs in a row without
+    improvement *exceeds* ``n_iter_no_change``, and ``best`` and that count carry over from
+    one ``fit`` to the next (as across scikit-learn's ``partial_fit`` calls) instead of
+    starting afresh.
+
+    Parameters
+    ----------
+    monitor : str or callable, default "loss"
+        A metric of the epoch logs, or a function called with no arguments after every
+        epoch that returns the value to watch (a score the loop does not compute, on rows
+        of the caller's own); then ``mode`` must be ``"min"`` or ``"max"``.
+    tol : float, default 1e-4
+        >= 0 (``inf`` allowed, as in scikit-learn).
+    n_iter_no_change : int, default 10
+        >= 1.
+    mode : {"auto", "min", "max"}, default "auto"
+        ``auto`` maximises metrics whose name contains ``accuracy``.
+    restore_best_weights : bool, default False
+        When training ends, for whatever reason (as :class:`EarlyStopping`'s), put back
+        the parameters of the epoch of this ``fit`` that set ``best``, if any did.
+    best : float, optional
+        The best value before the first epoch (default: none yet, ``inf`` or ``-inf``).
+    no_improvement_count : int, default 0
+        Epochs in a row without improvement before the first epoch.
+
+    Attributes
+    ----------
+    best, no_improvement_count
+        As the last epoch left them.
+    best_epoch : int or None
+        The epoch of the current ``fit`` that set ``best``.
+    stopped_epoch : int or None
+        The epoch after which this callback stopped training (None if it did not).
+    restored_epoch : int or None
+        The epoch whose parameters were restored at the end (None if none were).
+    """
+
+    def __init__(self, monitor="loss", tol=1e-4, n_iter_no_change=10, mode="auto",
+                 restore_best_weights=False, best=None, no_improvement_count=0):
+        if callable(monitor):
+            if mode not in ("min", "max"):
+                raise ValueError(f"mode must be 'min' or 'max' with a callable monitor, got {mode!r}")
+            self.monitor, self.minimize = monitor, mode == "min"
+        else:
+            self.monitor, self.minimize = _check_monitor(monitor, mode)
+        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real) or not tol >= 0:
+            raise ValueError(f"tol must be a number >= 0, got {tol!r}")  # inf too, as there
+        self.tol = float(tol)
+        self.n_iter_no_change = _check_count(n_iter_no_change, "n_iter_no_change", 1)
+        if not isinstance(restore_best_weights, (bool, np.bool_)):
+            raise ValueError(f"restore_best_weights must be True or False, got {restore_best_weights!r}")
+        self.restore_best_weights = bool(restore_best_weights)
+        self.best = (math.inf if self.minimize else -math.inf) if best is None else float(best)
+        self.no_improvement_count = _check_count(no_improvement_count, "no_improvement_count", 0)
+        self.best_epoch = self.stopped_epoch = self.restored_epoch = None
+        self._best_params = None
+
+    def on_train_begin(self, logs):
+        if not callable(self.monitor):
+            _require_metric(self.monitor, logs, "ToleranceStopping")
+        self.best_epoch = self.stopped_epoch = self.restored_epoch = None
+        if self.restore_best_weights:
+            self._best_params = np.empty_like(self.model.params)  # one copy per fit
+
+    def on_epoch_end(self, epoch, logs):
+        value = float(self.monitor() if callable(self.monitor) else logs[self.monitor])
+        # Written as scikit-learn writes the two rules (`loss > best - tol` and
+        # `score < best + tol` count against), turned so that a NaN never improves; tol=inf
+        # (best -/+ tol is NaN at first) then runs as it does there.
+        if self.minimize:
+            improved, better = not value > self.best - self.tol and value == value, value < self.best
+        else:
+            improved, better = value >= self.best + self.tol, value > self.best
+        self.no_improvement_count = 0 if improved else self.no_improvement_count + 1
+        if better:
+            self.best, self.best_epoch = value, epoch
+            if self._best_params is not None:
+                np.copyto(self._best_params, self.model.params)
+        if self.no_improvement_count > self.n_iter_no_change:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    _STATE = {"best": "float-or-none", "best_epoch": "int", "no_improvement_count": "int",
+              "stopped_epoch": "int"}
+
+    def get_state(self):
+        arrays = {}
+        if self._best_params is not None and self.best_epoch is not None:
+            arrays["best_params"] = self._best_params
+        return {"best": _finite_or_none(self.best), "best_epoch": self.best_epoch or 0,
+                "no_improvement_count": self.no_improvement_count,
+                "stopped_epoch": self.stopped_epoch or 0}, arrays
+
+    def check_state(self, fields, arrays):
+        _check_fields("ToleranceStopping", fields, self._STATE)
+        wanted = ({"best_params"} if fields["best_epoch"] > 0 and self.restore_best_weights
+                  else set())
+        if set(arrays) != wanted:
+            raise ValueError("ToleranceStopping: the checkpoint's state does not match this "
+                             f"ToleranceStopping(restore_best_weights={self.restore_best_weights})")
+
+    def set_state(self, fields, arrays):
+        self.best = fields["best"] if fields["best"] is not None else (
+            math.inf if self.minimize else -math.inf)
+        self.best_epoch = fields["best_epoch"] or None
+        self.no_improvement_count = fields["no_improvement_count"]
         self.stopped_epoch = fields["stopped_epoch"] or None
         if "best_params" in arrays:
             np.copyto(self._best_params, arrays["best_params"])

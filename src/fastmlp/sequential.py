@@ -471,7 +471,7 @@ class Sequential:
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None, verbose=0,
-            checkpoint=None, checkpoint_every=None, resume=False, comm=None):
+            checkpoint=None, checkpoint_every=None, resume=False, comm=None, fresh_order=False):
         """Train by minibatch gradient descent.
 
         Parameters
@@ -528,6 +528,12 @@ class Sequential:
             counters, :class:`~fastmlp.callbacks.EarlyStopping`'s best value and weights), so
             the resumed run needs the same such callbacks, in the same order (callbacks that
             keep no state may differ).
+        fresh_order : bool, default False
+            With ``shuffle``, each epoch's order is a fresh shuffle of the rows as given
+            rather than a shuffle of the previous epoch's order.  Then ``fit(epochs=k)``
+            trains bit for bit as ``k`` calls of ``fit(epochs=1)`` (which start from the
+            rows as given each time), as scikit-learn's ``fit`` and ``partial_fit`` need of
+            each other (:mod:`fastmlp.sklearn` uses it).  Not with ``checkpoint``.
         comm : mpi4py.MPI.Comm, optional
             Train data-parallel over the communicator's ranks: ``X`` and ``y`` are this
             rank's shard and ``batch_size`` is per rank (see docs/distributed.md).  Rank 0
@@ -571,7 +577,8 @@ class Sequential:
                                 validation_split=validation_split, sample_weight=sample_weight,
                                 class_weight=class_weight, callbacks=callbacks,
                                 verbose=verbose, checkpoint=checkpoint,
-                                checkpoint_every=checkpoint_every, resume=resume)
+                                checkpoint_every=checkpoint_every, resume=resume,
+                                fresh_order=fresh_order)
         finally:
             self._training.release()
 

@@ -29,6 +29,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
+from fastmlp.callbacks import Callback, ToleranceStopping
 from fastmlp.kernels.activations import ACTIVATIONS
 from fastmlp.layers import Dense, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW
@@ -70,6 +71,21 @@ def _unit_mean(sample_weight, rows):
         raise ValueError(f"sample_weight is zero on every row of {rows}: nothing would be "
                          "learned")
     return sample_weight * (sample_weight.shape[0] / total)
+
+
+class _Record(Callback):
+    """Each epoch's training loss into the estimator's ``loss_curve_`` and ``n_iter_`` (and
+    printed with ``verbose``), as the epoch ends."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def on_epoch_end(self, epoch, logs):
+        estimator = self.estimator
+        estimator.loss_curve_.append(logs["loss"])
+        estimator.n_iter_ += 1
+        if estimator.verbose:
+            print(f"Iteration {estimator.n_iter_}, loss = {logs['loss']:.8f}", flush=True)
 
 
 class _BaseMLP(BaseEstimator):
@@ -229,7 +245,12 @@ class _BaseMLP(BaseEstimator):
         epoch (incremental) or up to ``max_iter`` epochs with scikit-learn's stopping rule:
         on the training loss, or with ``early_stopping`` on the validation score, whose best
         epoch's parameters are kept.  ``y`` is the validated target (labels, for the score
-        and the stratified split), ``targets`` what the network trains on."""
+        and the stratified split), ``targets`` what the network trains on.
+
+        One ``Sequential.fit`` call runs the epochs (the training loop's, with
+        ``fresh_order``: each epoch's order is that of a fit of its own); the rule is a
+        :class:`~fastmlp.callbacks.ToleranceStopping` started from this estimator's
+        ``best_*`` and count, which it hands back however the epochs end."""
         rng = check_random_state(self.random_state)
         # Sequential wants a non-negative int seed; an int random_state maps to a fixed one.
         # Drawn before the split, as scikit-learn draws its initial weights first.
@@ -256,63 +277,54 @@ class _BaseMLP(BaseEstimator):
                 self.best_validation_score_ = None
         elif self.best_loss_ is None:  # partial_fit after a fit with early stopping
             self.best_loss_ = np.inf
+        if validation is None:
+            rule = ToleranceStopping("loss", self.tol, self.n_iter_no_change, mode="min",
+                                     best=self.best_loss_,
+                                     no_improvement_count=self._no_improvement_count)
+        else:
+            rule = ToleranceStopping(lambda: self._record_validation_score(validation), self.tol,
+                                     self.n_iter_no_change, mode="max", restore_best_weights=True,
+                                     best=self.best_validation_score_,
+                                     no_improvement_count=self._no_improvement_count)
         n = X.shape[0]
         batch_size = min(200, n) if isinstance(self.batch_size, str) else min(self.batch_size, n)
-        best_params, best_epoch = None, 0
-        for _ in range(1 if incremental else self.max_iter):
-            try:
-                history = self.model_.fit(X, targets, epochs=1, batch_size=batch_size,
-                                          shuffle=bool(self.shuffle), sample_weight=sample_weight)
-            except DivergenceError as exc:
-                kept = ""
-                if best_params is not None:
-                    self.model_.params[:] = best_params
-                    kept = (f" The estimator keeps the parameters of epoch {best_epoch}, the "
-                            "best validation score.")
-                # Each epoch is its own Sequential.fit call, whose message counts from 1.
-                raise DivergenceError(
-                    f"epoch {self.n_iter_ + 1} of {type(self).__name__}: {exc}{kept}") from None
-            loss = history.history["loss"][0]
-            self.loss_curve_.append(loss)
-            self.n_iter_ += 1
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
+        try:
+            self.model_.fit(X, targets, epochs=1 if incremental else self.max_iter,
+                            batch_size=batch_size, shuffle=bool(self.shuffle),
+                            sample_weight=sample_weight, callbacks=[_Record(self), rule],
+                            fresh_order=True)
+        except DivergenceError as exc:
+            # Parameters only, as scikit-learn restores coefs_ and intercepts_: the
+            # optimizer's state stays that of the last epoch, for a later partial_fit.
+            kept = ("" if rule.restored_epoch is None else
+                    f" The estimator keeps the parameters of epoch {rule.restored_epoch}, the "
+                    "best validation score.")
+            raise DivergenceError(
+                f"epoch {self.n_iter_ + 1} of {type(self).__name__}: {exc}{kept}") from None
+        finally:
+            self._no_improvement_count = rule.no_improvement_count
             if validation is None:
-                if loss > self.best_loss_ - self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                self.best_loss_ = min(self.best_loss_, loss)
+                self.best_loss_ = rule.best
             else:
-                score = self._validation_score(*validation)
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:.6f}", flush=True)
-                # scikit-learn's rule, written so that a NaN score counts as no improvement
-                # (its `score < best + tol` resets the count on NaN).
-                if not score >= self.best_validation_score_ + self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best_params, best_epoch = self.model_.params.copy(), self.n_iter_
-            if not incremental and self._no_improvement_count > self.n_iter_no_change:
-                if self.verbose:
-                    what = "Validation score" if validation else "Training loss"
-                    print(f"{what} did not improve more than tol={self.tol} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.", flush=True)
-                break
-        else:
-            if not incremental:
+                self.best_validation_score_ = rule.best
+        if not incremental:
+            if rule.stopped_epoch is None:
                 warnings.warn(f"{type(self).__name__}: reached max_iter={self.max_iter} epochs and "
                               "the optimization has not converged yet.", ConvergenceWarning,
                               stacklevel=4)
-        if best_params is not None:
-            # Parameters only, as scikit-learn restores coefs_ and intercepts_: the
-            # optimizer's state stays that of the last epoch, for a later partial_fit.
-            self.model_.params[:] = best_params
+            elif self.verbose:
+                what = "Validation score" if validation else "Training loss"
+                print(f"{what} did not improve more than tol={self.tol} for "
+                      f"{self.n_iter_no_change} consecutive epochs. Stopping.", flush=True)
         return self
+
+    def _record_validation_score(self, validation):
+        """The early-stopping score after an epoch, kept in ``validation_scores_``."""
+        score = self._validation_score(*validation)
+        self.validation_scores_.append(score)
+        if self.verbose:
+            print(f"Validation score: {score:.6f}", flush=True)
+        return score
 
     def _raw(self, X):
         """The output layer's scores for ``X`` (validated here) as float64

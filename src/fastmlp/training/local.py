@@ -54,10 +54,12 @@ class Local(Strategy):
 
     def prepare(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
                 validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None,
-                verbose=0, checkpoint=None, checkpoint_every=None, resume=False):
+                verbose=0, checkpoint=None, checkpoint_every=None, resume=False,
+                fresh_order=False):
         return check_fit(self.model, X, y, epochs, batch_size, shuffle, validation_data,
                          validation_split, sample_weight, class_weight, callbacks, verbose,
-                         checkpoint, checkpoint_every, resume, require_weight=True)
+                         checkpoint, checkpoint_every, resume, require_weight=True,
+                         fresh_order=fresh_order)
 
     def start(self, plan):
         model, n = self.model, plan.train.n

@@ -99,6 +99,8 @@ def run_epochs(model, plan, strategy, epochs_done):
                 strategy.hooks("on_epoch_begin", epoch, {})
                 started = time.perf_counter()
                 if plan.shuffle:
+                    if plan.fresh_order:
+                        strategy.order[:] = np.arange(strategy.order.shape[0])
                     strategy.rng.shuffle(strategy.order)
                 progress = strategy.progress(epoch)
                 logs = strategy.epoch_logs(epoch, strategy.run_steps(epoch, progress))

@@ -139,7 +139,8 @@ class MPI(Strategy):
     # ------------------------------------------------------------------ agreement
     def prepare(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
                 validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None,
-                verbose=0, checkpoint=None, checkpoint_every=None, resume=False):
+                verbose=0, checkpoint=None, checkpoint_every=None, resume=False,
+                fresh_order=False):
         """Every check on this rank, then collectives that agree on them (nothing changed)."""
         comm, model = self.comm, self.model
         error, plan = None, None
@@ -149,7 +150,8 @@ class MPI(Strategy):
             # about the path: the other ranks' nodes need not see rank 0's directory.
             plan = check_fit(model, X, y, epochs, batch_size, shuffle, validation_data,
                              validation_split, sample_weight, class_weight, callbacks, verbose,
-                             checkpoint, checkpoint_every, resume, filesystem=self.rank == 0)
+                             checkpoint, checkpoint_every, resume, filesystem=self.rank == 0,
+                             fresh_order=fresh_order)
             # With "balanced" the rows' weights are this shard's; they are recomputed from
             # the global class counts once every rank has passed its checks.
             balanced = (class_counts(model, plan.unsplit) if isinstance(class_weight, str)

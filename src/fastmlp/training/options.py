@@ -23,6 +23,8 @@ class FitPlan:
     epochs, batch_size : int
         ``batch_size`` as given (the loop caps it at the rows available).
     shuffle : bool
+    fresh_order : bool
+        Each epoch shuffles ``0 .. n-1`` afresh instead of the previous epoch's order.
     verbose : {0, 1, 2}
     train : Rows
         The training rows, with their loss weights (validation_split's held out).
@@ -59,7 +61,7 @@ def metric_names(is_classifier, has_validation):
 
 def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validation_split,
               sample_weight, class_weight, callbacks, verbose, checkpoint, checkpoint_every,
-              resume, filesystem=True, require_weight=False):
+              resume, filesystem=True, require_weight=False, fresh_order=False):
     """Every argument of ``fit`` checked and converted, in the order the errors are reported.
 
     ``filesystem=False`` skips the checks that ask the file system about the checkpoint path
@@ -75,6 +77,11 @@ def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validat
     batch_size = check_positive_int(batch_size, "batch_size")
     if not isinstance(shuffle, (bool, np.bool_)):
         raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
+    if not isinstance(fresh_order, (bool, np.bool_)):
+        raise ValueError(f"fresh_order must be True or False, got {fresh_order!r}")
+    if fresh_order and checkpoint is not None:
+        # A checkpoint does not record it, so a resume could not check that it matches.
+        raise ValueError("fresh_order does not go with checkpoint")
     if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral) or verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     rows = model.rows(X, y)
@@ -94,7 +101,8 @@ def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validat
         raise ValueError("sample_weight and class_weight give every training row the weight 0: "
                          "nothing would be learned")
     callbacks, stateful = check_callbacks(callbacks)
-    plan = FitPlan(epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle), verbose=verbose,
+    plan = FitPlan(epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle),
+                   fresh_order=bool(fresh_order), verbose=verbose,
                    train=train, validation=validation, validation_split=float(validation_split),
                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=bool(resume),
                    callbacks=callbacks, stateful=stateful, class_weight=class_weight,
