@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import fastmlp
@@ -159,3 +160,50 @@ def test_a_damaged_cache_file_is_compiled_again(tmp_path, damage):
     assert "_bias_activation_parallel" in again["compiled"]
     assert again["result"] == [[1.5] * 3] * 4
     assert _child(env)["compiled"] == []  # and the repaired cache serves the next process
+
+
+NOTICE_CHILD = r"""
+import sys
+import numpy as np
+from fastmlp import jitcache
+from fastmlp.kernels import activations
+z = np.ones((4, 3))
+with jitcache.compile_notices(sys.argv[1] == "on"):
+    activations._bias_activation_parallel(z, np.zeros(3), activations.RELU, 0.0, 2)
+"""
+
+
+@pytest.mark.parametrize("notices", ["on", "off"])
+def test_a_compilation_says_so_on_stderr_only_when_asked(tmp_path, notices):
+    done = subprocess.run([sys.executable, "-c", NOTICE_CHILD, notices], capture_output=True,
+                          text=True, timeout=300, env=_env(NUMBA_CACHE_DIR=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("fastmlp:")]
+    if notices == "on":
+        assert len(lines) == 2, done.stderr
+        assert "compiling fastmlp.kernels _bias_activation_parallel (float64)" in lines[0]
+        assert "once per machine" in lines[0] and "fastmlp compile" in lines[0]
+        assert lines[1].startswith("fastmlp: compiled in ")
+    else:
+        assert lines == [], done.stderr
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_fit_asks_for_compile_notices_when_verbose(monkeypatch, verbose):
+    import contextlib
+
+    import fastmlp.training as training
+
+    asked = []
+
+    @contextlib.contextmanager
+    def recorder(enabled=True):
+        asked.append(enabled)
+        yield
+
+    monkeypatch.setattr(training, "compile_notices", recorder)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 4))
+    model = fastmlp.Sequential([fastmlp.Dense(4, 3)], seed=0)
+    model.fit(X, rng.integers(0, 3, 16), epochs=1, batch_size=8, verbose=verbose)
+    assert asked == [verbose > 0]
