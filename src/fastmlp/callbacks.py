@@ -344,7 +344,18 @@ class ReduceLROnPlateau(Callback):
         _set_learning_rate(self.model, lr, epoch, "ReduceLROnPlateau")
 
 
-class EarlyStopping(Callback):
+class _RestoresBestParams(Callback):
+    """What EarlyStopping and ToleranceStopping share: put back the parameters of the best
+    epoch (kept in ``_best_params``) however training ends."""
+
+    def on_train_end(self, logs):
+        if self._best_params is not None and self.best_epoch is not None:
+            np.copyto(self.model.params, self._best_params)
+            self.restored_epoch = self.best_epoch
+        self._best_params = None
+
+
+class EarlyStopping(_RestoresBestParams):
     """Stop training when a metric has stopped improving, and keep the best weights.
 
     Parameters
@@ -439,14 +450,9 @@ class EarlyStopping(Callback):
         if "best_params" in arrays:
             np.copyto(self._best_params, arrays["best_params"])
 
-    def on_train_end(self, logs):
-        if self._best_params is not None and self.best_epoch is not None:
-            np.copyto(self.model.params, self._best_params)
-            self.restored_epoch = self.best_epoch
-        self._best_params = None
 
 
-class ToleranceStopping(Callback):
+class ToleranceStopping(_RestoresBestParams):
     """scikit-learn's MLP stopping rule (its ``tol`` and ``n_iter_no_change``): stop when a
     metric has not improved by ``tol`` for more than ``n_iter_no_change`` epochs in a row.
 
@@ -564,8 +570,3 @@ class ToleranceStopping(Callback):
         if "best_params" in arrays:
             np.copyto(self._best_params, arrays["best_params"])
 
-    def on_train_end(self, logs):
-        if self._best_params is not None and self.best_epoch is not None:
-            np.copyto(self.model.params, self._best_params)
-            self.restored_epoch = self.best_epoch
-        self._best_params = None
