@@ -521,12 +521,14 @@ class ToleranceStopping(Callback):
     def on_epoch_end(self, epoch, logs):
         value = float(self.monitor() if callable(self.monitor) else logs[self.monitor])
         # Written as scikit-learn writes the two rules (`loss > best - tol` and
-        # `score < best + tol` count against), turned so that a NaN never improves; tol=inf
-        # (best -/+ tol is NaN at first) then runs as it does there.
+        # `score < best + tol` count against), negated, and so that a NaN never improves;
+        # tol=inf (best -/+ tol is NaN at first, which both comparisons call False, so the
+        # first epoch improves) then runs as it does there.  `value >= best + tol` would
+        # count that first epoch against when maximising.
         if self.minimize:
             improved, better = not value > self.best - self.tol and value == value, value < self.best
         else:
-            improved, better = value >= self.best + self.tol, value > self.best
+            improved, better = not value < self.best + self.tol and value == value, value > self.best
         self.no_improvement_count = 0 if improved else self.no_improvement_count + 1
         if better:
             self.best, self.best_epoch = value, epoch
