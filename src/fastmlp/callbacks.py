@@ -481,7 +481,8 @@ class ToleranceStopping(_RestoresBestParams):
         When training ends, for whatever reason (as :class:`EarlyStopping`'s), put back
         the parameters of the epoch of this ``fit`` that set ``best``, if any did.
     best : float, optional
-        The best value before the first epoch (default: none yet, ``inf`` or ``-inf``).
+        The best value before the first epoch (default: none yet, ``inf`` when minimising,
+        ``-inf`` when maximising).  Not NaN, nor the other infinity.
     no_improvement_count : int, default 0
         Epochs in a row without improvement before the first epoch.
 
@@ -512,7 +513,15 @@ class ToleranceStopping(_RestoresBestParams):
         if not isinstance(restore_best_weights, (bool, np.bool_)):
             raise ValueError(f"restore_best_weights must be True or False, got {restore_best_weights!r}")
         self.restore_best_weights = bool(restore_best_weights)
-        self.best = (math.inf if self.minimize else -math.inf) if best is None else float(best)
+        none_yet = math.inf if self.minimize else -math.inf
+        # A NaN, or the infinity no value can beat, would make a rule that a checkpoint
+        # cannot keep (it stores a finite best or none), so a resumed run would differ.
+        if best is not None and (isinstance(best, (bool, np.bool_))
+                                 or not isinstance(best, numbers.Real)
+                                 or math.isnan(best) or best == -none_yet):
+            raise ValueError(f"best must be a number, or {none_yet} for none yet, when "
+                             f"{'minimising' if self.minimize else 'maximising'}; got {best!r}")
+        self.best = none_yet if best is None else float(best)
         self.no_improvement_count = _check_count(no_improvement_count, "no_improvement_count", 0)
         self.best_epoch = self.stopped_epoch = self.restored_epoch = None
         self._best_params = None
@@ -527,12 +536,14 @@ class ToleranceStopping(_RestoresBestParams):
     def on_epoch_end(self, epoch, logs):
         value = float(self.monitor() if callable(self.monitor) else logs[self.monitor])
         # Written as scikit-learn writes the two rules (`loss > best - tol` and
-        # `score < best + tol` count against), turned so that a NaN never improves; tol=inf
-        # (best -/+ tol is NaN at first) then runs as it does there.
+        # `score < best + tol` count against), negated, and so that a NaN never improves;
+        # tol=inf (best -/+ tol is NaN at first, which both comparisons call False, so the
+        # first epoch improves) then runs as it does there.  `value >= best + tol` would
+        # count that first epoch against when maximising.
         if self.minimize:
             improved, better = not value > self.best - self.tol and value == value, value < self.best
         else:
-            improved, better = value >= self.best + self.tol, value > self.best
+            improved, better = not value < self.best + self.tol and value == value, value > self.best
         self.no_improvement_count = 0 if improved else self.no_improvement_count + 1
         if better:
             self.best, self.best_epoch = value, epoch
