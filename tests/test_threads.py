@@ -13,7 +13,8 @@ import threadpoolctl
 import fastmlp
 from fastmlp import SGD, Dense, Maxout, Sequential
 from fastmlp.config import PARALLEL_MIN_ELEMENTS
-from tolerances import assert_within, gamma, gradient_bound, output_bound
+import reference as ref
+from tolerances import assert_within, gamma, gradient_bound, loss_bound, mean_loss_bound, output_bound
 
 BATCH = 256
 WIDE = PARALLEL_MIN_ELEMENTS // BATCH + 44  # every hidden layer takes the parallel path
@@ -59,14 +60,11 @@ def test_one_and_two_threads_agree_to_rounding():
         assert_within(got[n][0], exact, bound, f"scores on {n} threads")
     assert_within(got[1][0], got[2][0], 2 * bound, "scores on 1 and 2 threads")
 
-    # The mean loss: log-sum-exp and the picked score are 1-Lipschitz in the max norm, so
-    # a row's loss moves by at most 2 max_j |d score_j|, plus the loss kernel's own
-    # rounding (exp, a sum over the classes, log: gamma(n_out + 4) of the terms' size).
+    # The mean loss: the score bounds carried through the loss (tolerances.loss_bound).
     scores, score_bound = output_bound(model, batch)
-    row_bound = (2 * score_bound.max(axis=1)
-                 + gamma(scores.shape[1] + 4, model.dtype) * (2 * np.abs(scores).max(axis=1) + 1))
-    loss_bound = row_bound.mean() + gamma(BATCH, np.float64) * row_bound.sum()  # float64 row sum
-    assert abs(got[1][1] - got[2][1]) <= 2 * loss_bound
+    row_bound, _ = loss_bound(model.loss, scores, score_bound, labels, None, model.dtype)
+    bound = mean_loss_bound(row_bound, ref.softmax_cross_entropy(scores, labels)[0] * np.ones(BATCH))
+    assert abs(got[1][1] - got[2][1]) <= 2 * bound, (got[1][1], got[2][1], bound)
 
     want, grad_bounds = gradient_bound(model, batch, labels)
     for k, (g1, g2, w, b) in enumerate(zip(got[1][2], got[2][2], want, grad_bounds)):

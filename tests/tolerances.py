@@ -69,63 +69,199 @@ def assert_within(got, want, bound, what="values"):
             f"{i}: got {got[i]!r}, want {want[i]!r}, |diff| {err[i]:.3g} > bound {bound[i]:.3g}")
 
 
-# --- The network: forward and backward error bounds ------------------------------------
+# --- One layer ---------------------------------------------------------------------------
 
-#: Lipschitz constant of each activation, ``|f(x) - f(y)| <= L |x - y|``.
 def _lipschitz(name, param):
+    """``L`` with ``|f(x) - f(y)| <= L |x - y|``."""
     return {"identity": 1.0, "sigmoid": 0.25, "tanh": 1.0, "relu": 1.0,
             "leaky_relu": max(1.0, abs(param or 0.0)), "elu": max(1.0, abs(param or 0.0)),
             "maxout": 1.0}[name]
 
 
-def _activation_roundings(name):
-    """Roundings in evaluating ``f``: none for max/select, one multiply for leaky ReLU."""
-    return {"identity": 0, "relu": 0, "maxout": 0, "leaky_relu": 1}.get(name, ELEMENTARY_ROUNDINGS)
+def _activation_error(name, param, out, dtype):
+    """Rounding of evaluating ``f`` itself: none for identity, ReLU and max; one multiply
+    for leaky ReLU; a few roundings for the ``exp``/``tanh`` ones, absolute near 0 where
+    ``exp(z) - 1`` and ``1 / (1 + e)`` lose their relative accuracy."""
+    u = unit_roundoff(dtype)
+    if name in ("identity", "relu", "maxout"):
+        return 0.0
+    if name == "leaky_relu":
+        return u * np.abs(out)
+    return ELEMENTARY_ROUNDINGS * u * (np.abs(out) + 1 + abs(param or 0.0))
 
+
+def dense_layer_bound(a, E, W, b, name, param, pieces, dtype):
+    """One layer ``f(a W + b)`` (maxout: the max over ``pieces`` column blocks) whose input
+    ``a`` (exact) is known to the computation only within ``E``.
+
+    ``|z_computed - z| <= gamma(k + 1) ((|a| + E) @ |W| + |b|) + E @ |W|`` (the product,
+    then the bias add, in any order), then ``L_f`` times that through ``f`` plus ``f``'s
+    own rounding; maxout's max is exact and 1-Lipschitz.  Returns ``(z, E_z, out, E_out)``.
+    """
+    a, E = np.asarray(a, float), np.asarray(E, float)
+    W, b = np.asarray(W, float), np.asarray(b, float)
+    z = a @ W + b
+    E_z = gamma(W.shape[0] + 1, dtype) * ((np.abs(a) + E) @ np.abs(W) + np.abs(b)) + E @ np.abs(W)
+    if name == "maxout":
+        n_out = W.shape[1] // pieces
+        out = z.reshape(len(z), pieces, n_out).max(axis=1)
+        E_out = E_z.reshape(len(z), pieces, n_out).max(axis=1)
+    else:
+        import reference
+        out = reference.activation(z, name, param)
+        E_out = _lipschitz(name, param) * E_z + _activation_error(name, param, out, dtype)
+    return z, E_z, out, E_out
+
+
+# f' as the kernels compute it, from the cached output: its largest value, its jump at 0
+# (where |z| is within its error bound of 0 either side may be taken), and its slope as a
+# function of the output it is read from (tanh' = 1 - a^2: 2; sigmoid' = a (1 - a): 1;
+# ELU' = a + alpha below 0: 1).
+def _derivative_shape(name, param):
+    alpha = abs(param or 0.0)
+    return {"identity": (1.0, 0.0, 0.0), "relu": (1.0, 1.0, 0.0), "tanh": (1.0, 0.0, 2.0),
+            "sigmoid": (0.25, 0.0, 1.0), "leaky_relu": (max(1.0, alpha), abs(1 - alpha), 0.0),
+            "elu": (max(1.0, alpha), abs(1 - alpha), 1.0)}[name]
+
+
+def derivative_bound(z, E_z, E_out, name, param, dtype):
+    """``(f'(z), E_f')``: the exact derivative and the bound on the computed one."""
+    import reference
+    f_max, jump, slope = _derivative_shape(name, param)
+    kink = np.abs(z) <= E_z
+    E = slope * E_out + jump * kink + ELEMENTARY_ROUNDINGS * unit_roundoff(dtype) * f_max * (slope > 0)
+    return reference.activation_derivative(z, name, param), E
+
+
+def dense_backward_bound(a, E_a, W, z, E_z, E_out, name, param, g, E_g, dtype):
+    """Bounds on the computed ``(dW, db, dx)`` of a dense layer for the upstream gradient
+    ``g`` (exact, known within ``E_g``): ``dz = g f'(z)``, ``dW = a^T dz``,
+    ``db = sum_rows dz``, ``dx = dz W^T``, each product adding ``gamma(k) |.| @ |.|`` and
+    each error already present carried through the absolute values."""
+    u = unit_roundoff(dtype)
+    g, E_g = np.asarray(g, float), np.asarray(E_g, float)
+    fprime, E_fprime = derivative_bound(z, E_z, E_out, name, param, dtype)
+    f_max = _derivative_shape(name, param)[0]
+    d = g * fprime
+    E_d = E_g * f_max + (np.abs(g) + E_g) * E_fprime + u * (np.abs(g) + E_g) * f_max
+    return d, E_d, _linear_backward_bound(a, E_a, W, d, E_d, dtype)
+
+
+def maxout_backward_bound(a, E_a, W, z, E_z, pieces, g, E_g, dtype):
+    """As :func:`dense_backward_bound` for maxout: the upstream gradient goes to each unit's
+    winning piece; where another piece is within rounding of the winner, either may get it.
+    Also returns the exact ``winner`` ``(n, n_out)`` and ``maybe`` ``(n, pieces, n_out)``,
+    the pieces that may win in some computation."""
+    n = len(z)
+    n_out = W.shape[1] // pieces
+    g, E_g = np.asarray(g, float), np.asarray(E_g, float)
+    z3, E3 = z.reshape(n, pieces, n_out), E_z.reshape(n, pieces, n_out)
+    winner = z3.argmax(axis=1)
+    top = z3.max(axis=1, keepdims=True)
+    E_top = np.take_along_axis(E3, winner[:, None, :], axis=1)
+    maybe = (top - z3) <= (E_top + E3)  # pieces that may win in one computation or another
+    ambiguous = maybe.sum(axis=1, keepdims=True) > 1
+    is_winner = np.zeros_like(z3, dtype=bool)
+    np.put_along_axis(is_winner, winner[:, None, :], True, axis=1)
+    d = np.where(is_winner, g[:, None, :], 0.0).reshape(n, -1)
+    E_d = np.where(ambiguous & maybe, (np.abs(g) + E_g)[:, None, :],
+                   np.where(is_winner, E_g[:, None, :], 0.0)).reshape(n, -1)
+    return d, E_d, _linear_backward_bound(a, E_a, W, d, E_d, dtype), winner, maybe
+
+
+def _linear_backward_bound(a, E_a, W, d, E_d, dtype):
+    a, E_a, W = np.asarray(a, float), np.asarray(E_a, float), np.asarray(W, float)
+    abs_a, abs_d = np.abs(a) + E_a, np.abs(d) + E_d
+    n = len(a)
+    exact = [a.T @ d, d.sum(axis=0), d @ W.T]
+    bounds = [gamma(n, dtype) * (abs_a.T @ abs_d) + E_a.T @ abs_d + np.abs(a).T @ E_d,
+              gamma(n, dtype) * abs_d.sum(axis=0) + E_d.sum(axis=0),
+              gamma(W.shape[1], dtype) * (abs_d @ np.abs(W).T) + E_d @ np.abs(W).T]
+    return exact, bounds
+
+
+# --- Losses ------------------------------------------------------------------------------
+
+def loss_bound(loss, scores, E_scores, labels, targets, dtype):
+    """``(row_loss_bound, grad_bound)`` for the loss kernels on scores known within
+    ``E_scores`` (0 for scores given exactly), against the exact loss of the exact scores.
+
+    softmax cross-entropy: ``logsumexp(s) - s_y`` is 2-Lipschitz in the max norm of the
+    scores, and ``softmax(s + d) / softmax(s)`` lies in ``[e^-2|d|, e^2|d|]``; its own
+    rounding is that of ``n_out`` exps, their sum, a log and a few operations,
+    ``gamma(n_out + 4)`` of the terms' size.  Hinge: a sum of ``n_out`` margins, 2-Lipschitz
+    each; its gradient is a count, which may change only where a margin is within rounding
+    of 0.  BCE: ``max(s, 0) - s t + log1p(exp(-|s|))``, 2-Lipschitz, a few roundings per
+    output.  MSE: ``d^2`` and ``2 d``, with ``d = s - t`` rounded once.  The mean over the
+    batch (over the elements for BCE and MSE) divides all of it by ``n``.
+    """
+    s = np.asarray(scores, float)
+    E = np.broadcast_to(np.asarray(E_scores, float), s.shape)
+    n, n_out = s.shape
+    u = unit_roundoff(dtype)
+    g_k = gamma(n_out + 4, dtype)
+    D = E.max(axis=1, keepdims=True)
+    rows = np.arange(n)
+    if loss == "softmax_cross_entropy":
+        shifted = s - s.max(axis=1, keepdims=True)
+        p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        onehot = np.zeros_like(p)
+        onehot[rows, labels] = 1
+        row = 2 * D[:, 0] + g_k * (2 * np.abs(s).max(axis=1) + 1)
+        grad = (p * np.expm1(2 * D) * (1 + g_k) + g_k * (p + onehot)) / n
+    elif loss == "multiclass_hinge":
+        margins = s - s[rows, labels][:, None] + 1
+        E_m = E + E[rows, labels][:, None] + 2 * u * (np.abs(s) + np.abs(s[rows, labels])[:, None] + 1)
+        row = (E_m + g_k * (np.abs(margins) + np.abs(s) + 1)).sum(axis=1)
+        flips = (np.abs(margins) <= E_m) & (np.arange(n_out)[None, :] != labels[:, None])
+        grad = flips.astype(float)
+        grad[rows, labels] += flips.sum(axis=1)
+        grad = (grad + g_k) / n
+    elif loss == "binary_cross_entropy":
+        t = np.asarray(targets, float)
+        row = (2 * E + ELEMENTARY_ROUNDINGS * u * (2 * np.abs(s) + 1)).sum(axis=1) / n_out
+        grad = (0.5 * E + ELEMENTARY_ROUNDINGS * u * (1 + np.abs(t))) / (n * n_out)
+    elif loss == "mse":
+        d = s - np.asarray(targets, float)
+        E_d = E + u * np.abs(d)
+        row = ((2 * np.abs(d) + E_d) * E_d + 3 * u * d * d).sum(axis=1) / n_out
+        grad = (2 * E_d + 2 * u * 2 * np.abs(d)) / (n * n_out)
+    else:
+        raise ValueError(loss)
+    return row, grad
+
+
+def mean_loss_bound(row_bound, row_loss):
+    """Bound on the mean of the per-row losses, which the kernels sum in float64."""
+    n = len(row_bound)
+    return row_bound.mean() + gamma(n, np.float64) * (np.abs(row_loss) + row_bound).sum() / n
+
+
+# --- The network ---------------------------------------------------------------------------
 
 def _layers(model):
     """``(W, b, name, param, pieces)`` per layer, in float64."""
-    out = []
-    for layer, (W, b) in zip(model.layers, zip(*[iter(model.get_weights())] * 2)):
-        name = layer.activation
-        param = getattr(layer, "activation_param", None)
-        out.append((W.astype(float), b.astype(float), name, param, getattr(layer, "pieces", 1)))
-    return out
+    weights = model.get_weights()
+    return [(weights[2 * i].astype(float), weights[2 * i + 1].astype(float), layer.activation,
+             getattr(layer, "activation_param", None), getattr(layer, "pieces", 1))
+            for i, layer in enumerate(model.layers)]
 
 
 def forward_with_bound(model, X):
     """The exact forward pass of ``model`` on ``X`` (in float64, from the model's own
     weights and ``X`` rounded to the model's dtype) and, per layer, bounds on how far the
-    model's own computation can be from it.
+    model's own computation can be from it (:func:`dense_layer_bound`, layer after layer).
+    The bound therefore scales with the sums of ``|a| |W|`` down the layer chain, not with
+    the outputs, which may be near 0.
 
-    Per layer, with the input ``a`` carrying error ``E`` from the layers below:
-    ``|z_computed - z| <= gamma(k + 1) (|a| + E) @ |W| + |b|) + E @ |W|`` (the product and
-    the bias add, in any order), then ``L_f`` times that through the activation plus its
-    own roundings.  Maxout's max is exact and 1-Lipschitz.  The bound therefore scales with
-    the sums of ``|a| |W|`` down the layer chain, not with the outputs, which may be near 0.
-
-    Returns a list of dicts per layer with ``a_in``, ``E_in``, ``z``, ``E_z`` (pieces
-    unmerged), ``a`` and ``E`` (the layer's output and its bound).
+    Returns one dict per layer: ``a_in``, ``E_in`` (its input and that input's bound),
+    ``z``, ``E_z`` (pre-activations, maxout pieces unmerged), ``a``, ``E`` (its output).
     """
-    dtype = model.dtype
-    u = unit_roundoff(dtype)
-    a = np.asarray(X, dtype=dtype).astype(float)
+    a = np.asarray(X, dtype=model.dtype).astype(float)
     E = np.zeros_like(a)
     steps = []
     for W, b, name, param, pieces in _layers(model):
-        k = W.shape[0]
-        z = a @ W + b
-        E_z = gamma(k + 1, dtype) * ((np.abs(a) + E) @ np.abs(W) + np.abs(b)) + E @ np.abs(W)
-        if name == "maxout":
-            n_out = W.shape[1] // pieces
-            out = z.reshape(len(z), pieces, n_out).max(axis=1)
-            E_out = E_z.reshape(len(z), pieces, n_out).max(axis=1)
-        else:
-            import reference
-            out = reference.activation(z, name, param)
-            E_out = (_lipschitz(name, param) * E_z
-                     + _activation_roundings(name) * u * (np.abs(out) + (np.abs(param or 0) + 1)
-                                                          * (name in ("sigmoid", "tanh", "elu"))))
+        z, E_z, out, E_out = dense_layer_bound(a, E, W, b, name, param, pieces, model.dtype)
         steps.append(dict(a_in=a, E_in=E, z=z, E_z=E_z, a=out, E=E_out, W=W, name=name,
                           param=param, pieces=pieces))
         a, E = out, E_out
@@ -138,83 +274,30 @@ def output_bound(model, X):
     return steps[-1]["a"], steps[-1]["E"]
 
 
-# f' as computed from the cached output, and what bounds its error: the jump at a kink
-# (where |z| is within its error bound of 0, the two computations may take either side)
-# and the slope of f' as a function of the output it is computed from.
-_DERIVATIVE = {
-    # name: (max f', jump at 0, |d f' / d a|)
-    "identity": (1.0, 0.0, 0.0),
-    "relu": (1.0, 1.0, 0.0),
-    "tanh": (1.0, 0.0, 2.0),      # 1 - a^2
-    "sigmoid": (0.25, 0.0, 1.0),  # a (1 - a)
-}
-
-
 def gradient_bound(model, X, y):
-    """``(grads, bounds)`` for softmax cross-entropy: the exact gradients of the mean loss
-    (``[dW1, db1, ...]`` as :meth:`Sequential.get_gradients`) and bounds on how far the
-    model's :meth:`compute_gradients` can be from them.
-
-    The forward bounds of :func:`forward_with_bound` carry into the loss gradient
-    (``softmax(z + d) / softmax(z)`` lies in ``[e^-2|d|, e^2|d|]``) and then backwards:
-    each product adds ``gamma(k)`` times its ``|a| @ |b|``, each error already present is
-    multiplied through ``|W|``, and a derivative's error is its slope times the output's
-    error, plus the whole jump wherever a ReLU input or a maxout winner is within rounding
-    of the other side (the two computations may then route the gradient differently).
-    """
-    if model.loss != "softmax_cross_entropy":
-        raise NotImplementedError(model.loss)
-    dtype = model.dtype
-    u = unit_roundoff(dtype)
+    """``(grads, bounds)``: the exact gradients of the mean loss (``[dW1, db1, ...]`` as
+    :meth:`Sequential.get_gradients`) and bounds on how far the model's
+    :meth:`compute_gradients` can be from them: the forward bounds carried into the loss
+    gradient (:func:`loss_bound`) and back down the layers (:func:`dense_backward_bound`,
+    :func:`maxout_backward_bound`), where a ReLU input or a maxout winner within rounding
+    of the other side may route the gradient either way."""
+    labels = np.asarray(y) if model.is_classifier and np.ndim(y) == 1 else None
+    targets = None if labels is not None else np.asarray(y, float).reshape(len(X), -1)
     steps = forward_with_bound(model, X)
-    n = len(X)
     scores, E_scores = steps[-1]["a"], steps[-1]["E"]
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    onehot = np.zeros_like(p)
-    onehot[np.arange(n), y] = 1
-    D = E_scores.max(axis=1, keepdims=True)
-    g = (p - onehot) / n
-    # exp of the shifted scores, their sum over the classes, one division, the subtraction
-    # and the division by n: gamma(n_out + 4) relative to p and the one-hot term.
-    E_g = (p * np.expm1(2 * D) + gamma(p.shape[1] + 4, dtype) * (p + onehot)) / n
-
+    import reference
+    _, g = reference.LOSSES[model.loss](scores, labels if labels is not None else targets)
+    _, E_g = loss_bound(model.loss, scores, E_scores, labels, targets, model.dtype)
     grads, bounds = [], []
     for i in range(len(steps) - 1, -1, -1):
         s = steps[i]
-        name, W = s["name"], s["W"]
-        if name == "maxout":
-            pieces = s["pieces"]
-            n_out = W.shape[1] // pieces
-            z = s["z"].reshape(n, pieces, n_out)
-            E_z = s["E_z"].reshape(n, pieces, n_out)
-            winner = z.argmax(axis=1)
-            top = z.max(axis=1, keepdims=True)
-            E_top = np.take_along_axis(E_z, winner[:, None, :], axis=1)
-            # pieces that may win in one computation or the other
-            maybe = (top - z) <= (E_top + E_z)
-            is_winner = np.zeros_like(z, dtype=bool)
-            np.put_along_axis(is_winner, winner[:, None, :], True, axis=1)
-            ambiguous = maybe.sum(axis=1, keepdims=True) > 1
-            d = np.where(is_winner, g[:, None, :], 0.0).reshape(n, -1)
-            E_d = np.where(ambiguous & maybe, np.abs(g)[:, None, :] + E_g[:, None, :],
-                           np.where(is_winner, E_g[:, None, :], 0.0)).reshape(n, -1)
+        if s["name"] == "maxout":
+            _, _, (exact, bound), _, _ = maxout_backward_bound(
+                s["a_in"], s["E_in"], s["W"], s["z"], s["E_z"], s["pieces"], g, E_g, model.dtype)
         else:
-            if name not in _DERIVATIVE:
-                raise NotImplementedError(name)
-            f_max, jump, slope = _DERIVATIVE[name]
-            import reference
-            fprime = reference.activation_derivative(s["z"], name, s["param"])
-            kink = np.abs(s["z"]) <= s["E_z"]
-            E_fprime = slope * s["E"] + jump * kink + ELEMENTARY_ROUNDINGS * u * f_max * (slope > 0)
-            d = g * fprime
-            E_d = E_g * f_max + (np.abs(g) + E_g) * E_fprime + u * (np.abs(g) + E_g) * f_max
-        a, E_a = s["a_in"], s["E_in"]
-        abs_a, abs_d = np.abs(a) + E_a, np.abs(d) + E_d
-        grads[:0] = [a.T @ d, d.sum(axis=0)]
-        bounds[:0] = [gamma(n, dtype) * (abs_a.T @ abs_d) + E_a.T @ abs_d + np.abs(a).T @ E_d,
-                      gamma(n, dtype) * abs_d.sum(axis=0) + E_d.sum(axis=0)]
-        if i > 0:
-            g = d @ W.T
-            E_g = gamma(W.shape[1], dtype) * (abs_d @ np.abs(W).T) + E_d @ np.abs(W).T
+            _, _, (exact, bound) = dense_backward_bound(
+                s["a_in"], s["E_in"], s["W"], s["z"], s["E_z"], s["E"], s["name"], s["param"],
+                g, E_g, model.dtype)
+        grads[:0], bounds[:0] = exact[:2], bound[:2]
+        g, E_g = exact[2], bound[2]
     return grads, bounds
