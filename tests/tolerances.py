@@ -55,6 +55,14 @@ def sum_bound(x, dtype, axis=None):
     return gamma(max(n, 1), dtype) * x.sum(axis=axis)
 
 
+def elementwise_bound(n_roundings, magnitude, dtype):
+    """Bound on an elementwise formula of ``n_roundings`` rounded operations (casts of
+    hyperparameters to ``dtype`` included), none of whose intermediate values exceeds
+    ``magnitude`` and whose coefficients are at most 1 in size: every rounding adds at most
+    ``u * magnitude``, and errors already made pass through with a factor of at most 1."""
+    return n_roundings * unit_roundoff(dtype) * np.abs(np.asarray(magnitude, float))
+
+
 def assert_within(got, want, bound, what="values"):
     """``|got - want| <= bound`` elementwise, with the worst element named on failure."""
     got, want = np.asarray(got, float), np.asarray(want, float)
