@@ -109,7 +109,9 @@ def dense_layer_bound(a, E, W, b, name, param, pieces, dtype):
     a, E = np.asarray(a, float), np.asarray(E, float)
     W, b = np.asarray(W, float), np.asarray(b, float)
     z = a @ W + b
-    E_z = gamma(W.shape[0] + 1, dtype) * ((np.abs(a) + E) @ np.abs(W) + np.abs(b)) + E @ np.abs(W)
+    # (k + 1) smallest subnormals: the absolute error of products and sums that underflow.
+    E_z = (gamma(W.shape[0] + 1, dtype) * ((np.abs(a) + E) @ np.abs(W) + np.abs(b)) + E @ np.abs(W)
+           + (W.shape[0] + 1) * float(np.finfo(dtype).smallest_subnormal))
     if name == "maxout":
         n_out = W.shape[1] // pieces
         out = z.reshape(len(z), pieces, n_out).max(axis=1)
@@ -216,7 +218,9 @@ def loss_bound(loss, scores, E_scores, labels, targets, dtype):
         onehot = np.zeros_like(p)
         onehot[rows, labels] = 1
         row = 2 * D[:, 0] + g_k * (2 * np.abs(s).max(axis=1) + 1)
-        grad = (p * np.expm1(2 * D) * (1 + g_k) + g_k * (p + onehot)) / n
+        # exp(s_j - peak): the subtraction's rounding, u |s_j - peak|, is a relative error of
+        # as much in p_j.
+        grad = (p * np.expm1(2 * D) * (1 + g_k) + (g_k + u * np.abs(shifted)) * p + g_k * onehot) / n
     elif loss == "multiclass_hinge":
         margins = s - s[rows, labels][:, None] + 1
         E_m = E + E[rows, labels][:, None] + 2 * u * (np.abs(s) + np.abs(s[rows, labels])[:, None] + 1)
@@ -236,7 +240,10 @@ def loss_bound(loss, scores, E_scores, labels, targets, dtype):
         grad = (2 * E_d + 2 * u * 2 * np.abs(d)) / (n * n_out)
     else:
         raise ValueError(loss)
-    return row, grad
+    # Results that underflow into the subnormals lose their relative accuracy: each of the
+    # roundings may add up to one smallest subnormal.
+    tiny = (n_out + 4) * float(np.finfo(dtype).smallest_subnormal)
+    return row + tiny, grad + tiny
 
 
 def mean_loss_bound(row_bound, row_loss):
