@@ -40,7 +40,8 @@ def test_dense_forward_matches_reference(rng, dtype, shape, name, param, n_threa
     # Within the layer's rounding bound of the exact result (tolerances.dense_layer_bound);
     # the float64 reference within its own.
     _, _, want, bound = _forward_bound(x, W, b, name, param, dtype)
-    assert_within(out, ref.dense_forward(x, W, b, name, param), bound + _forward_bound(x, W, b, name, param, np.float64)[3])
+    bound64 = _forward_bound(x, W, b, name, param, np.float64)[3]
+    assert_within(out, ref.dense_forward(x, W, b, name, param), bound + bound64)
 
 
 def _forward_bound(x, W, b, name, param, dtype, pieces=1):
@@ -114,8 +115,9 @@ def test_maxout_forward_and_backward_match_reference(rng, dtype, pieces, shape):
     dense.maxout_backward(x, W, winner, pieces, upstream, z, *grads, True, 2)
     _, _, (_, bounds64), _, _ = maxout_backward_bound(
         x, np.zeros(x.shape), W, zz, E_z + E_z64, pieces, upstream, np.zeros(upstream.shape), np.float64)
-    for got, want, bound, bound64 in zip(grads, ref.maxout_backward(x, W, b, pieces, upstream), bounds, bounds64):
-        assert_within(got, want, bound + bound64)
+    want = ref.maxout_backward(x, W, b, pieces, upstream)
+    for got, w, bound, bound64 in zip(grads, want, bounds, bounds64):
+        assert_within(got, w, bound + bound64)
 
 
 def test_maxout_ties_go_to_the_first_piece():
@@ -134,7 +136,8 @@ def test_column_sum(rng, dtype, n_threads, shape):
     x = rng.normal(size=shape).astype(dtype)
     out = np.full(shape[1], np.nan, dtype=dtype)
     dense.column_sum(x, out, n_threads)
-    assert_within(out, x.astype(float).sum(axis=0), sum_bound(x, dtype, 0) + sum_bound(x, np.float64, 0))
+    bound = sum_bound(x, dtype, 0) + sum_bound(x, np.float64, 0)
+    assert_within(out, x.astype(float).sum(axis=0), bound)
 
 
 def _loss_inputs(rng, loss, batch, n_out, dtype):
@@ -201,8 +204,10 @@ def test_sgd_update_matches_reference(rng, dtype, momentum, nesterov, weight_dec
     # p' = p - lr step.  Every value is at most 4 S; 8 operations and 3 hyperparameter
     # casts round (11 roundings) on the way to p', 6 on the way to v' (at most 2 S).
     S = np.abs(params_before).astype(float) + np.abs(grads) + np.abs(velocity_before)
-    assert_within(params, want_params, elementwise_bound(11, 4 * S, dtype) + elementwise_bound(11, 4 * S, np.float64))
-    assert_within(velocity, want_velocity, elementwise_bound(6, 2 * S, dtype) + elementwise_bound(6, 2 * S, np.float64))
+    assert_within(params, want_params,
+                  elementwise_bound(11, 4 * S, dtype) + elementwise_bound(11, 4 * S, np.float64))
+    assert_within(velocity, want_velocity,
+                  elementwise_bound(6, 2 * S, dtype) + elementwise_bound(6, 2 * S, np.float64))
 
 
 def test_input_checks_see_nan_and_inf_despite_fastmath():

@@ -72,7 +72,6 @@ def test_softmax_cross_entropy_is_finite_and_right_for_any_finite_logits(batch):
 @SETTINGS
 @given(score_batches(classification=True))
 def test_multiclass_hinge_matches_reference(batch):
-    scores = batch[0]
     grad, want_grad, bound = _checked_loss("multiclass_hinge", *batch)
     # The gradient counts violated margins: exact, except where a margin is within rounding
     # of 0 (at 1e30 a margin's "+1" vanishes), which the bound counts as a possible flip.

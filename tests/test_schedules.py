@@ -167,4 +167,5 @@ def test_each_epoch_runs_at_its_scheduled_rate(rng, schedule, want):
     history = model.fit(X, y, epochs=5, batch_size=4, callbacks=[schedule])
     # The callbacks' float64 arithmetic against the same formulas written out: a few
     # roundings of values <= 0.1 (see the schedule tests above for the 5000 eps).
-    np.testing.assert_allclose(history["lr"], want, rtol=5000 * eps(np.float64), atol=10 * eps(np.float64) * 0.1)
+    np.testing.assert_allclose(history["lr"], want, rtol=5000 * eps(np.float64),
+                               atol=10 * eps(np.float64) * 0.1)
