@@ -316,3 +316,25 @@ def gradient_bound(model, X, y):
         grads[:0], bounds[:0] = exact[:2], bound[:2]
         g, E_g = exact[2], bound[2]
     return grads, bounds
+
+
+# --- Training trajectories -----------------------------------------------------------------
+
+#: Relative tolerance for two float64 trainings that run the same arithmetic with only the
+#: order of some sums changed (another compilation of the same loops, another BLAS call
+#: shape, the rows of a batch split over MPI ranks): for the small test networks (inputs,
+#: weights and activations of order 1, sums of at most ~50 terms) every step's products
+#: are within gamma(50) ~ 5.6e-15 of their |a| |b| sums.  How a difference made at one
+#: step grows over the later ones is not bounded a priori (it depends on the loss surface);
+#: this allows a growth of ~200 over the few (<= 60) steps these tests take, and stays
+#: 1e9 below what a real error (a row missed, a wrong average or weight) moves.  Never
+#: used for float32, where the same growth would reach 1e-4.
+FLOAT64_TRAJECTORY_RTOL = 200 * gamma(50, np.float64)
+
+
+def assert_trajectories_agree(got, want, what="values"):
+    """``got`` and ``want`` (arrays of a float64 training) within FLOAT64_TRAJECTORY_RTOL
+    of the larger of their magnitude and 1 (weights and losses near 0 get the absolute
+    tolerance of an order-1 value)."""
+    want = np.asarray(want, float)
+    assert_within(got, want, FLOAT64_TRAJECTORY_RTOL * np.maximum(np.abs(want), 1.0), what)
