@@ -46,6 +46,17 @@ if size != expected_size:
     print(f"mpi_train.py: world size {size}, expected {expected_size} (mismatched mpiexec?)",
           file=sys.stderr, flush=True)
     sys.exit(3)
+# Under tests/test_blas_families.py every rank must run the forced OpenBLAS kernel family.
+expected_family = os.environ.get("FASTMLP_TEST_EXPECT_BLAS_FAMILY")
+if expected_family:
+    from fastmlp.threads import fastmlp_blas_libraries
+
+    families = {lib.filepath: getattr(lib, "architecture", None)
+                for lib in fastmlp_blas_libraries().lib_controllers}
+    if not families or set(families.values()) != {expected_family}:
+        print(f"mpi_train.py: rank {rank}: expected OpenBLAS family {expected_family}, "
+              f"threadpoolctl reports {families}", file=sys.stderr, flush=True)
+        sys.exit(4)
 
 N_FEATURES, N_CLASSES = 5, 3
 

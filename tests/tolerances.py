@@ -326,7 +326,7 @@ def gradient_bound(model, X, y):
 #: weights and activations of order 1, sums of at most ~50 terms) every step's products
 #: are within gamma(50) ~ 5.6e-15 of their |a| |b| sums.  How a difference made at one
 #: step grows over the later ones is not bounded a priori (it depends on the loss surface);
-#: this allows a growth of ~200 over the few (<= 60) steps these tests take, and stays
+#: this allows a growth of ~200 over the few (<= 100) steps these tests take, and stays
 #: 1e9 below what a real error (a row missed, a wrong average or weight) moves.  Never
 #: used for float32, where the same growth would reach 1e-4.
 FLOAT64_TRAJECTORY_RTOL = 200 * gamma(50, np.float64)
