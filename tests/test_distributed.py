@@ -416,6 +416,7 @@ def test_killed_job_with_plateau_and_early_stopping_resumes_bit_identical(tmp_pa
     assert resumed["epoch"] == [5, 6]
     for key, values in reference["history"].items():
         assert resumed["history"][key] == values[4:], key
+    # The same bytes: the resumed run's state is bit for bit the reference's (above).
     assert ck.read_bytes() == reference_ck.read_bytes()
     # The last checkpoint holds rank 0's callbacks' state.
     from fastmlp.io import read
@@ -429,6 +430,7 @@ def test_killed_job_with_plateau_and_early_stopping_resumes_bit_identical(tmp_pa
     assert run.count(f"ValueError: fit_distributed: rank 0 of 2: checkpoint {ck} was written "
                      "by fit with the stateful callbacks ['ReduceLROnPlateau', "
                      "'EarlyStopping'], this call has ['ReduceLROnPlateau']") == [1] * 2, run
+    # Refused: the file untouched.
     assert ck.read_bytes() == reference_ck.read_bytes()
 
 
@@ -465,6 +467,7 @@ def test_checkpoint_of_another_job_is_refused_on_every_rank(tmp_path):
     assert run.returncode != 0 and result is None, run
     assert run.count(f"fastmlp.io.FormatError: fit_distributed: rank 0 of 2: {damaged}: "
                      "checksum mismatch") == [1] * 2, run
+    # Refused: the file untouched.
     assert damaged.read_bytes() == data
 
     # A distributed checkpoint is a model file, but no single-process run resumes it ...

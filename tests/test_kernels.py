@@ -107,8 +107,10 @@ def test_maxout_forward_and_backward_match_reference(rng, dtype, pieces, shape):
     upstream = rng.normal(size=out.shape).astype(dtype)
     _, _, (_, bounds), exact_winner, maybe = maxout_backward_bound(
         x, np.zeros(x.shape), W, zz, E_z + E_z64, pieces, upstream, np.zeros(upstream.shape), dtype)
+    # The exact winners: numpy's argmax of the same float64 values.
     np.testing.assert_array_equal(exact_winner, want_winner)
     assert np.take_along_axis(maybe, winner[:, None, :].astype(np.intp), axis=1).all()
+    # Where no other piece is within rounding of the winner, the kernel must pick it too.
     np.testing.assert_array_equal(winner[maybe.sum(axis=1) == 1], want_winner[maybe.sum(axis=1) == 1])
 
     grads = [np.empty_like(W), np.empty_like(b), np.empty_like(x)]
