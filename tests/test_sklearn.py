@@ -56,7 +56,7 @@ CHECKS = [(estimator, check) for estimator in ESTIMATORS
 # check_sample_weight_equivalence_on_dense_data with solver="lbfgs" and its MLPRegressor's
 # with solver="sgd", tol=1e-2.  That check compares weighted and repeated-row fits to
 # rtol=1e-7: our estimators pass it in float64; in float32 the two fits agree only to float32
-# rounding (~1e-6 relative after 30 Adam epochs), which
+# rounding (carried over 30 Adam epochs), which
 # test_sample_weight_equivalence_float32 checks at a float32 tolerance instead.
 CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": dict(dtype="float64")}
 
