@@ -149,7 +149,7 @@ def test_each_callback_gets_its_own_copy_of_the_logs():
     rec = Recorder()
     history = _model().fit(X, y, epochs=2, batch_size=8, callbacks=[Vandal(), rec])
     ends = [c for c in rec.calls if c[0] == "on_epoch_end"]
-    assert [c[2]["loss"] for c in ends] == history["loss"]
+    assert [c[2]["loss"] for c in ends] == history["loss"]  # the very floats the History holds
     assert all(v > 0 for v in history["loss"])
 
 
@@ -337,7 +337,7 @@ def test_early_stopping_restores_the_best_epoch_when_it_stops():
     assert best > 1  # and the best epoch is not simply the first
     assert history.epoch == list(range(1, stopped + 1))
     assert (es.best_epoch, es.stopped_epoch, es.restored_epoch) == (best, stopped, best)
-    assert es.best == history["val_loss"][best - 1]
+    assert es.best == history["val_loss"][best - 1]  # the very float it was given
     # Bitwise: EarlyStopping puts back a copy of the best epoch's parameters.
     np.testing.assert_array_equal(model.params, rec.params[best])
     assert not np.array_equal(model.params, rec.params[stopped])
@@ -583,6 +583,8 @@ def _drive_plateau(plateau, values, lr=0.1, metric="val_loss"):
     return lrs
 
 
+# The plateau rates below are exact: 0.1 halved any number of times is 0.1's float times a
+# power of 2, and the floor is min_lr itself.
 def test_plateau_drops_after_patience_plus_one_bad_epochs():
     flat = [1.0] * 10
     lrs = _drive_plateau(ReduceLROnPlateau(factor=0.5, patience=2), flat)
@@ -634,6 +636,8 @@ def test_plateau_through_fit_matches_pytorch_rules_on_the_real_losses():
     history = model.fit(X, y, epochs=14, batch_size=8, callbacks=[plateau])
     torch = ref.ReduceLROnPlateau(0.05, "min", 0.5, 0, 0.2, 1, 0.01)
     want = [0.05] + [torch.step(v) for v in history["loss"][:-1]]
+    # Bitwise: the kernel and the reference each compute a drop as one correctly rounded
+    # product or the floor, on the same float64 losses (test_schedules: comparisons).
     assert history["lr"] == want
     assert len(set(want)) >= 3 and min(want) == 0.01  # several drops, down to the floor
     # The memory is reset by the next fit.
@@ -666,7 +670,7 @@ def test_resume_with_a_schedule_is_bit_identical(tmp_path, name, make_opt):
     # Bitwise: the resumed run replays the same kernels on the same shapes from an exact copy of the state.
     assert _state(resumed) == _state(reference)
     for key, values in ref_history.history.items():
-        assert history.history[key] == values[3:]
+        assert history.history[key] == values[3:]  # the same steps' figures: bitwise too
 
 
 # ----------------------------------------------------------------------------- the callbacks argument
@@ -725,7 +729,7 @@ def test_resume_keeps_the_memory_of_plateau_and_early_stopping(tmp_path, interru
     callbacks = _stateful_callbacks()
     history = resumed.fit(X, y, callbacks=callbacks, checkpoint=path, resume=True, **kw)
     assert history.epoch[0] == interrupt_at
-    assert history["lr"] == ref_history["lr"][interrupt_at - 1:]
+    assert history["lr"] == ref_history["lr"][interrupt_at - 1:]  # restored state: bitwise
     assert callbacks[1].stopped_epoch == ref_callbacks[1].stopped_epoch
     assert callbacks[1].restored_epoch == ref_callbacks[1].restored_epoch
     # Bitwise, as above.
@@ -760,7 +764,7 @@ def test_a_checkpoint_records_callback_state_in_its_header(tmp_path):
     entries = contents.header["training"]["callbacks"]
     assert [e["class"] for e in entries] == ["StepDecay", "ReduceLROnPlateau", "EarlyStopping"]
     assert entries[0]["state"] == {"base_lr": 0.3}
-    assert entries[1]["state"]["lr"] == model.optimizer.lr
+    assert entries[1]["state"]["lr"] == model.optimizer.lr  # JSON round-trips floats exactly
     assert entries[2]["tensors"] == ["best_params"]
     best = contents.tensors["callbacks.2.best_params"]
     assert best.shape == model.params.shape and best.dtype == model.params.dtype

@@ -58,7 +58,7 @@ def test_resume_from_any_epoch_is_bit_identical(tmp_path, shuffle, make_opt, dty
         assert _state(resumed) == _state(reference)
         assert history.epoch == list(range(stop + 1, epochs + 1))
         for key, values in ref_history.history.items():
-            assert history.history[key] == values[stop:]
+            assert history.history[key] == values[stop:]  # the same steps' figures: bitwise
 
 
 def test_checkpoint_schedule_and_contents(tmp_path, monkeypatch):

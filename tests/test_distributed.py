@@ -160,6 +160,7 @@ def test_weights_validation_split_and_callbacks_match_single_process(n, tmp_path
     assert sorted(history) == ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]
     for key in ("loss", "val_loss"):
         assert max(abs(a - b) for a, b in zip(history[key], expected[key])) <= TOL, key
+    # Counts of right answers: the same unless two scores tie to float64 rounding (TOL).
     for key in ("accuracy", "val_accuracy"):
         assert history[key] == expected[key], key
     assert history["lr"] == [0.2, 0.2]
@@ -179,7 +180,7 @@ def test_weights_validation_split_and_callbacks_match_single_process(n, tmp_path
     assert 2 < restored < stopped < 30 and len(set(fit["single"]["lr"])) > 2
     assert fit["stops"] == [[stopped, restored, epochs]] * n  # the same decision on every rank
     assert fit["history"]["lr"] == fit["single"]["lr"]
-    for key in ("accuracy", "val_accuracy"):
+    for key in ("accuracy", "val_accuracy"):  # counts of right answers, as above (ties only)
         assert fit["history"][key] == fit["single"][key], key
     for key in ("loss", "val_loss"):
         assert max(abs(a - b) for a, b in zip(fit["history"][key], fit["single"][key])) <= TOL
@@ -370,7 +371,7 @@ def test_killed_job_resumes_bit_identical(dtype, tmp_path):
     assert resumed["ranks"] == reference["ranks"]
     assert resumed["epoch"] == [6, 7, 8]
     for key, values in reference["history"].items():
-        assert resumed["history"][key] == values[5:]
+        assert resumed["history"][key] == values[5:]  # bitwise, as the state
     # The final checkpoints (every rank's row order and streams included) are the same bytes.
     assert ck.read_bytes() == reference_ck.read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
@@ -415,7 +416,7 @@ def test_killed_job_with_plateau_and_early_stopping_resumes_bit_identical(tmp_pa
     assert resumed["ranks"] == reference["ranks"]
     assert resumed["epoch"] == [5, 6]
     for key, values in reference["history"].items():
-        assert resumed["history"][key] == values[4:], key
+        assert resumed["history"][key] == values[4:], key  # bitwise, as the state
     # The same bytes: the resumed run's state is bit for bit the reference's (above).
     assert ck.read_bytes() == reference_ck.read_bytes()
     # The last checkpoint holds rank 0's callbacks' state.

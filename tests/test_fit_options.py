@@ -38,10 +38,12 @@ def test_validation_split_holds_out_the_last_rows(n, split, n_train):
     want = explicit.fit(X[:n_train], y[:n_train], validation_data=(X[n_train:], y[n_train:]), **kw)
     # Training saw only the first n_train rows (the same shuffles, the same steps) ...
     assert split_model.optimizer.step_count == 3 * math.ceil(n_train / 8)
+    # Bitwise: the same rows, shuffles and batch shapes through the same kernels.
     assert _state(split_model) == _state(explicit)
     assert history.history == want.history
     # ... and validated on the rest.
     evaluation = split_model.evaluate(X[n_train:], y[n_train:])
+    # Bitwise: fit validates through evaluate's own call on a workspace of the same size.
     assert history["val_loss"][-1] == evaluation["loss"]
     assert history["val_accuracy"][-1] == evaluation["accuracy"]
     assert history["val_loss"][-1] != split_model.evaluate(X[:n - n_train], y[:n - n_train])["loss"]
@@ -219,7 +221,8 @@ def test_first_epoch_loss_binary_cross_entropy_with_class_weight(rng):
     row_loss = np.where(t == 1, np.logaddexp(0, -s), np.logaddexp(0, s))
     w = np.where(t == 1, 3.0, 0.5)
     history = model.fit(X, t, epochs=1, batch_size=14, shuffle=False, class_weight={0: 0.5, 1: 3.0})
-    assert history["loss"][0] == pytest.approx((w * row_loss).sum() / 14, rel=FLOAT64_TRAJECTORY_RTOL)  # as above
+    want = (w * row_loss).sum() / 14
+    assert history["loss"][0] == pytest.approx(want, rel=FLOAT64_TRAJECTORY_RTOL)  # as above
 
 
 @pytest.mark.parametrize("bad,error,message", [
@@ -418,6 +421,7 @@ def test_accuracy_of_a_frozen_full_batch_epoch_is_the_score_before(rng, loss, n_
     score = model.score(X, y)
     assert 0 < score < 1
     history = model.fit(X, y, epochs=1, batch_size=31, shuffle=False)
+    # A count of right answers over 31 rows, before a step of lr=1e-30: the same count.
     assert history["accuracy"] == [score]
 
 

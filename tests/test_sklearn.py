@@ -138,7 +138,8 @@ def test_binary_decision_function_is_one_column(loss):
         # Two float64 forms of the logistic of the same scores: a few roundings each, absolute
         # near 0 where 0.5 (1 + tanh(s / 2)) loses relative accuracy.
         ulps = ELEMENTARY_ROUNDINGS * eps(np.float64)
-        np.testing.assert_allclose(clf.predict_proba(X)[:, 1], 1 / (1 + np.exp(-scores)), rtol=ulps, atol=ulps)
+        np.testing.assert_allclose(clf.predict_proba(X)[:, 1], 1 / (1 + np.exp(-scores)),
+                                   rtol=ulps, atol=ulps)
 
 
 def test_hinge_has_no_predict_proba():
@@ -344,7 +345,8 @@ def test_early_stopping_stops_on_the_validation_score(spiral, monkeypatch):
     np.testing.assert_array_equal(np.bincount(call["y_val"]), [6, 6, 6])
     # Each score is the accuracy on those rows, a multiple of 1/18.
     # Accuracies of 18 rows are k / 18: times 18 within a rounding or two of an integer.
-    np.testing.assert_allclose(np.array(scores) * 18, np.round(np.array(scores) * 18), atol=18 * eps(np.float64))
+    np.testing.assert_allclose(np.array(scores) * 18, np.round(np.array(scores) * 18),
+                               atol=18 * eps(np.float64))
     # It stopped exactly where scikit-learn's rule says: more than n_iter_no_change epochs
     # without beating the best score by tol, and not before.
     assert no_improvement_stop(scores, clf.tol, 10) == clf.n_iter_
