@@ -13,7 +13,11 @@ roundoff ``u = eps / 2``; a computed sum of ``k`` terms, in any order (fastmath'
 ``reassoc``) and with or without fused multiply-adds (``contract``), satisfies
 ``|fl(sum x_i) - sum x_i| <= gamma(k) * sum |x_i|`` with ``gamma(k) = k u / (1 - k u)``.
 So a computed product ``a @ b`` of inner length ``k`` is within ``gamma(k) * |a| @ |b|`` of
-the exact one, and two computations of it (two kernels) within twice that.
+the exact one, and two computations of it (two kernels) within twice that.  fastmath also
+lets LLVM rewrite an expression (``(1 - b) x`` as ``x - b x``, seen in Adam's update), and
+two compilations of one loop (the serial path and a ``prange`` driver) may order a sum
+differently: nothing here assumes the written order.  Results that underflow add an
+absolute error of up to one smallest subnormal per operation.
 """
 
 import numpy as np
