@@ -33,10 +33,12 @@ needs_mpi = pytest.mark.skipif(
 class Run:
     """One mpiexec job: its return code, and what each rank wrote, read separately.
 
-    Every rank's stdout and stderr go to files of its own (hydra's ``-outfile-pattern`` and
-    ``-errfile-pattern``, ``%r`` being the rank), so the tests assert on each rank's text:
-    on one merged stream, several ranks' tracebacks interleave (a count of one message over
-    all ranks then comes out short under load)."""
+    Every rank's stdout and stderr go to files of its own, so the tests assert on each
+    rank's text: on one merged stream, several ranks' tracebacks interleave (a count of one
+    message over all ranks then came out short under load).  hydra's ``-outfile-pattern``
+    and ``-errfile-pattern`` (``%r``: the rank) catch what any program prints;
+    tests/mpi_train.py also points its own stdout and stderr at ``rank-R.log``, written
+    directly, so that what a rank wrote just before an MPI_Abort is never lost in a pipe."""
 
     def __init__(self, returncode, launcher, ranks):
         self.returncode = returncode
@@ -47,7 +49,7 @@ class Run:
         """How many times each rank wrote ``text``, as a list indexed by rank."""
         return [out.count(text) for out in self.ranks]
 
-    def __str__(self):  # for assertion messages
+    def __repr__(self):  # for assertion messages
         parts = [f"--- mpiexec ---\n{self.launcher}"]
         parts += [f"--- rank {r} ---\n{out}" for r, out in enumerate(self.ranks)]
         return "\n".join(parts)
@@ -56,11 +58,12 @@ class Run:
 def mpiexec(n, program, log_dir):
     """Run ``program`` (argv) under ``mpiexec -n N`` on loopback, each rank's output in
     ``log_dir``; a :class:`Run`."""
-    env = dict(os.environ, UCX_NET_DEVICES="lo", HYDRA_IFACE="lo", PYTHONUNBUFFERED="1")
-    env.pop("NUMBA_NUM_THREADS", None)  # the threads test needs numba's default
     log_dir = Path(log_dir)
+    env = dict(os.environ, UCX_NET_DEVICES="lo", HYDRA_IFACE="lo", PYTHONUNBUFFERED="1",
+               FASTMLP_TEST_LOG_DIR=str(log_dir))
+    env.pop("NUMBA_NUM_THREADS", None)  # the threads test needs numba's default
     log_dir.mkdir(parents=True, exist_ok=True)
-    for old in log_dir.glob("rank-*.std*"):  # a previous job's, in the same directory
+    for old in log_dir.glob("rank-*"):  # a previous job's, in the same directory
         old.unlink()
     cmd = [str(MPIEXEC), "-launcher", "fork", "-n", str(n),
            "-outfile-pattern", str(log_dir / "rank-%r.stdout"),
@@ -81,9 +84,9 @@ def mpiexec(n, program, log_dir):
 
     run = Run(proc.returncode, launcher,
               [read(log_dir / f"rank-{r}.stdout") + read(log_dir / f"rank-{r}.stderr")
-               for r in range(n)])
+               + read(log_dir / f"rank-{r}.log") for r in range(n)])
     if timed_out:
-        pytest.fail(f"mpiexec -n {n} {program} hung for {TIMEOUT_S} s and was killed:\n{run}")
+        pytest.fail(f"mpiexec -n {n} {program} hung for {TIMEOUT_S} s and was killed:\n{run!r}")
     return run
 
 
@@ -262,7 +265,7 @@ def test_bad_input_on_one_rank_raises_on_every_rank(n, tmp_path):
              "of epoch 1 the optimizer has lr=0.05 (rank 0: 0.2); give every rank the same "
              "callbacks"),
         ]:
-            assert f"rank {r} refused: {refusal}" in output, (r, refusal, str(run))
+            assert f"rank {r} refused: {refusal}" in output, (r, refusal, run)
         # on_train_end ran on every rank, with the error every rank raises.
         assert f"rank {r} on_train_end: RuntimeError" in output
         assert f"rank {r} on_train_end: ValueError" in output
