@@ -120,7 +120,7 @@ def test_lowering_the_learning_rate_between_steps_takes_effect():
     b.optimizer.lr = 1e-9
     a.train_step(X_OK, Y_OK)
     b.train_step(X_OK, Y_OK)
-    assert not np.allclose(a.get_weights()[0], b.get_weights()[0])
+    assert not np.allclose(a.get_weights()[0], b.get_weights()[0])  # other data, other weights: far apart
 
 
 @pytest.mark.parametrize("build,error,match", [
