@@ -1,12 +1,7 @@
 import numpy as np
 import pytest
 
-#: One place for per-dtype tolerances (kernels vs the float64 numpy reference).  float32
-#: products carry ~1e-7 relative error per term; fastmath's reassociation reorders sums.
-TOLERANCES = {
-    np.float32: dict(rtol=2e-4, atol=2e-5),
-    np.float64: dict(rtol=1e-10, atol=1e-12),
-}
+# Float tolerances live in tests/tolerances.py: bounds derived from each computation.
 
 DTYPES = [np.float32, np.float64]
 
@@ -21,10 +16,6 @@ ACTIVATIONS = [
     ("leaky_relu", 0.1),
     ("elu", 0.7),
 ]
-
-
-def tolerance(dtype):
-    return TOLERANCES[np.dtype(dtype).type]
 
 
 @pytest.fixture
@@ -62,3 +53,35 @@ def training_state(model):
     count and RNG state."""
     return (model.params.tobytes(), model.optimizer.state.tobytes(), model.optimizer.step_count,
             model._rng.bit_generator.state)
+
+
+# --- The BLAS kernel family (tests/test_blas_families.py) -------------------------------
+#: Set by tests/test_blas_families.py in the pytest it starts under OPENBLAS_CORETYPE: the
+#: kernel family the BLAS that fastmlp calls must report, or the run stops at once.
+EXPECT_BLAS_FAMILY = "FASTMLP_TEST_EXPECT_BLAS_FAMILY"
+
+
+def fastmlp_blas_families():
+    """``{path: architecture}`` of the OpenBLAS libraries fastmlp's kernels call (SciPy's,
+    as :func:`fastmlp.threads.fastmlp_blas_libraries` selects), from threadpoolctl."""
+    from fastmlp.threads import fastmlp_blas_libraries
+
+    return {lib.filepath: getattr(lib, "architecture", None)
+            for lib in fastmlp_blas_libraries().lib_controllers}
+
+
+def pytest_report_header(config):
+    return f"fastmlp's BLAS kernel families: {sorted(set(fastmlp_blas_families().values()))}"
+
+
+def pytest_configure(config):
+    import os
+
+    expected = os.environ.get(EXPECT_BLAS_FAMILY)
+    if expected:
+        families = fastmlp_blas_families()
+        if not families or set(families.values()) != {expected}:
+            raise pytest.UsageError(
+                f"{EXPECT_BLAS_FAMILY}={expected} (OPENBLAS_CORETYPE="
+                f"{os.environ.get('OPENBLAS_CORETYPE')!r}), but threadpoolctl reports {families} "
+                "for the BLAS fastmlp calls: the forced kernel family did not take effect")

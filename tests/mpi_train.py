@@ -41,11 +41,34 @@ from fastmlp.distributed import fit_distributed
 mode, expected_size, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
+# tests/test_distributed.py reads each rank's output from its own file.  Every write of this
+# rank (Python's, with PYTHONUNBUFFERED, and C libraries') goes straight into it: nothing
+# interleaves with another rank's, and nothing is left in a launcher's pipe when MPI_Abort
+# ends the job (a traceback written just before the abort was lost that way under load).
+if os.environ.get("FASTMLP_TEST_LOG_DIR"):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _log = os.open(os.path.join(os.environ["FASTMLP_TEST_LOG_DIR"], f"rank-{rank}.log"),
+                   os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(_log, 1)
+    os.dup2(_log, 2)
+    os.close(_log)
 # A launcher from another MPI would start several independent size-1 worlds instead.
 if size != expected_size:
     print(f"mpi_train.py: world size {size}, expected {expected_size} (mismatched mpiexec?)",
           file=sys.stderr, flush=True)
     sys.exit(3)
+# Under tests/test_blas_families.py every rank must run the forced OpenBLAS kernel family.
+expected_family = os.environ.get("FASTMLP_TEST_EXPECT_BLAS_FAMILY")
+if expected_family:
+    from fastmlp.threads import fastmlp_blas_libraries
+
+    families = {lib.filepath: getattr(lib, "architecture", None)
+                for lib in fastmlp_blas_libraries().lib_controllers}
+    if not families or set(families.values()) != {expected_family}:
+        print(f"mpi_train.py: rank {rank}: expected OpenBLAS family {expected_family}, "
+              f"threadpoolctl reports {families}", file=sys.stderr, flush=True)
+        sys.exit(4)
 
 N_FEATURES, N_CLASSES = 5, 3
 

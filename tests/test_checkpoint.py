@@ -47,16 +47,18 @@ def test_resume_from_any_epoch_is_bit_identical(tmp_path, shuffle, make_opt, dty
     path = tmp_path / "ck.fmlp"
     plain = _model(make_opt(), dtype)
     plain.fit(X, y, epochs=epochs, checkpoint=path, checkpoint_every=4, **kw)
+    # Bitwise: checkpointing only reads the state; the training is the same kernels on the same shapes.
     assert _state(plain) == _state(reference)
     for stop in range(1, epochs):
         first = _model(make_opt(), dtype)
         first.fit(X, y, epochs=stop, checkpoint=path, **kw)  # the crash: the process ends here
         resumed = _model(make_opt(), dtype)
         history = resumed.fit(X, y, epochs=epochs, checkpoint=path, resume=True, **kw)
+        # Bitwise: a resume continues from an exact copy of the state, with the same kernels and shapes.
         assert _state(resumed) == _state(reference)
         assert history.epoch == list(range(stop + 1, epochs + 1))
         for key, values in ref_history.history.items():
-            assert history.history[key] == values[stop:]
+            assert history.history[key] == values[stop:]  # the same steps' figures: bitwise
 
 
 def test_checkpoint_schedule_and_contents(tmp_path, monkeypatch):
@@ -89,16 +91,19 @@ def test_resume_without_a_checkpoint_starts_fresh_and_a_finished_run_is_a_no_op(
     model = _model()
     path = tmp_path / "ck.fmlp"
     assert model.fit(X, y, epochs=3, checkpoint=path, resume=True).epoch == [1, 2, 3]
+    # Bitwise, as above.
     assert _state(model) == _state(reference)
     again = _model()
     history = again.fit(X, y, epochs=3, checkpoint=path, resume=True)
     assert history.epoch == [] and history.history["loss"] == []
+    # Bitwise, as above.
     assert _state(again) == _state(reference)
     # Training on past the finished run, and resume=False starting over.
     longer = _model()
     assert longer.fit(X, y, epochs=5, checkpoint=path, resume=True).epoch == [4, 5]
     fresh = _model()
     assert fresh.fit(X, y, epochs=3, checkpoint=path).epoch == [1, 2, 3]
+    # Bitwise, as above.
     assert _state(fresh) == _state(reference)
 
 
@@ -178,6 +183,7 @@ def test_a_damaged_checkpoint_is_reported_not_overwritten(tmp_path):
     with pytest.raises(FormatError, match="checksum mismatch"):
         model.fit(X, y, epochs=4, checkpoint=path, resume=True)
     _unchanged(model, before)
+    # The file's bytes, untouched.
     assert path.read_bytes() == data
 
 
@@ -297,6 +303,7 @@ def _run(workdir, checkpoint, out, **kwargs):
 
 
 def _same_model(a, b):
+    # Bitwise: both files hold exact copies of the states of identical runs.
     return _state(fastmlp.load(a)) == _state(fastmlp.load(b))
 
 
@@ -425,6 +432,7 @@ def test_distributed_checkpoint_layout_and_round_trip(tmp_path):
     order = contents.tensors["shuffle_order"]
     assert sorted(order[:5]) == [0, 1, 2, 3, 4] and sorted(order[5:]) == [5, 6, 7]
     for (o, shuffle_rng, rng), (o2, shuffle_rng2, rng2) in zip(fio.rank_states(contents), states):
+        # Integers and generator states: exact.
         assert np.array_equal(o, o2) and shuffle_rng == shuffle_rng2 and rng == rng2
     assert _state(fastmlp.load(path)) == _state(model)  # a model file like any other
     # Resumable by a run of 2 ranks with these shards, and by nothing else.

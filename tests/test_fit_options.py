@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import LOSS_OUTPUTS, random_targets, three_class_data as _data, training_state as _state
+from tolerances import FLOAT64_TRAJECTORY_RTOL, assert_trajectories_agree
 from fastmlp import SGD, Adam, Dense, Sequential
 
 
@@ -37,10 +38,12 @@ def test_validation_split_holds_out_the_last_rows(n, split, n_train):
     want = explicit.fit(X[:n_train], y[:n_train], validation_data=(X[n_train:], y[n_train:]), **kw)
     # Training saw only the first n_train rows (the same shuffles, the same steps) ...
     assert split_model.optimizer.step_count == 3 * math.ceil(n_train / 8)
+    # Bitwise: the same rows, shuffles and batch shapes through the same kernels.
     assert _state(split_model) == _state(explicit)
     assert history.history == want.history
     # ... and validated on the rest.
     evaluation = split_model.evaluate(X[n_train:], y[n_train:])
+    # Bitwise: fit validates through evaluate's own call on a workspace of the same size.
     assert history["val_loss"][-1] == evaluation["loss"]
     assert history["val_accuracy"][-1] == evaluation["accuracy"]
     assert history["val_loss"][-1] != split_model.evaluate(X[:n - n_train], y[:n - n_train])["loss"]
@@ -54,6 +57,7 @@ def test_validation_split_with_sample_weight_and_a_regressor():
     a, b = _model("mse", 2), _model("mse", 2)
     history = a.fit(X, y, sample_weight=w, validation_split=0.25, **kw)
     want = b.fit(X[:30], y[:30], sample_weight=w[:30], validation_data=(X[30:], y[30:]), **kw)
+    # Bitwise: the same rows, weights and batch shapes through the same kernels.
     assert _state(a) == _state(b)
     assert history.history == want.history
     assert set(history.history) == {"loss", "val_loss", "lr"}
@@ -64,10 +68,12 @@ def test_validation_split_accepts_numpy_scalars_and_zero():
     a, b = _model(), _model()
     a.fit(X, y, epochs=1, batch_size=8, validation_split=np.float64(0.25))
     b.fit(X[:30], y[:30], epochs=1, batch_size=8)
+    # Bitwise, as above.
     assert _state(a) == _state(b)
     c, d = _model(), _model()
     assert "val_loss" not in c.fit(X, y, epochs=1, batch_size=8, validation_split=0).history
     d.fit(X, y, epochs=1, batch_size=8)
+    # Bitwise, as above.
     assert _state(c) == _state(d)
 
 
@@ -113,10 +119,13 @@ def test_unit_weights_change_nothing(rng, loss, dtype):
     plain, weighted = _model(loss, n_out, dtype), _model(loss, n_out, dtype)
     h_plain = plain.fit(X, y, **kw)
     h_weighted = weighted.fit(X, y, sample_weight=np.ones(30), **kw)
+    # Bitwise: a weight of 1.0 multiplies exactly.
     assert _state(weighted) == _state(plain)
     assert h_weighted.history.keys() == h_plain.history.keys()
+    # The states are bitwise equal (a weight of 1.0 multiplies exactly); the History's
+    # figures are float64 sums of the same rows, in float32 and float64 runs alike.
     for key in h_plain.history:
-        np.testing.assert_allclose(h_weighted[key], h_plain[key], rtol=1e-12)
+        assert_trajectories_agree(h_weighted[key], h_plain[key], key)
 
 
 @pytest.mark.parametrize("loss", list(LOSS_OUTPUTS))
@@ -135,9 +144,11 @@ def test_zero_weights_drop_rows_but_still_count_in_the_divisor(rng, loss):
     grads_w = [g.copy() for g in model.get_gradients()]
     loss_kept = model.compute_gradients(X[keep], y[keep])
     grads_kept = model.get_gradients()
-    assert loss_w * n == pytest.approx(loss_kept * m, rel=1e-12)
+    # float64, one step: a batch of 12 rows (4 weighing 0) against one of 8, other BLAS
+    # call shapes, so another order of the same sums (tolerances.FLOAT64_TRAJECTORY_RTOL).
+    assert loss_w * n == pytest.approx(loss_kept * m, rel=FLOAT64_TRAJECTORY_RTOL)
     for gw, gk in zip(grads_w, grads_kept):
-        np.testing.assert_allclose(gw * n, gk * m, rtol=1e-11, atol=1e-14)
+        assert_trajectories_agree(gw * n, gk * m, "gradients")
     assert any(np.abs(g).max() > 1e-3 for g in grads_w)
 
 
@@ -154,9 +165,10 @@ def test_a_weight_of_two_counts_a_row_twice(rng, loss):
     loss_w = model.compute_gradients(X, y, sample_weight=w)
     grads_w = [g.copy() for g in model.get_gradients()]
     loss_dup = model.compute_gradients(X[dup], y[dup])
-    assert loss_w * n == pytest.approx(loss_dup * (n + dups), rel=1e-12)
+    # As above: 9 weighted rows against 12 rows, float64, one step.
+    assert loss_w * n == pytest.approx(loss_dup * (n + dups), rel=FLOAT64_TRAJECTORY_RTOL)
     for gw, gd in zip(grads_w, model.get_gradients()):
-        np.testing.assert_allclose(gw * n, gd * (n + dups), rtol=1e-11, atol=1e-14)
+        assert_trajectories_agree(gw * n, gd * (n + dups), "gradients")
 
 
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "binary_cross_entropy"])
@@ -177,9 +189,10 @@ def test_weights_follow_their_rows_through_the_shuffle(rng, loss):
         for start in range(0, n, batch):
             rows = order[start:start + batch]
             total += len(rows) * twin.train_step(X[rows], y[rows], sample_weight=w[rows])
-        assert history["loss"][epoch] == pytest.approx(total / n, rel=1e-12)
+        # fit's compiled loop and train_step: two compilations of the same float64 steps.
+        assert history["loss"][epoch] == pytest.approx(total / n, rel=FLOAT64_TRAJECTORY_RTOL)
     for a, b in zip(model.get_weights(), twin.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+        assert_trajectories_agree(a, b, "weights")
 
 
 def test_first_epoch_loss_is_the_weighted_loss_at_the_initial_weights(rng):
@@ -193,7 +206,9 @@ def test_first_epoch_loss_is_the_weighted_loss_at_the_initial_weights(rng):
     row_loss = _logsumexp(s) - s[np.arange(15), y]
     want = (w * row_loss).sum() / 15
     history = model.fit(X, y, epochs=1, batch_size=15, shuffle=False, sample_weight=w)
-    assert history["loss"][0] == pytest.approx(want, rel=1e-12)
+    # float64: the kernel's loss of the scores against numpy's of the same scores.
+    assert history["loss"][0] == pytest.approx(want, rel=FLOAT64_TRAJECTORY_RTOL)
+    # Far from the other conventions (not a rounding question).
     assert want != pytest.approx(row_loss.mean(), rel=1e-3)
     assert want != pytest.approx((w * row_loss).sum() / w.sum(), rel=1e-3)
 
@@ -206,7 +221,8 @@ def test_first_epoch_loss_binary_cross_entropy_with_class_weight(rng):
     row_loss = np.where(t == 1, np.logaddexp(0, -s), np.logaddexp(0, s))
     w = np.where(t == 1, 3.0, 0.5)
     history = model.fit(X, t, epochs=1, batch_size=14, shuffle=False, class_weight={0: 0.5, 1: 3.0})
-    assert history["loss"][0] == pytest.approx((w * row_loss).sum() / 14, rel=1e-12)
+    want = (w * row_loss).sum() / 14
+    assert history["loss"][0] == pytest.approx(want, rel=FLOAT64_TRAJECTORY_RTOL)  # as above
 
 
 @pytest.mark.parametrize("bad,error,message", [
@@ -236,6 +252,7 @@ def test_sample_weight_as_a_list_of_ints():
     a, b = _model(), _model()
     a.fit(X, y, epochs=2, batch_size=8, sample_weight=[1, 2] * 20)
     b.fit(X, y, epochs=2, batch_size=8, sample_weight=np.tile([1.0, 2.0], 20))
+    # Bitwise: the same float weights per row, whichever way they were given.
     assert _state(a) == _state(b)
 
 
@@ -254,6 +271,7 @@ def test_class_weight_equals_the_explicit_sample_weight(loss, class_weight):
     a, b = _model(loss), _model(loss)
     ha = a.fit(X, y, class_weight=class_weight, **kw)
     hb = b.fit(X, y, sample_weight=table[y], **kw)
+    # Bitwise, as above.
     assert _state(a) == _state(b)
     assert ha.history == hb.history
 
@@ -265,6 +283,7 @@ def test_sample_weight_and_class_weight_multiply():
     a, b = _model(), _model()
     a.fit(X, y, sample_weight=w, class_weight={1: 4.0, 2: 0.25}, **kw)
     b.fit(X, y, sample_weight=w * np.array([1.0, 4.0, 0.25])[y], **kw)
+    # Bitwise: the products of the weights are the same floats.
     assert _state(a) == _state(b)
 
 
@@ -278,6 +297,7 @@ def test_class_weight_for_single_output_binary_cross_entropy(class_weight):
     a, b = _model("binary_cross_entropy", 1), _model("binary_cross_entropy", 1)
     a.fit(X, t, epochs=2, batch_size=8, class_weight=class_weight)
     b.fit(X, t, epochs=2, batch_size=8, sample_weight=table[t])
+    # Bitwise, as above.
     assert _state(a) == _state(b)
 
 
@@ -353,15 +373,18 @@ def test_train_step_with_sample_weight(rng):
     w = rng.uniform(0, 2, size=10)
     a, b = _model(dtype=np.float64), _model(dtype=np.float64)
     loss = a.train_step(X, y, sample_weight=w)
+    # train_step is compute_gradients then apply_gradients: the same calls, bitwise.
     assert loss == b.compute_gradients(X, y, sample_weight=w)
     b.apply_gradients()
+    # Bitwise: train_step is these two calls.
     assert _state(a) == _state(b)
     c = _model(dtype=np.float64)
-    assert c.train_step(X, y) != pytest.approx(loss, rel=1e-6)
+    assert c.train_step(X, y) != pytest.approx(loss, rel=1e-6)  # the weights matter, by far
     assert not np.array_equal(c.params, a.params)
     # Keyword and positional forms agree; unit weights are no weights.
     d, e = _model(dtype=np.float64), _model(dtype=np.float64)
-    assert d.train_step(X, y, np.ones(10)) == pytest.approx(e.train_step(X, y), rel=1e-13)
+    # The weighted and the plain float64 sum of the same row losses (and the states bitwise).
+    assert d.train_step(X, y, np.ones(10)) == pytest.approx(e.train_step(X, y), rel=FLOAT64_TRAJECTORY_RTOL)
     assert _state(d) == _state(e)
 
 
@@ -384,6 +407,7 @@ def test_train_step_and_compute_gradients_check_sample_weight(rng, method, bad, 
         getattr(model, method)(X, y, sample_weight=bad)
     assert _state(model) == before
     for got, want in zip(model.get_gradients(), grads):
+        # Refused before anything changed: bitwise.
         np.testing.assert_array_equal(got, want)
 
 
@@ -397,6 +421,7 @@ def test_accuracy_of_a_frozen_full_batch_epoch_is_the_score_before(rng, loss, n_
     score = model.score(X, y)
     assert 0 < score < 1
     history = model.fit(X, y, epochs=1, batch_size=31, shuffle=False)
+    # A count of right answers over 31 rows, before a step of lr=1e-30: the same count.
     assert history["accuracy"] == [score]
 
 

@@ -27,6 +27,7 @@ def _lines(axes):
 
 
 def _assert_line(line, xs, ys):
+    # The plot holds the History's floats as given: exact.
     np.testing.assert_array_equal(line.get_xdata(), xs)
     np.testing.assert_array_equal(line.get_ydata(), ys)
 

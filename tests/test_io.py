@@ -69,15 +69,19 @@ def test_round_trip_is_exact_and_training_continues_identically(tmp_path, rng, l
     path = tmp_path / "m.fmlp"
     model.save(str(path))
     loaded = fastmlp.load(path)
+    # Bitwise: the file stores every array's bytes and the RNG state exactly.
     assert _state(loaded) == _state(model)
     assert type(loaded.optimizer) is type(model.optimizer)
     for name in model.optimizer.hyperparameter_names:
-        assert getattr(loaded.optimizer, name) == pytest.approx(getattr(model.optimizer, name))
+        # Hyperparameters are stored as JSON numbers, which round-trip floats exactly.
+        assert getattr(loaded.optimizer, name) == getattr(model.optimizer, name)
+    # Bitwise: the same weights bit for bit, the same kernels and shapes.
     np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
     # The optimizer state, step count (Adam's bias correction) and shuffle RNG came back:
     # both go on to the same bits.
     model.fit(X, y, epochs=2, batch_size=5)
     loaded.fit(X, y, epochs=2, batch_size=5)
+    # Bitwise, as above.
     assert _state(loaded) == _state(model)
 
 
@@ -85,6 +89,7 @@ def test_unseeded_model_round_trips(tmp_path):
     model = Sequential([Dense(3, 2)], seed=None)
     model.save(tmp_path / "m.fmlp")
     loaded = fastmlp.load(tmp_path / "m.fmlp")
+    # Bitwise, as above.
     assert loaded.seed is None and _state(loaded) == _state(model)
 
 
@@ -100,6 +105,7 @@ def test_file_layout_is_as_documented(saved):
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
     begin, end = header["tensors"]["params"]["offsets"]
     payload = data[16 + header_len:-32]
+    # The payload holds the float32 parameters' bytes as they are.
     np.testing.assert_array_equal(np.frombuffer(payload[begin:end], "<f4"), model.params)
     assert len(payload) == model.params.nbytes + model.optimizer.state.nbytes
 
@@ -109,6 +115,7 @@ def test_save_replaces_atomically_and_leaves_no_temporary_file(saved, rng):
     model, path = saved
     model.fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), epochs=1)
     model.save(path)
+    # Bitwise, as above.
     assert _state(fastmlp.load(path)) == _state(model)
     assert os.listdir(path.parent) == ["model.fmlp"]
 
@@ -134,6 +141,7 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temporary(saved, monkey
     model.params[:] = 0.5
     with pytest.raises(OSError, match="No space"):
         model.save(path)
+    # Refused: the file's bytes untouched.
     assert path.read_bytes() == before
     assert os.listdir(path.parent) == ["model.fmlp"]
 

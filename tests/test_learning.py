@@ -11,6 +11,7 @@ def test_xor_is_solved():
     model = Sequential([Dense(2, 8, activation="tanh"), Dense(8, 2)],
                        optimizer=SGD(lr=0.5, momentum=0.9), seed=0)
     model.fit(X, y, epochs=300, batch_size=4)
+    # Class labels: integers (every training row right).
     np.testing.assert_array_equal(model.predict(X), y)
     assert model.evaluate(X, y)["loss"] < 0.05
 
@@ -20,6 +21,7 @@ def test_xor_with_logistic_output():
     model = Sequential([Dense(2, 8, activation="tanh"), Dense(8, 1)], loss="binary_cross_entropy",
                        optimizer=SGD(lr=0.5, momentum=0.9), seed=0)
     model.fit(X, y, epochs=300, batch_size=4)
+    # Class labels: integers (every training row right).
     np.testing.assert_array_equal(model.predict(X), y)
 
 

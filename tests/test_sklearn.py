@@ -17,6 +17,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import estimator_checks_generator  # noqa: E402
 
+from tolerances import ELEMENTARY_ROUNDINGS, assert_trajectories_agree, eps, gamma  # noqa: E402
 from fastmlp import DivergenceError, Sequential  # noqa: E402
 from fastmlp.datasets import load_digits, make_spiral  # noqa: E402
 from fastmlp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
@@ -55,7 +56,7 @@ CHECKS = [(estimator, check) for estimator in ESTIMATORS
 # check_sample_weight_equivalence_on_dense_data with solver="lbfgs" and its MLPRegressor's
 # with solver="sgd", tol=1e-2.  That check compares weighted and repeated-row fits to
 # rtol=1e-7: our estimators pass it in float64; in float32 the two fits agree only to float32
-# rounding (~1e-6 relative after 30 Adam epochs), which
+# rounding (carried over 30 Adam epochs), which
 # test_sample_weight_equivalence_float32 checks at a float32 tolerance instead.
 CHECK_PARAMS = {"check_sample_weight_equivalence_on_dense_data": dict(dtype="float64")}
 
@@ -112,8 +113,12 @@ def test_classifier_learns_spiral_with_string_labels(spiral):
     assert clf.score(X, names) > 0.9
     proba = clf.predict_proba(X)
     assert proba.shape == (len(X), 3) and proba.dtype == np.float64
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    # float64 softmax in numpy: each p_j within (6 + |s_j - max|) u of itself relatively
+    # (p_j |s_j - max| <= 1/e), so a row sums to 1 within gamma(6) + u.
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=gamma(6, np.float64) + eps(np.float64))
+    # The argmax of these same probabilities: exact.
     np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X))
+    # exp(log p) in float64: within (|log p| + 2) u of p, |log p| < 746: far below rtol=1e-7.
     np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), proba)
 
 
@@ -125,11 +130,16 @@ def test_binary_decision_function_is_one_column(loss):
                     X, labels)
     scores = clf.decision_function(X)
     assert scores.shape == (len(X),)
+    # The sign of these same scores: exact.
     np.testing.assert_array_equal(clf.predict(X), np.where(scores > 0, 5, -3))
     assert hasattr(clf, "predict_proba") == (loss != "multiclass_hinge")
     if loss == "binary_cross_entropy":
         assert clf.model_.n_outputs == 1
-        np.testing.assert_allclose(clf.predict_proba(X)[:, 1], 1 / (1 + np.exp(-scores)))
+        # Two float64 forms of the logistic of the same scores: a few roundings each, absolute
+        # near 0 where 0.5 (1 + tanh(s / 2)) loses relative accuracy.
+        ulps = ELEMENTARY_ROUNDINGS * eps(np.float64)
+        np.testing.assert_allclose(clf.predict_proba(X)[:, 1], 1 / (1 + np.exp(-scores)),
+                                   rtol=ulps, atol=ulps)
 
 
 def test_hinge_has_no_predict_proba():
@@ -144,6 +154,7 @@ def test_multilabel_binary_cross_entropy():
     Y = np.column_stack([X[:, 0] > 0, X[:, 1] > 0, X[:, 0] + X[:, 1] > 0]).astype(int)
     clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(16,), loss="binary_cross_entropy",
                                   learning_rate_init=0.02, max_iter=200, random_state=0), X, Y)
+    # Class labels: integers.
     np.testing.assert_array_equal(clf.classes_, [0, 1, 2])
     assert clf.predict(X).shape == Y.shape
     assert clf.predict_proba(X).shape == Y.shape
@@ -162,6 +173,7 @@ def test_partial_fit_classifier(spiral):
     with pytest.raises(ValueError, match="classes must be passed"):
         clf.partial_fit(X, y)
     assert clf.partial_fit(X[y < 2], y[y < 2], classes=[0, 1, 2]) is clf
+    # Class labels: integers.
     np.testing.assert_array_equal(clf.classes_, [0, 1, 2])
     for _ in range(5):
         clf.partial_fit(X, y)
@@ -181,6 +193,7 @@ def test_partial_fit_continues_fit_weights(spiral):
     before = clf.model_.get_weights()[0]
     clf.partial_fit(X, y)
     assert clf.n_iter_ == 4
+    # The weights moved, far beyond rounding.
     assert not np.array_equal(before, clf.model_.get_weights()[0])
 
 
@@ -217,10 +230,12 @@ def test_same_random_state_same_model_and_batch_independent_predictions(spiral):
     X, y = spiral
     a = fit_quiet(MLPClassifier(hidden_layer_sizes=(100,), max_iter=5, random_state=3), X, y)
     b = fit_quiet(clone(a), X, y)
+    # Bitwise: the same seed, data and thread count run the same kernels on the same shapes.
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
     full = a.decision_function(X)
     for rows in (slice(0, 1), slice(5, 12), slice(60, 170)):
-        np.testing.assert_array_equal(a.decision_function(X[rows]), full[rows])  # bitwise
+        # Bitwise by construction: rows go through 64-row blocks whatever the call (_forward).
+        np.testing.assert_array_equal(a.decision_function(X[rows]), full[rows])
 
 
 def test_stops_on_tol_and_warns_at_max_iter(spiral):
@@ -266,11 +281,13 @@ def test_pickle_keeps_model_weights_live(spiral):
     X, y = spiral
     clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0), X, y)
     twin = pickle.loads(pickle.dumps(clf))
+    # Bitwise: a copy of the same weights, the same kernels and shapes.
     np.testing.assert_array_equal(twin.predict_proba(X), clf.predict_proba(X))
     twin.partial_fit(X, y)
     # get_weights() must show the trained parameters, not a stale copy from before the pickle
     W = twin.model_.get_weights()[0]
     assert np.shares_memory(twin.model_.layers[0].W, twin.model_.params)
+    # The weights moved, far beyond rounding.
     assert not np.array_equal(W, clf.model_.get_weights()[0])
 
 
@@ -327,7 +344,9 @@ def test_early_stopping_stops_on_the_validation_score(spiral, monkeypatch):
     (call,) = spy.calls
     np.testing.assert_array_equal(np.bincount(call["y_val"]), [6, 6, 6])
     # Each score is the accuracy on those rows, a multiple of 1/18.
-    np.testing.assert_allclose(np.array(scores) * 18, np.round(np.array(scores) * 18), atol=1e-12)
+    # Accuracies of 18 rows are k / 18: times 18 within a rounding or two of an integer.
+    np.testing.assert_allclose(np.array(scores) * 18, np.round(np.array(scores) * 18),
+                               atol=18 * eps(np.float64))
     # It stopped exactly where scikit-learn's rule says: more than n_iter_no_change epochs
     # without beating the best score by tol, and not before.
     assert no_improvement_stop(scores, clf.tol, 10) == clf.n_iter_
@@ -414,6 +433,7 @@ def test_early_stopping_off_attributes_and_partial_fit(spiral):
     before = clf.model_.params.copy()
     with pytest.raises(ValueError, match=r"^partial_fit does not support early_stopping=True$"):
         clf.partial_fit(X, y)
+    # Refused before anything changed: bitwise.
     np.testing.assert_array_equal(clf.model_.params, before)
     assert clf.n_iter_ == 3
     with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
@@ -455,6 +475,7 @@ def test_early_stopping_verbose_and_weighted_score(spiral, monkeypatch, capsys):
     assert set(call["w_val"]) == {1.0, 3.0}
     best_epoch = int(np.argmax(clf.validation_scores_)) + 1
     cut = fit_quiet(clone(clf).set_params(max_iter=best_epoch, verbose=0), X, y, sample_weight=w)
+    # Bitwise: the same run, stopped at the best epoch.
     np.testing.assert_array_equal(cut.model_.params, clf.model_.params)
     weighted = clf.score(call["X_val"], call["y_val"], sample_weight=call["w_val"])
     assert weighted == clf.best_validation_score_
@@ -487,6 +508,7 @@ def test_divergence_after_the_best_epoch_keeps_the_best_parameters(spiral, monke
     with pytest.raises(DivergenceError, match=rf"^epoch {best_epoch + 2} of MLPClassifier: the "
                        rf".* keeps the parameters of epoch {best_epoch}, the best validation"):
         twin.fit(X, y)
+    # Bitwise: the best epoch's parameters, kept as a copy.
     np.testing.assert_array_equal(twin.model_.params, clf.model_.params)
 
 
@@ -510,8 +532,10 @@ def test_sample_weight_equivalence_float32(estimator):
     assert weighted.n_iter_ == repeated.n_iter_
     method = "decision_function" if hasattr(weighted, "decision_function") else "predict"
     expected = getattr(repeated, method)(X)
-    np.testing.assert_allclose(getattr(weighted, method)(X), expected, rtol=1e-5, atol=2e-5)
-    np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=2e-5, atol=1e-6)
+    # Another order of the same float32 sums (15 weighted rows against 29 rows), over 30
+    # epochs: tolerances.FLOAT32_TRAJECTORY_RTOL; ignoring the weights moves them by ~0.1.
+    assert_trajectories_agree(getattr(weighted, method)(X), expected, method, np.float32)
+    assert_trajectories_agree(weighted.loss_curve_, repeated.loss_curve_, "loss curve", np.float32)
 
 
 def test_sample_weight_all_ones_is_no_weight_bit_for_bit(spiral):
@@ -525,6 +549,7 @@ def test_sample_weight_all_ones_is_no_weight_bit_for_bit(spiral):
                                              early_stopping=True, random_state=0), y)]:
         plain = fit_quiet(clone(estimator), X, target)
         weighted = fit_quiet(clone(estimator), X, target, sample_weight=ones)
+        # Bitwise: a weight of 1.0 (the mean-1 rescaling of all ones) multiplies exactly.
         np.testing.assert_array_equal(weighted.model_.params, plain.model_.params)
         assert weighted.loss_curve_ == plain.loss_curve_
         assert weighted.validation_scores_ == plain.validation_scores_
@@ -546,9 +571,14 @@ def test_sample_weight_is_normalised_to_mean_one(spiral):
                         max_iter=5, batch_size=32, random_state=0)
     a = fit_quiet(clone(sgd), X, y, sample_weight=w)
     b = fit_quiet(clone(sgd), X, y, sample_weight=4 * w)
+    # Bitwise: 4 w / mean(4 w) = w / mean(w) exactly (a power of 2 rescales exactly).
     np.testing.assert_array_equal(a.model_.params, b.model_.params)
     c = fit_quiet(clone(sgd), X, y, sample_weight=w / w.mean())
-    np.testing.assert_allclose(c.model_.params, a.model_.params, rtol=1e-5, atol=1e-6)
+    # w / mean(w) and w differ by float64 rounding before the float32 cast; a float32 weight
+    # that lands on the other side of a rounding boundary then changes the float32 steps by
+    # an ulp: a float32 trajectory (tolerances.FLOAT32_TRAJECTORY_RTOL), far below the 1e-3
+    # the weights themselves make (checked next).
+    assert_trajectories_agree(c.model_.params, a.model_.params, "params", np.float32)
     plain = fit_quiet(clone(sgd), X, y)
     assert np.abs(a.model_.params - plain.model_.params).max() > 1e-3  # the weights matter
 
@@ -562,8 +592,10 @@ def test_loss_curve_is_the_weighted_mean_loss(spiral):
                                   learning_rate_init=1e-12, max_iter=1, dtype="float64",
                                   random_state=0), X, y, sample_weight=w)
     row_loss = -np.log(clf.predict_proba(X)[np.arange(len(y)), y])
+    # float64; a step of lr=1e-12 moves the loss by ~1e-12 relative, and the kernel's and
+    # numpy's sums of the same rows differ by FLOAT64_TRAJECTORY_RTOL at most: 1e-9 covers both.
     np.testing.assert_allclose(clf.loss_curve_[0], np.average(row_loss, weights=w), rtol=1e-9)
-    assert not np.isclose(clf.loss_curve_[0], row_loss.mean(), rtol=1e-4)
+    assert not np.isclose(clf.loss_curve_[0], row_loss.mean(), rtol=1e-4)  # the weights matter
 
 
 def test_zero_weights_drop_rows_in_full_batch_training():
@@ -576,14 +608,16 @@ def test_zero_weights_drop_rows_in_full_batch_training():
                                learning_rate_init=0.01, random_state=0)  # "auto": 150 rows
     weighted = fit_quiet(clone(full_batch), X, y, sample_weight=w)
     dropped = fit_quiet(clone(full_batch), X[keep], y[keep])
-    np.testing.assert_allclose(weighted.predict_proba(X), dropped.predict_proba(X), rtol=1e-9)
-    np.testing.assert_allclose(weighted.loss_curve_, dropped.loss_curve_, rtol=1e-12)
+    # float64: 150 rows of which 60 weigh 0 against the 90 rows alone, 20 full-batch steps:
+    # another order of the same sums (tolerances.FLOAT64_TRAJECTORY_RTOL).
+    assert_trajectories_agree(weighted.predict_proba(X), dropped.predict_proba(X), "proba")
+    assert_trajectories_agree(weighted.loss_curve_, dropped.loss_curve_, "loss curve")
     # In minibatches the zero-weight rows still take up places in the batches, so the steps
     # differ (scikit-learn's MLP is no different there).
     mini = full_batch.set_params(batch_size=16)
     weighted = fit_quiet(clone(mini), X, y, sample_weight=w)
     dropped = fit_quiet(clone(mini), X[keep], y[keep])
-    assert not np.allclose(weighted.predict_proba(X), dropped.predict_proba(X), rtol=1e-3)
+    assert not np.allclose(weighted.predict_proba(X), dropped.predict_proba(X), rtol=1e-3)  # far apart
 
 
 def test_sample_weight_shifts_the_decision():

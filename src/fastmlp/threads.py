@@ -4,9 +4,11 @@ Matrix products go to the BLAS numba calls (SciPy's OpenBLAS), which has a threa
 its own.  Left to their defaults the two pools fight for the same cores: a ``prange``
 kernel next to a multithreaded BLAS call ran 30-100 times slower on 2 cores.  So fastmlp
 keeps that BLAS on one thread (:func:`pin_blas`, done when a model is built) and splits
-large products into blocks over numba's threads itself (``kernels.blas.matmul``), which
-also makes results independent of the thread count.  numpy's own BLAS, a separate library
-in the PyPI wheels, is left alone.
+large products into blocks over numba's threads itself (``kernels.blas.matmul``): no two
+threads write one element or split a sum, so results on different thread counts agree to
+rounding (OpenBLAS may round a block differently from the whole product; see
+docs/architecture.md, "Threads").  numpy's own BLAS, a separate library in the PyPI wheels,
+is left alone.
 """
 
 import contextlib
