@@ -3,7 +3,9 @@
 The network's last layer outputs raw scores (logits); softmax and sigmoid belong to the
 loss, computed in their numerically stable forms, as in PyTorch's ``CrossEntropyLoss`` and
 ``BCEWithLogitsLoss``.  Every kernel writes per-row losses into ``row_loss`` and sums them
-serially, so the result does not depend on how many threads computed the rows.
+serially, so the sum's order does not depend on how many threads computed the rows (each
+row's value may still differ by rounding between the serial and the parallel compilation,
+see :mod:`fastmlp.kernels.dense`).
 """
 
 import numpy as np
