@@ -13,9 +13,13 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Options for every serial kernel.  ``nogil`` lets several Python threads predict at once.
 JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
 
-# Options for one-line helpers (views, sizes): numba inlines their IR into the caller
-# rather than compiling each as a function of its own.
-TINY_JIT_OPTIONS = dict(JIT_OPTIONS, inline="always")
+# Options for one-line helpers and glue (views, sizes, the gemm call, dense_forward): numba
+# inlines their IR into the caller rather than compiling each as a function of its own.
+# Not cached: numba also compiles an inlined function on its own while typing a caller, and
+# such a copy, loaded from the cache in another process, crashed it (a segfault on the first
+# call of dense_forward from a test).  Their callers are cached with the inlined code in
+# them; only a direct call from Python (tests, benchmarks) compiles one afresh.
+TINY_JIT_OPTIONS = dict(JIT_OPTIONS, inline="always", cache=False)
 
 # Options for the few ``prange`` drivers.
 PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
