@@ -206,4 +206,6 @@ def test_fit_asks_for_compile_notices_when_verbose(monkeypatch, verbose):
     X = rng.normal(size=(16, 4))
     model = fastmlp.Sequential([fastmlp.Dense(4, 3)], seed=0)
     model.fit(X, rng.integers(0, 3, 16), epochs=1, batch_size=8, verbose=verbose)
-    assert asked == [verbose > 0]
+    # Verbose fits ask for notices; a quiet one leaves the caller's setting (off by default,
+    # on under the CLI and the demo) as it is.
+    assert asked == ([True] if verbose else [])

@@ -297,8 +297,10 @@ _guard = CacheGuard(None)
 def _describe(dispatcher, sig):
     name = dispatcher.py_func.__name__
     what = _DESCRIPTIONS.get(name, f"fastmlp.kernels {name}")
-    dtypes = {str(t.dtype) for t in sig if hasattr(t, "dtype") and str(t.dtype).startswith("float")}
-    return f"{what} ({', '.join(sorted(dtypes))})" if dtypes else what
+    # The first float array among the arguments is the data's (later ones may be float64
+    # scratch, such as the per-batch losses).
+    dtypes = [str(t.dtype) for t in sig if hasattr(t, "dtype") and str(t.dtype).startswith("float")]
+    return f"{what} ({dtypes[0]})" if dtypes else what
 
 
 def _guarded_compile(dispatcher):

@@ -7,6 +7,8 @@ arguments, checked), :mod:`.loop` (the ten steps of an epoch and the strategy in
 :mod:`fastmlp.sequential`: the model comes in through :class:`.protocol.Trainable`.
 """
 
+import contextlib
+
 from fastmlp.jitcache import compile_notices
 from fastmlp.training.history import DivergenceError, History
 from fastmlp.training.local import Local
@@ -27,8 +29,10 @@ def fit(model, X, y, comm=None, **arguments):
     strategy = Local(model) if comm is None else MPI(model, comm)
     plan = strategy.prepare(X, y, **arguments)
     epochs_done = strategy.start(plan)
-    # A first fit compiles the kernels for this model: say so on stderr when verbose.
-    with strategy.threads(), compile_notices(bool(plan.verbose) and strategy.prints):
+    # A first fit compiles the kernels for this model: say so on stderr when verbose.  A
+    # quiet fit leaves the caller's choice alone (the CLI and the demo ask for notices).
+    notices = compile_notices() if plan.verbose and strategy.prints else contextlib.nullcontext()
+    with strategy.threads(), notices:
         history = run_epochs(model, plan, strategy, epochs_done)
     model.history = history
     return history
