@@ -209,3 +209,13 @@ def test_fit_asks_for_compile_notices_when_verbose(monkeypatch, verbose):
     # Verbose fits ask for notices; a quiet one leaves the caller's setting (off by default,
     # on under the CLI and the demo) as it is.
     assert asked == ([True] if verbose else [])
+
+
+def test_fastmlp_compile_runs_each_combination_asked_for(capsys):
+    from fastmlp import cli
+
+    assert cli.main(["compile", "--dtype", "float32", "--features", "dense", "--builds", "serial"]) == 0
+    err = capsys.readouterr().err
+    assert f"fastmlp compile: cache directory {fastmlp.jitcache.cache_directory()}" in err
+    assert "fastmlp compile: float32 dense serial: " in err
+    assert "float64" not in err and "maxout" not in err.replace("--features", "")
