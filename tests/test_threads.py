@@ -168,3 +168,19 @@ def test_threading_layer_is_reported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in {"omp", "tbb", "workqueue"}
+
+
+def test_the_serial_build_is_chosen_only_where_no_kernel_would_split():
+    # Workspace.kernel_threads passes None (the serial build) only when every kernel would
+    # run serially anyway.  The bias gradient's column sums split over columns, so a single
+    # row of a layer 2**16 wide takes the parallel path and needs the parallel build.
+    from fastmlp.workspace import Workspace, layer_table
+
+    def threads_for(layers, rows):
+        arch, act_params, _, n_params = layer_table(layers, np.float32)
+        ws = Workspace(arch, act_params, np.zeros(n_params, np.float32), rows, 0, training=False)
+        return ws.kernel_threads(2), ws.kernel_threads(1)
+
+    assert threads_for([Dense(4, PARALLEL_MIN_ELEMENTS), Dense(PARALLEL_MIN_ELEMENTS, 3)], 1) == (2, None)
+    assert threads_for([Dense(4, 8), Dense(8, 3)], 32) == (None, None)
+    assert threads_for([Dense(20, WIDE), Dense(WIDE, 10)], BATCH) == (2, None)

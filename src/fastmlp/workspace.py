@@ -48,7 +48,9 @@ def has_parallel_work(arch, capacity):
         sides = (capacity, int(n_in), width)
         if 2 * capacity * n_in * width >= PARALLEL_MIN_FLOPS and max(sides) >= 2 * BLOCK_ALIGN:
             return True
-        if capacity >= 2 and capacity * width >= PARALLEL_MIN_ELEMENTS:
+        # Elementwise passes split rows, or columns for the bias gradient's column sums,
+        # so a single row of a wide layer is split too.
+        if capacity * width >= PARALLEL_MIN_ELEMENTS:
             return True
     return False
 
