@@ -160,11 +160,12 @@ def loss_and_grad(code, scores, labels, targets, grad, row_loss, n_threads):
     n_rows, n_out = scores.shape
     if n_threads is None:
         _loss_rows(code, scores, labels, targets, grad, row_loss, 0, n_rows)
-    elif work_chunks(n_rows, scores.size, n_threads) == 1:
-        _loss_rows(code, scores, labels, targets, grad, row_loss, 0, n_rows)
     else:
-        _loss_parallel(code, scores, labels, targets, grad, row_loss,
-                       work_chunks(n_rows, scores.size, n_threads))
+        n_chunks = work_chunks(n_rows, scores.size, n_threads)
+        if n_chunks == 1:
+            _loss_rows(code, scores, labels, targets, grad, row_loss, 0, n_rows)
+        else:
+            _loss_parallel(code, scores, labels, targets, grad, row_loss, n_chunks)
     total = 0.0
     for i in range(n_rows):
         total += row_loss[i]
