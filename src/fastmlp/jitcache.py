@@ -252,22 +252,26 @@ class CacheGuard:
                     self._known[state] = _digest(path)
 
     def record(self):
-        """Put every cache file's digest into the manifest (files this process saw unchanged
-        keep their digest without being read again)."""
+        """Put the digests of the files this process wrote or checked into the manifest,
+        keeping what other processes recorded there.  Reads no file it has not seen: a
+        process that only loaded kernels changes nothing and writes nothing."""
         if self.cache_dir is None:
             return
-        manifest = {}
-        for path in _cache_files(self.cache_dir):
+        manifest = self._manifest()
+        changed = False
+        for path in {state[0] for state in self._known}:
             try:
-                state = self._state(path)
-                digest = self._known.get(state) or _digest(path)
+                digest = self._known.get(self._state(path))
             except OSError:
                 continue
-            self._known[state] = digest
-            manifest[os.path.basename(path)] = digest
-        with contextlib.suppress(OSError):
-            _write_atomically(os.path.join(self.cache_dir, MANIFEST_NAME),
-                              json.dumps(manifest, sort_keys=True, indent=0).encode())
+            name = os.path.basename(path)
+            if digest is not None and manifest.get(name) != digest:
+                manifest[name] = digest
+                changed = True
+        if changed:
+            with contextlib.suppress(OSError):
+                _write_atomically(os.path.join(self.cache_dir, MANIFEST_NAME),
+                                  json.dumps(manifest, sort_keys=True, indent=0).encode())
 
 
 class _Notice(event.Listener):
