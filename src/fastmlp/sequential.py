@@ -28,6 +28,20 @@ __all__ = ["DivergenceError", "History", "Sequential", "load"]
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
 PREDICT_CHUNK_ROWS = 1024
 
+#: Each thread keeps the inference workspaces of its last few ``predict``-family calls, by
+#: capacity, when they are at most this large: building one costs about 25 us of Python, more
+#: than a small network's whole forward pass, while a large one costs little next to its work.
+KEPT_WORKSPACE_BYTES = 4 << 20
+KEPT_WORKSPACES_PER_THREAD = 4
+
+
+class _ThreadWorkspaces(threading.local):
+    """One thread's kept inference workspaces, ``{capacity: Workspace}``, least recently
+    used first.  Per thread, so that concurrent predictions never share buffers."""
+
+    def __init__(self):
+        self.by_capacity = {}
+
 
 class Sequential:
     """A stack of layers trained by minibatch gradient descent.
@@ -114,6 +128,7 @@ class Sequential:
         # Held while this model trains: one thread at a time may change the parameters
         # (re-entrant: fit's own steps take it again).  Predictions never take it.
         self._training = threading.RLock()
+        self._kept_workspaces = _ThreadWorkspaces()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -150,7 +165,8 @@ class Sequential:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        del state["_training"]  # a lock belongs to this process and this object
+        # A lock belongs to this process and this object; kept workspaces are a cache.
+        del state["_training"], state["_kept_workspaces"]
         return state
 
     def __setstate__(self, state):
@@ -158,6 +174,7 @@ class Sequential:
         # copies views): point them back into the parameter vector.
         self.__dict__.update(state)
         self._training = threading.RLock()
+        self._kept_workspaces = _ThreadWorkspaces()
         for k, layer in enumerate(self.layers):
             layer.W, layer.b = self._layer_views(self.params, k)
 
@@ -291,6 +308,23 @@ class Sequential:
         # A fresh one per call: predictions from several threads never share buffers.
         return Workspace(self._arch, self._act_params, self.params, min(rows, PREDICT_CHUNK_ROWS),
                          0, training=False)
+
+    def _call_workspace(self, rows):
+        """An inference workspace for one ``predict``/``evaluate``/``score`` call on ``rows``
+        rows: this thread's kept one of the same capacity if there is one, else a new one
+        (kept for the next calls when small).  Not for callers that hold on to it across
+        calls: those take :meth:`inference_workspace`."""
+        capacity = min(rows, PREDICT_CHUNK_ROWS)
+        kept = self._kept_workspaces.by_capacity
+        ws = kept.pop(capacity, None)
+        if ws is None:
+            ws = self.inference_workspace(rows)
+            if ws.nbytes > KEPT_WORKSPACE_BYTES:
+                return ws
+            if len(kept) >= KEPT_WORKSPACES_PER_THREAD:
+                del kept[next(iter(kept))]
+        kept[capacity] = ws  # (re)inserted last: the most recently used
+        return ws
 
     def _hyperparameters(self):
         # Rebuilt only when a hyperparameter changed (a user may lower lr between calls).
@@ -602,7 +636,7 @@ class Sequential:
             ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for ``mse``).
         """
         X, labels, targets = self._prepare(X, y)
-        loss, correct = self._evaluate_prepared(X, labels, targets, self.inference_workspace(X.shape[0]))
+        loss, correct = self._evaluate_prepared(X, labels, targets, self._call_workspace(X.shape[0]))
         result = {"loss": loss}
         if self.is_classifier:
             result["accuracy"] = correct / X.shape[0]
@@ -610,7 +644,7 @@ class Sequential:
 
     def _predict(self, X, transform):
         X = as_features(X, self.n_features_in, self.dtype)
-        ws = self.inference_workspace(X.shape[0])
+        ws = self._call_workspace(X.shape[0])
         if transform == compiled.ARGMAX:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
@@ -657,7 +691,7 @@ class Sequential:
         """Accuracy for the classification losses (subset accuracy for several binary
         outputs); the coefficient of determination R^2 for ``mse`` (averaged over outputs)."""
         X, labels, targets = self._prepare(X, y)
-        ws = self.inference_workspace(X.shape[0])
+        ws = self._call_workspace(X.shape[0])
         if self.is_classifier:
             return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
         pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
