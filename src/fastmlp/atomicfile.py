@@ -131,7 +131,6 @@ def describe_os_error(exc, path, action="save"):
         error = type(exc)(code, message) if code is not None else type(exc)(message)
     except TypeError:  # a subclass with another signature
         error = OSError(code, message)
-    error.filename = None
     return error
 
 

@@ -775,16 +775,16 @@ def load(path):
     path = io.check_path(path)
     if safetensors_io.sniff(path):
         spec, weights = safetensors_io.model_spec(path, safetensors_io.read(path))
-        model = _build(path, spec)
+        model = model_from_spec(path, spec)
         model.set_weights(weights)
         return model
     contents = io.read(path)
-    model = _build(path, io.model_spec(path, contents))
+    model = model_from_spec(path, io.model_spec(path, contents))
     io.apply_checkpoint_model(model, contents)
     return model
 
 
-def _build(path, spec):
+def model_from_spec(path, spec):
     """The ``Sequential`` that ``spec`` (:class:`fastmlp.io.ModelSpec`) describes."""
     try:
         layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
