@@ -235,3 +235,17 @@ def test_separator_and_quoting(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == "\t".join(["epoch", "accuracy", "loss", "lr", "val_accuracy", "val_loss"])
     assert len(lines) == 3 and all(len(line.split("\t")) == 6 for line in lines)
+
+
+def test_on_train_begin_tells_the_epochs_already_done(tmp_path):
+    seen = []
+
+    class Recorder(Callback):
+        def on_train_begin(self, logs):
+            seen.append((logs["initial_epoch"], logs["resume"]))
+
+    ck = tmp_path / "ck.fmlp"
+    _model().fit(X, Y, epochs=2, callbacks=[Recorder()], **FIT)
+    _model().fit(X, Y, epochs=3, checkpoint=ck, resume=True, callbacks=[Recorder()], **FIT)
+    _model().fit(X, Y, epochs=5, checkpoint=ck, resume=True, callbacks=[Recorder()], **FIT)
+    assert seen == [(0, False), (0, True), (3, True)]
