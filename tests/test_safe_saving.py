@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import fastmlp
+import fastmlp.callbacks
 import fastmlp.atomicfile as atomicfile
 import fastmlp.io as fio
 from fastmlp import Dense, Sequential
@@ -303,3 +304,30 @@ def test_temporary_names_are_recognisable(tmp_path):
     base = os.path.basename(name)
     assert base.startswith(".m.fmlp.fastmlp-tmp-") and f"-{os.getpid()}-" in f"-{base.split('-tmp-')[1]}"
     assert base.endswith(atomicfile._host_tag()) and socket.gethostname()
+
+
+def test_fit_checkpoint_on_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """Inside fit: the disk fills up at epoch 3's checkpoint; fit raises the OSError naming
+    the checkpoint, which still holds epoch 2, and a rerun resumes from there."""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    y = (X[:, 0] > 0).astype(int)
+    ck = tmp_path / "ck.fmlp"
+    real_write = os.write
+
+    class FullDiskFromEpoch3(fastmlp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 3:
+                monkeypatch.setattr(atomicfile.os, "write", full)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as excinfo:
+        _small().fit(X, y, epochs=4, batch_size=10, checkpoint=ck, resume=True,
+                     callbacks=[FullDiskFromEpoch3()])
+    monkeypatch.setattr(atomicfile.os, "write", real_write)
+    _check_refused(excinfo, ck, errno.ENOSPC, "no space left on the device")
+    assert _listing(tmp_path) == ["ck.fmlp"]
+    assert fio.read(ck).header["training"]["epochs_completed"] == 2
+    history = _small().fit(X, y, epochs=4, batch_size=10, checkpoint=ck, resume=True)
+    assert history.epoch == [3, 4]
