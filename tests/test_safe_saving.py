@@ -6,7 +6,7 @@ running save owns.
 
 The full and read-only disks are real (a small tmpfs mounted by the test) when the tests
 run as root with mount rights, and simulated (``os.write`` or ``os.open`` raising the
-errno) everywhere.  Nothing here trains: no kernel is compiled.
+errno) everywhere.  Only the last test trains (fit's own checkpoint path).
 """
 
 import errno
