@@ -30,7 +30,8 @@ _active = set()
 _active_lock = threading.Lock()
 
 
-def _host_tag():
+def host_tag():
+    """This host's name as temporary file names carry it."""
     # Only characters that are safe in any file name; short, so that long names still fit.
     return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname() or "localhost")[:32]
 
@@ -39,7 +40,7 @@ def temp_path(path):
     """A fresh temporary file name for ``path`` (absolute), in the same directory."""
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}-"
-                                   f"{_host_tag()}")
+                                   f"{host_tag()}")
 
 
 def _pid_alive(pid):
@@ -61,7 +62,7 @@ def stale_temporaries(path):
     docstring); a directory that cannot be listed has none."""
     directory, name = os.path.split(path)
     prefix = f".{name}{TEMP_MARK}"
-    host, me = _host_tag(), os.getpid()
+    host, me = host_tag(), os.getpid()
     try:
         entries = [entry.name for entry in os.scandir(directory) if entry.name.startswith(prefix)]
     except OSError:

@@ -47,7 +47,8 @@ def describe(path):
         meta = contents.metadata
         optimizer = f"{spec.optimizer_class.__name__} (defaults)"
         if "optimizer" in meta:
-            _, _, entry = safetensors_io._check_optimizer(io._Checker(path), meta["optimizer"])
+            _, _, entry = safetensors_io.check_optimizer_metadata(io.Checker(path),
+                                                                     meta["optimizer"])
             optimizer = _optimizer_text(entry["class"], entry["hyperparameters"])
             if "step_count" in entry:
                 optimizer += (f", step count {entry['step_count']} when exported (its state is "

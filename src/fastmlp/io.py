@@ -731,3 +731,41 @@ def apply_checkpoint(model, contents, order):
     apply_checkpoint_model(model, contents)
     np.copyto(order, contents.tensors["shuffle_order"])
 
+
+
+# ----------------------------------------------------------------------------- shared with other formats
+# What fastmlp.safetensors_io reuses, so that a model is described and checked the same way
+# whatever file holds it.
+
+def layer_entries(model):
+    """The header's ``model.layers`` entries of ``model``'s layers (JSON-ready dicts)."""
+    return [_layer_entry(layer) for layer in model.layers]
+
+
+def optimizer_entry(optimizer):
+    """The header's ``optimizer`` entry: class, hyperparameters and step count."""
+    return _optimizer_entry(optimizer)
+
+
+def parse_json(text):
+    """``json.loads`` as the header reader uses it: duplicate keys, NaN, Infinity and
+    overflowing numbers refused (``ValueError``)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_finite_float,
+                      parse_constant=_no_constant)
+
+
+def check_layers(path, layers):
+    """Check ``model.layers`` entries as :func:`read` does; return them as the
+    ``ModelSpec.layers`` tuples.  Raises :class:`FormatError` naming ``path``."""
+    return _check_layers(_Checker(path), layers)
+
+
+def hyperparameters_from_json(hyperparameters):
+    """The optimizer's constructor arguments from its header entry's ``hyperparameters``."""
+    return {key: _hyper_from_json(value) for key, value in hyperparameters.items()}
+
+
+#: Field checks that name the file and the offending field in their FormatError.
+Checker = _Checker
+short = _short
+is_int = _is_int

@@ -77,11 +77,11 @@ def metadata(model):
     return {
         "format_version": str(FORMAT_VERSION),
         "fastmlp_version": __version__,
-        "architecture": dumps([io._layer_entry(layer) for layer in model.layers]),
+        "architecture": dumps(io.layer_entries(model)),
         "loss": model.loss,
         "dtype": model.dtype.name,
         "seed": dumps(None if model.seed is None else int(model.seed)),
-        "optimizer": dumps(io._optimizer_entry(model.optimizer)),
+        "optimizer": dumps(io.optimizer_entry(model.optimizer)),
     }
 
 
@@ -118,10 +118,9 @@ def export(model, path):
 # ----------------------------------------------------------------------------- reading
 def _json(check, text, where):
     try:
-        return json.loads(text, object_pairs_hook=io._no_duplicates, parse_float=io._finite_float,
-                          parse_constant=io._no_constant)
+        return io.parse_json(text)
     except (ValueError, RecursionError) as exc:
-        check.fail(f"{where} is not valid JSON ({io._short(str(exc))})")
+        check.fail(f"{where} is not valid JSON ({io.short(str(exc))})")
 
 
 def _read_header(check, f, size):
@@ -156,22 +155,22 @@ def _tensor_table(check, header, buffer_bytes):
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        where = f"tensor {io._short(name)}"
+        where = f"tensor {io.short(name)}"
         check.keys(entry, where, ("dtype", "shape", "data_offsets"))
         dtype_name = entry["dtype"]
         if dtype_name not in DTYPES:
             known = dtype_name in KNOWN_DTYPES if isinstance(dtype_name, str) else False
-            check.fail(f"{where} has dtype {io._short(dtype_name)}"
+            check.fail(f"{where} has dtype {io.short(dtype_name)}"
                        + ("" if known else ", not a safetensors dtype")
                        + f"; fastmlp reads {', '.join(DTYPES)}")
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not isinstance(shape, list) or len(shape) > 8:
-            check.fail(f"{where} has shape {io._short(shape)}; expected a list of sizes")
+            check.fail(f"{where} has shape {io.short(shape)}; expected a list of sizes")
         for dim in shape:
             check.int(dim, f"{where} shape", 0, buffer_bytes)
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(io._is_int, offsets))):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(io.is_int, offsets))):
             check.fail(f"{where} data_offsets must be [begin, end] integers, got "
-                       f"{io._short(offsets)}")
+                       f"{io.short(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end:
             check.fail(f"{where} has data_offsets [{begin}, {end}]: negative or reversed")
@@ -188,7 +187,7 @@ def _tensor_table(check, header, buffer_bytes):
         if begin != cursor:
             what = ("overlaps the previous tensor" if begin < cursor
                     else f"leaves a gap at byte {cursor}")
-            check.fail(f"tensor {io._short(name)} at buffer byte {begin} {what}")
+            check.fail(f"tensor {io.short(name)} at buffer byte {begin} {what}")
         cursor = end
     if cursor != buffer_bytes:
         check.fail(f"the tensors cover {cursor} buffer bytes but the file holds {buffer_bytes}: "
@@ -213,7 +212,7 @@ def read(path):
         When the file cannot be opened or read.
     """
     path = io.check_path(path)
-    check = io._Checker(path)
+    check = io.Checker(path)
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -237,7 +236,9 @@ def read(path):
     return Contents(meta, tensors)
 
 
-def _check_optimizer(check, text):
+def check_optimizer_metadata(check, text):
+    """The metadata's ``optimizer`` (JSON text) checked with ``check`` (an
+    :class:`fastmlp.io.Checker`): ``(class, constructor arguments, the parsed entry)``."""
     entry = _json(check, text, "metadata optimizer")
     check.keys(entry, "metadata optimizer", ("class", "hyperparameters"), ("step_count",))
     opt_class = io.OPTIMIZERS[check.choice(entry["class"], "metadata optimizer class",
@@ -248,10 +249,10 @@ def _check_optimizer(check, text):
         items = value if isinstance(value, list) and 1 <= len(value) <= 4 else [value]
         if not all(isinstance(v, (int, float)) for v in items):  # bools are ints
             check.fail(f"metadata optimizer hyperparameter {name} must be a number, a boolean "
-                       f"or a short list of numbers, got {io._short(value)}")
+                       f"or a short list of numbers, got {io.short(value)}")
     if "step_count" in entry:
         check.int(entry["step_count"], "metadata optimizer step_count", 0, 1 << 62)
-    return opt_class, {k: io._hyper_from_json(v) for k, v in hyper.items()}, entry
+    return opt_class, io.hyperparameters_from_json(hyper), entry
 
 
 def model_spec(path, contents):
@@ -270,7 +271,7 @@ def model_spec(path, contents):
     FormatError
         When the metadata lacks what a model needs, or the tensors do not match it.
     """
-    check = io._Checker(path)
+    check = io.Checker(path)
     meta, tensors = contents
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     if missing:
@@ -278,9 +279,9 @@ def model_spec(path, contents):
                    f"{', '.join(missing)} (fastmlp needs the architecture, loss and dtype to "
                    "build a model; see docs/file-format.md)")
     if "format_version" in meta and meta["format_version"] != str(FORMAT_VERSION):
-        check.fail(f"unsupported fastmlp metadata format_version {io._short(meta['format_version'])}"
+        check.fail(f"unsupported fastmlp metadata format_version {io.short(meta['format_version'])}"
                    f": this fastmlp reads version {FORMAT_VERSION}")
-    layers = io._check_layers(check, _json(check, meta["architecture"], "metadata architecture"))
+    layers = io.check_layers(path, _json(check, meta["architecture"], "metadata architecture"))
     loss = check.choice(meta["loss"], "metadata loss", tuple(io.LOSSES))
     dtype = check.choice(meta["dtype"], "metadata dtype", tuple(DTYPE_NAMES))
     seed = None
@@ -290,7 +291,7 @@ def model_spec(path, contents):
             check.int(seed, "metadata seed", 0, math.inf)
     opt_class, hyper = io.SGD, {}
     if "optimizer" in meta:
-        opt_class, hyper, _ = _check_optimizer(check, meta["optimizer"])
+        opt_class, hyper, _ = check_optimizer_metadata(check, meta["optimizer"])
     expected = {}
     for k, (_, n_in, n_out, pieces, _, _) in enumerate(layers):
         expected[f"layers.{k}.weight"] = (n_in, pieces * n_out)
@@ -300,7 +301,7 @@ def model_spec(path, contents):
         check.fail("the tensors do not match the architecture: "
                    + "; ".join(part for part in (
                        f"missing {', '.join(absent)}" if absent else "",
-                       f"unexpected {', '.join(map(io._short, extra))}" if extra else "") if part))
+                       f"unexpected {', '.join(map(io.short, extra))}" if extra else "") if part))
     weights = []
     for name, shape in expected.items():
         arr = tensors[name]
