@@ -249,3 +249,15 @@ def test_on_train_begin_tells_the_epochs_already_done(tmp_path):
     _model().fit(X, Y, epochs=3, checkpoint=ck, resume=True, callbacks=[Recorder()], **FIT)
     _model().fit(X, Y, epochs=5, checkpoint=ck, resume=True, callbacks=[Recorder()], **FIT)
     assert seen == [(0, False), (0, True), (3, True)]
+
+
+def test_a_refused_fit_leaves_the_file_as_it_was(tmp_path):
+    from fastmlp.callbacks import EarlyStopping
+
+    path = tmp_path / "log.csv"
+    path.write_text("earlier,content\n")
+    model = _model()
+    # EarlyStopping refuses (no validation data) after the logger's on_train_begin ran.
+    with pytest.raises(ValueError, match="monitors 'val_loss'"):
+        model.fit(X, Y, epochs=2, callbacks=[CSVLogger(path), EarlyStopping()])
+    assert path.read_text() == "earlier,content\n"

@@ -220,7 +220,7 @@ def _dead_pid():
 
 
 def _temp_name(target, pid, host=None):
-    host = atomicfile._host_tag() if host is None else host
+    host = atomicfile.host_tag() if host is None else host
     return f".{target}{atomicfile.TEMP_MARK}{pid}-0123abcd-{host}"
 
 
@@ -303,7 +303,7 @@ def test_temporary_names_are_recognisable(tmp_path):
     name = atomicfile.temp_path(str(tmp_path / "m.fmlp"))
     base = os.path.basename(name)
     assert base.startswith(".m.fmlp.fastmlp-tmp-") and f"-{os.getpid()}-" in f"-{base.split('-tmp-')[1]}"
-    assert base.endswith(atomicfile._host_tag()) and socket.gethostname()
+    assert base.endswith(atomicfile.host_tag()) and socket.gethostname()
 
 
 def test_fit_checkpoint_on_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch):

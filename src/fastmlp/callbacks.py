@@ -604,7 +604,9 @@ class CSVLogger(Callback):
     separator : str, default ","
         A single character between the fields.
     append : bool, default False
-        False: the file is overwritten when training begins.  True: rows are added to what
+        False: the file is overwritten when the first epoch begins (a fit refused before
+        that, by bad arguments or another callback, leaves it as it was; a file that does
+        not exist is created when training begins).  True: rows are added to what
         the file holds (a header is written only if it is empty); its header must then
         name the same columns.  With ``fit(..., checkpoint=..., resume=True)`` the rows of
         epochs past the checkpoint's (those a killed run logged after its last checkpoint,
@@ -645,6 +647,7 @@ class CSVLogger(Callback):
         self.separator = separator
         self.append = bool(append)
         self.columns = None
+        self._kept = None
         self._fd = None
 
     def _line(self, fields):
@@ -688,38 +691,45 @@ class CSVLogger(Callback):
             kept += len(line) + 1
         return kept
 
-    def on_train_begin(self, logs):
+    def _open(self, action):
         from fastmlp.atomicfile import describe_os_error
 
-        self.columns = ["epoch"] + sorted(logs["metrics"])
-        path = self.filename
         try:
-            if self.append:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
-            else:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                             | getattr(os, "O_BINARY", 0), 0o666)
+            # Never O_TRUNC here: what is cut, and when, is decided below.
+            return os.open(self.filename, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0),
+                           0o666)
         except OSError as exc:
-            raise describe_os_error(exc, os.path.abspath(path), "open the CSV log") from exc
+            raise describe_os_error(exc, os.path.abspath(self.filename), action) from exc
+
+    def on_train_begin(self, logs):
+        # Only checks: a later callback may still refuse the fit (and then no on_train_end
+        # follows), so the file is neither cut nor held open until the first epoch begins.
+        self.columns = ["epoch"] + sorted(logs["metrics"])
+        self._kept = None  # bytes of the file to keep; None: rewrite it from the header on
+        fd = self._open("open the CSV log")
         try:
-            kept = None
             if self.append:
                 with open(fd, "rb", closefd=False) as f:
                     data = f.read()
-                kept = self._kept_bytes(data, logs.get("resume", False),
-                                        logs.get("initial_epoch", 0))
-                if kept is not None and kept < len(data):
-                    os.ftruncate(fd, kept)
-                elif kept is None and data:
-                    os.ftruncate(fd, 0)
+                self._kept = self._kept_bytes(data, logs.get("resume", False),
+                                              logs.get("initial_epoch", 0))
+        finally:
+            os.close(fd)
+
+    def on_epoch_begin(self, epoch, logs):
+        if self._fd is not None:
+            return
+        fd = self._open("open the CSV log")
+        try:
+            if os.fstat(fd).st_size != (self._kept or 0):
+                os.ftruncate(fd, self._kept or 0)
             os.lseek(fd, 0, os.SEEK_END)
-            self._fd = fd
-            if kept is None:
-                self._write(self._line(self.columns))
         except BaseException:
-            self._fd = None
             os.close(fd)
             raise
+        self._fd = fd
+        if self._kept is None:
+            self._write(self._line(self.columns))
 
     def _write(self, data):
         from fastmlp.atomicfile import RawWriter, describe_os_error
