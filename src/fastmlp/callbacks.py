@@ -748,6 +748,8 @@ class CSVLogger(Callback):
                                     "write the CSV log") from exc
 
     def on_epoch_end(self, epoch, logs):
+        if self._fd is None:  # hooks called by hand, without on_epoch_begin
+            self.on_epoch_begin(epoch, logs)
         self._write(self._line([epoch] + [logs.get(name, "") for name in self.columns[1:]]))
 
     def on_train_end(self, logs):
