@@ -67,7 +67,8 @@ def test_api_reference_documents_the_public_api(site):
     expected = ["Sequential", "Sequential.fit", "Sequential.predict", "History", "DivergenceError",
                 "Dense", "Maxout", "SGD", "Adam", "AdamW", "load", "FormatError",
                 "gradcheck.gradcheck", "random_search", "set_num_threads", "threads.threads",
-                "get_num_threads"]
+                "get_num_threads", "Sequential.export", "Sequential.summary",
+                "Sequential.count_params"]
     assert {f"fastmlp.{name}" for name in expected} <= ids
     assert "fastmlp.datasets.make_spiral" in anchors(site, "api/datasets")
     assert {"fastmlp.sklearn.MLPClassifier", "fastmlp.sklearn.MLPRegressor"} <= anchors(site, "api/sklearn")
@@ -79,7 +80,7 @@ def test_api_reference_documents_the_public_api(site):
         assert f"fastmlp.kernels.{name}" in kernels
     callbacks = anchors(site, "api/callbacks")
     for name in ["Callback", "StepDecay", "ExponentialDecay", "CosineAnnealing",
-                 "ReduceLROnPlateau", "EarlyStopping"]:
+                 "ReduceLROnPlateau", "EarlyStopping", "CSVLogger"]:
         assert f"fastmlp.callbacks.{name}" in callbacks
     assert "for whatever reason" in " ".join(page_text(site, "api/callbacks").split())
 
@@ -109,7 +110,7 @@ def test_user_guide_has_the_math(site):
 
 def test_cli_and_other_pages(site):
     text = page_text(site, "cli")
-    for command in ["train", "predict", "evaluate", "demo", "bench"]:
+    for command in ["train", "predict", "evaluate", "demo", "bench", "info", "export"]:
         assert f"fastmlp {command}" in text
     for page in ["quickstart", "performance", "file-format", "architecture", "examples",
                  "distributed", "sklearn", "compare-results"]:

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from fastmlp import compiled, io, training
+from fastmlp import compiled, io, safetensors_io, training
 from fastmlp._validation import as_features, as_labels, as_targets, sample_weight_per_row
 from fastmlp.compiled import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
@@ -244,6 +244,60 @@ class Sequential:
         path : str or os.PathLike
         """
         io.save(self, path)
+
+    def export(self, path, format, **options):
+        """Write the model to ``path`` in another format, for other tools to read.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        format : str
+            ``"safetensors"``: the weights as tensors ``layers.{k}.weight`` (shape
+            ``(n_in, n_out)``; ``(n_in, pieces * n_out)`` for :class:`~fastmlp.Maxout`) and
+            ``layers.{k}.bias``, with the architecture, loss, dtype and optimizer
+            hyperparameters as JSON in ``__metadata__`` (``docs/file-format.md``).
+            :func:`fastmlp.load` reads it back (weights only: the optimizer starts afresh).
+        **options
+            Options of the format (``safetensors`` takes none).
+
+        Raises
+        ------
+        ValueError
+            For an unknown format (the message lists the valid ones), or weights that are
+            NaN or Inf.
+        OSError
+            When the file cannot be written; as :meth:`save`, the write is atomic and the
+            previous file at ``path`` (if any) is left as it was.
+        """
+        from fastmlp import exporters
+
+        exporters.export(self, path, format, **options)
+
+    def count_params(self):
+        """The number of parameters (weights and biases of every layer), as Keras counts them."""
+        return int(self.params.shape[0])
+
+    def summary(self, print_fn=None, line_length=None):
+        """Print a table of the layers, their output widths and parameter counts (Keras's
+        ``model.summary()``), with the totals at the end.
+
+        Parameters
+        ----------
+        print_fn : callable, optional
+            Called with each line of the table (default: ``print``).  To get the table as
+            a string: ``lines = []; model.summary(print_fn=lines.append);
+            "\\n".join(lines)``.
+        line_length : int, optional
+            Total width of the table (default 65, widened to fit long entries).
+
+        Returns
+        -------
+        None
+        """
+        from fastmlp.summary import summary_lines
+
+        for line in summary_lines(self, line_length):
+            (print if print_fn is None else print_fn)(line)
 
     # ----------------------------------------------------------------- input handling
     def rows(self, X, y):
@@ -724,13 +778,18 @@ def _check_layers(layers):
 
 
 def load(path):
-    """Load a model saved by :meth:`Sequential.save` (or a ``fit`` checkpoint).
+    """Load a model saved by :meth:`Sequential.save` (or a ``fit`` checkpoint), or a
+    safetensors file written by :meth:`Sequential.export` (or by the ``safetensors``
+    package, with fastmlp's metadata).  The format is told from the file's first bytes,
+    never from its name.
 
     The file is checked completely (magic, format version, sizes against the real file
     size, SHA-256 checksum, every header field against the architecture) before anything
     is built; nothing in it can run code.  The model comes back with its weights, loss,
     dtype, optimizer (hyperparameters, state, step count) and RNG state, so training goes
-    on exactly as it would have without the save.
+    on exactly as it would have without the save.  A safetensors file holds weights only:
+    its model comes back with those weights and a fresh optimizer of the class and
+    hyperparameters its metadata names (SGD's defaults when it names none).
 
     Parameters
     ----------
@@ -743,12 +802,24 @@ def load(path):
     Raises
     ------
     FormatError
-        When the file is not an intact fastmlp file of a supported version; the message
-        names the problem.
+        When the file is not an intact fastmlp file of a supported version, or a
+        safetensors file that breaks the format's rules or lacks fastmlp's metadata; the
+        message names the problem.
     """
     path = io.check_path(path)
+    if safetensors_io.sniff(path):
+        spec, weights = safetensors_io.model_spec(path, safetensors_io.read(path))
+        model = model_from_spec(path, spec)
+        model.set_weights(weights)
+        return model
     contents = io.read(path)
-    spec = io.model_spec(path, contents)
+    model = model_from_spec(path, io.model_spec(path, contents))
+    io.apply_checkpoint_model(model, contents)
+    return model
+
+
+def model_from_spec(path, spec):
+    """The ``Sequential`` that ``spec`` (:class:`fastmlp.io.ModelSpec`) describes."""
     try:
         layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
                   else Maxout(n_in, n_out, pieces)
@@ -757,5 +828,4 @@ def load(path):
                            seed=spec.seed, dtype=np.dtype(spec.dtype))
     except (TypeError, ValueError) as exc:
         raise io.FormatError(f"{path}: the file describes an invalid model: {exc}") from None
-    io.apply_checkpoint_model(model, contents)
     return model
