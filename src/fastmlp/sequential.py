@@ -28,6 +28,12 @@ __all__ = ["DivergenceError", "History", "Sequential", "load"]
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
 PREDICT_CHUNK_ROWS = 1024
 
+#: :meth:`Sequential.export`'s formats: name -> (module, function(model, path)), imported
+#: only when that format is written (their packages are optional).
+EXPORT_FORMATS = {
+    "onnx": ("fastmlp.onnx_export", "export_onnx"),
+}
+
 
 class Sequential:
     """A stack of layers trained by minibatch gradient descent.
@@ -227,6 +233,31 @@ class Sequential:
         path : str or os.PathLike
         """
         io.save(self, path)
+
+    def export(self, path, format):
+        """Write the model for another runtime (Keras 3's ``export``).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        format : str
+            ``"onnx"``: a standard ONNX graph (opset 18; needs ``pip install
+            'fastmlp[onnx]'``) with outputs ``scores``, and for the classification losses
+            ``label`` and, where :meth:`predict_proba` is defined, ``probabilities``
+            (docs/deployment.md).
+
+        Raises
+        ------
+        ValueError
+            For an unknown format, or a layer the format cannot express.
+        """
+        if format not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {format!r}; valid formats: "
+                             f"{', '.join(map(repr, EXPORT_FORMATS))}")
+        import importlib
+
+        module, function = EXPORT_FORMATS[format]
+        getattr(importlib.import_module(module), function)(self, path)
 
     # ----------------------------------------------------------------- input handling
     def rows(self, X, y):
