@@ -10,6 +10,7 @@ from fastmlp.layers import Dense, Layer, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
 from fastmlp.sequential import DivergenceError, History, Sequential, load
 from fastmlp.threads import get_num_threads, set_num_threads, threads
+from fastmlp.torch_interop import from_torch
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "Optimizer",
     "SGD",
     "Sequential",
+    "from_torch",
     "get_num_threads",
     "gradcheck",
     "load",

@@ -259,6 +259,23 @@ class Sequential:
         module, function = EXPORT_FORMATS[format]
         getattr(importlib.import_module(module), function)(self, path)
 
+    def to_torch(self):
+        """The model as a PyTorch ``torch.nn.Sequential`` computing :meth:`decision_function`.
+
+        Each :class:`~fastmlp.Dense` layer becomes an ``nn.Linear`` (``weight = W.T``,
+        ``bias = b``) followed by its activation's module (none for identity), in the
+        model's dtype; :func:`fastmlp.from_torch` goes back.  Needs torch.
+
+        Raises
+        ------
+        ValueError
+            For a layer PyTorch has no module for (:class:`~fastmlp.Maxout`); nothing is
+            built then.
+        """
+        from fastmlp.torch_interop import to_torch
+
+        return to_torch(self)
+
     # ----------------------------------------------------------------- input handling
     def rows(self, X, y):
         """``(X, y)`` validated and converted, as :class:`~fastmlp.training.Rows` without

@@ -1,0 +1,202 @@
+"""PyTorch interoperation: an ``nn.Sequential`` of ``Linear`` and activation modules to a
+fastmlp model (:func:`from_torch`) and back (:meth:`Sequential.to_torch
+<fastmlp.Sequential.to_torch>`).
+
+Both directions are table driven: :data:`FROM_TORCH` maps a ``torch.nn`` class name to what
+it becomes, :data:`TO_TORCH_ACTIVATIONS` a fastmlp activation to its module.  PyTorch's
+``Linear`` keeps ``weight`` as ``(out_features, in_features)`` and computes ``x @ weight.T +
+bias``; fastmlp's ``W`` is ``(n_in, n_out)`` (``x @ W + b``), so weights cross transposed.
+torch is imported only inside the two conversion functions.
+"""
+
+import numpy as np
+
+from fastmlp.layers import Dense
+from fastmlp.sequential import Sequential
+
+__all__ = ["FROM_TORCH", "TO_TORCH_ACTIVATIONS", "from_torch", "to_torch"]
+
+
+class _Stack:
+    """The fastmlp layers read so far from an ``nn.Sequential``: one entry per ``Linear``,
+    ``[position, linear, activation, activation_params, where]`` (``where``: the position
+    and module that set the activation, for error messages)."""
+
+    def __init__(self):
+        self.entries = []
+
+    @staticmethod
+    def describe(position, module):
+        text = repr(module)
+        return f"module {position} ({text if chr(10) not in text else type(module).__name__})"
+
+
+def _linear(stack, position, module):
+    stack.entries.append([position, module, "identity", {}, (position, module)])
+
+
+def _activation(name, params=lambda module: {}):
+    def add(stack, position, module):
+        if not stack.entries:
+            raise ValueError(f"{stack.describe(position, module)}: an activation before any "
+                             "Linear module; fastmlp applies each activation after a Linear")
+        if stack.entries[-1][2] != "identity":
+            raise ValueError(f"{stack.describe(position, module)}: a second activation after "
+                             f"{stack.describe(*stack.entries[-1][4])}; fastmlp applies one "
+                             "activation per Linear")
+        stack.entries[-1][2:] = [name, params(module), (position, module)]
+    return add
+
+
+def _no_op(stack, position, module):
+    pass
+
+
+#: ``torch.nn`` class name -> ``(stack, position, module) -> None``: what the module adds to
+#: the model being built (a layer, an activation of the last layer, or nothing).  Only these
+#: exact classes are accepted, not subclasses, whose ``forward`` may differ.
+FROM_TORCH = {
+    "Linear": _linear,
+    "Identity": _no_op,
+    "ReLU": _activation("relu"),
+    "Tanh": _activation("tanh"),
+    "Sigmoid": _activation("sigmoid"),
+    "LeakyReLU": _activation("leaky_relu", lambda m: {"negative_slope": float(m.negative_slope)}),
+    "ELU": _activation("elu", lambda m: {"alpha": float(m.alpha)}),
+}
+
+#: Why a module that is not in :data:`FROM_TORCH` is refused, where there is more to say.
+_REFUSED = {
+    "Softmax": "fastmlp's loss applies softmax itself (predict_proba gives the probabilities): "
+               "drop the module and use loss='softmax_cross_entropy'",
+    "LogSoftmax": "fastmlp's loss applies softmax itself: drop the module and use "
+                  "loss='softmax_cross_entropy'",
+    "Sequential": "nested nn.Sequential: flatten it (nn.Sequential(*outer[:i], *inner, ...))",
+}
+
+
+def _module_dtype(module, np_dtypes):
+    dtypes = {p.dtype for p in module.parameters()}
+    if len(dtypes) > 1:
+        raise ValueError(f"the module's parameters mix dtypes {sorted(map(str, dtypes))}; "
+                         "convert it with module.float() or module.double() first")
+    (dtype,) = dtypes
+    if dtype not in np_dtypes:
+        raise ValueError(f"the module's parameters are {dtype}; fastmlp models are float32 or "
+                         "float64 (module.float() or module.double())")
+    return np_dtypes[dtype]
+
+
+def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
+    """A fastmlp model computing what a PyTorch ``nn.Sequential`` computes.
+
+    Each ``nn.Linear`` becomes a :class:`~fastmlp.Dense` layer with ``W = weight.T`` and
+    ``b = bias``; the activation module right after it (``ReLU``, ``Tanh``, ``Sigmoid``,
+    ``LeakyReLU(negative_slope)`` with a slope in ``[0, 1]``, ``ELU(alpha)``) becomes that
+    layer's activation, and a ``Linear`` followed directly by another ``Linear`` (or by
+    nothing) gets the identity.  ``nn.Identity`` is skipped anywhere.  A ``Linear`` without
+    bias (``bias=False``) becomes a layer whose bias starts at zero, so the outputs agree;
+    training then updates that bias like any other (fastmlp layers always have one).
+
+    ``decision_function(X)`` of the result equals ``module(X)``: the loss applies softmax or
+    sigmoid on top, so leave out a final ``Softmax`` or ``Sigmoid`` that belongs to the loss.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        On any device; its parameters are copied.  float32 or float64 (all alike), which
+        becomes the model's dtype.
+    loss : str, default "softmax_cross_entropy"
+        As :class:`~fastmlp.Sequential` takes it.
+    optimizer : Optimizer, optional
+        Defaults to ``SGD(lr=0.01)``.
+    seed : int or None
+        Seeds the per-epoch shuffle of later training (the weights come from ``module``).
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    TypeError
+        When ``module`` is not an ``nn.Sequential``.
+    ValueError
+        For a module fastmlp has no layer for (``Conv2d``, a nested ``nn.Sequential``, ...),
+        an activation that does not follow a ``Linear``, widths that do not chain, or
+        parameters that are neither float32 nor float64; the message names the module and
+        its position.
+    """
+    import torch
+
+    if type(module) is not torch.nn.Sequential:
+        raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(module).__name__}")
+    if len(module) == 0:
+        raise ValueError("the nn.Sequential is empty")
+    stack = _Stack()
+    for position, child in enumerate(module):
+        name = type(child).__name__
+        rule = FROM_TORCH.get(name)
+        if rule is None or type(child) is not getattr(torch.nn, name, None):
+            why = _REFUSED.get(name, "fastmlp has no layer for it; supported modules: "
+                                     + ", ".join(FROM_TORCH))
+            raise ValueError(f"{stack.describe(position, child)}: {why}")
+        rule(stack, position, child)
+    if not stack.entries:
+        raise ValueError("the nn.Sequential has no Linear module")
+    for (_, before, *_), (position, linear, *_) in zip(stack.entries, stack.entries[1:]):
+        if linear.in_features != before.out_features:
+            raise ValueError(f"{stack.describe(position, linear)} takes {linear.in_features} "
+                             f"inputs, but the Linear before it outputs {before.out_features}")
+    dtype = _module_dtype(module, {torch.float32: np.float32, torch.float64: np.float64})
+
+    layers, weights = [], []
+    for position, linear, activation, params, where in stack.entries:
+        try:
+            layers.append(Dense(linear.in_features, linear.out_features, activation, **params))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{stack.describe(*where)}: {exc}") from None
+        with torch.no_grad():
+            W = linear.weight.detach().cpu().numpy().T
+            b = (np.zeros(linear.out_features, dtype) if linear.bias is None
+                 else linear.bias.detach().cpu().numpy())
+        weights += [W, b]
+    model = Sequential(layers, loss=loss, optimizer=optimizer, seed=seed, dtype=dtype)
+    model.set_weights(weights)
+    return model
+
+
+#: fastmlp activation -> ``(torch.nn, layer) -> module or None`` (None: nothing after the
+#: ``Linear``).
+TO_TORCH_ACTIVATIONS = {
+    "identity": lambda nn, layer: None,
+    "relu": lambda nn, layer: nn.ReLU(),
+    "tanh": lambda nn, layer: nn.Tanh(),
+    "sigmoid": lambda nn, layer: nn.Sigmoid(),
+    "leaky_relu": lambda nn, layer: nn.LeakyReLU(negative_slope=layer.activation_param),
+    "elu": lambda nn, layer: nn.ELU(alpha=layer.activation_param),
+}
+
+
+def to_torch(model):
+    """An ``nn.Sequential`` computing ``model.decision_function`` (see
+    :meth:`Sequential.to_torch <fastmlp.Sequential.to_torch>`)."""
+    for k, layer in enumerate(model.layers):
+        if type(layer) is not Dense or layer.activation not in TO_TORCH_ACTIVATIONS:
+            raise ValueError(f"layer {k + 1} ({layer!r}) has no PyTorch module; to_torch "
+                             f"converts Dense layers with activations "
+                             f"{', '.join(TO_TORCH_ACTIVATIONS)}")
+    import torch
+
+    dtype = {np.float32: torch.float32, np.float64: torch.float64}[model.dtype.type]
+    modules = []
+    for layer in model.layers:
+        linear = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(layer.W.T)))
+            linear.bias.copy_(torch.from_numpy(layer.b.copy()))
+        modules.append(linear)
+        activation = TO_TORCH_ACTIVATIONS[layer.activation](torch.nn, layer)
+        if activation is not None:
+            modules.append(activation)
+    return torch.nn.Sequential(*modules)
