@@ -1,4 +1,5 @@
-"""The ``fastmlp`` command line: ``train``, ``predict``, ``evaluate``, ``demo``, ``bench``.
+"""The ``fastmlp`` command line: ``train``, ``predict``, ``evaluate``, ``export``, ``demo``,
+``bench``, ``compile``.
 
 Every expected failure (a bad file, a missing column, bad hyperparameters, a model file
 that does not load) is printed as one ``fastmlp: error: ...`` line with exit status 1;
@@ -99,6 +100,18 @@ def build_parser():
                                             "tree compares with PyTorch, JAX and scikit-learn.")
     bench.add_argument("--quick", action="store_true", help="less work per shape (noisier)")
     _threads_argument(bench)
+
+    from fastmlp.sequential import EXPORT_FORMATS
+
+    export = commands.add_parser("export", help="write a saved model for another runtime (ONNX)",
+                                 description="Export MODEL (a file written by train --out or "
+                                             "model.save) with model.export: --format onnx "
+                                             "writes a standard ONNX graph (needs fastmlp[onnx]).")
+    export.add_argument("model", metavar="MODEL")
+    export.add_argument("--format", required=True, choices=list(EXPORT_FORMATS),
+                        help="file format to write")
+    export.add_argument("--out", metavar="FILE", required=True, help="write the exported model here")
+    export.set_defaults(threads=None)  # it computes nothing: no --threads
 
     from fastmlp.precompile import BUILDS, DTYPES, FEATURES
 
@@ -300,6 +313,15 @@ def _evaluate(args):
         print(f"{key} {value:.6f}")
 
 
+def _export(args):
+    model = _load_model(args.model)
+    try:
+        model.export(args.out, format=args.format)
+    except (ImportError, OSError) as exc:
+        raise CommandError(f"{args.out}: {exc}") from None
+    print(f"exported {args.model} as {args.format} to {args.out}")
+
+
 def _bench(args):
     from fastmlp.bench import run_bench
 
@@ -319,7 +341,7 @@ def _run(args):
         run_demo(seed=args.seed)
     else:
         {"train": _train, "predict": _predict, "evaluate": _evaluate, "bench": _bench,
-         "compile": _compile}[args.command](args)
+         "compile": _compile, "export": _export}[args.command](args)
 
 
 def main(argv=None):

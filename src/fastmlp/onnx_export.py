@@ -23,6 +23,8 @@ nodes after the tensor named ``x`` and returns the name of its output.  ``onnx``
 imported only when a model is exported.
 """
 
+import os
+
 import numpy as np
 
 from fastmlp import __version__, io
@@ -247,4 +249,7 @@ def export_onnx(model, path):
     path : str or os.PathLike
     """
     path = io.check_path(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
     io.atomic_write(path, [to_onnx(model).SerializeToString()])
