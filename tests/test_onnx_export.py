@@ -149,8 +149,8 @@ def test_graph_signature(tmp_path):
     # The initializers are the model's parameters, bit for bit, under stable names.
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     for k, (W, b) in enumerate(zip(model.get_weights()[::2], model.get_weights()[1::2])):
-        np.testing.assert_array_equal(weights[f"layers.{k}.weight_0"], W)
-        np.testing.assert_array_equal(weights[f"layers.{k}.bias_0"], b)
+        np.testing.assert_array_equal(weights[f"layers.{k}.weight"], W)
+        np.testing.assert_array_equal(weights[f"layers.{k}.bias"], b)
     assert {p.key: p.value for p in proto.metadata_props}["fastmlp.loss"] == "softmax_cross_entropy"
 
 

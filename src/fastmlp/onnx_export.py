@@ -51,9 +51,10 @@ class _Graph:
         self._counts = {}
 
     def name(self, stem):
+        """``stem`` itself the first time, then ``stem_1``, ``stem_2``, ..."""
         count = self._counts.get(stem, 0)
         self._counts[stem] = count + 1
-        return f"{stem}_{count}"
+        return stem if count == 0 else f"{stem}_{count}"
 
     def constant(self, stem, array):
         """An initializer holding ``array`` (kept in its own dtype); returns its name."""
