@@ -152,7 +152,7 @@ def test_bias_free_linear_and_identity_modules():
     (lambda: [nn.Linear(2, 3), nn.Sequential(nn.Linear(3, 3))],
      r"module 1 \(Sequential\): nested nn.Sequential: flatten it"),
     (lambda: [nn.Linear(2, 3), nn.Linear(4, 3)],
-     r"module 1 \(Linear\(in_features=4, .*\)\) takes 4 inputs, but the Linear before it outputs 3"),
+     r"module 1 \(Linear\(in_features=4, .*\)\) takes 4 inputs, but module 0 \(Linear\(in_features=2, .*\)\) before it outputs 3"),
     (lambda: [nn.Linear(2, 3), nn.Softmax(dim=1)],
      r"module 1 \(Softmax\(dim=1\)\): fastmlp's loss applies softmax itself"),
     (lambda: [nn.Linear(2, 3), nn.LeakyReLU(1.5)],

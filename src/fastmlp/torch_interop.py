@@ -3,7 +3,8 @@ fastmlp model (:func:`from_torch`) and back (:meth:`Sequential.to_torch
 <fastmlp.Sequential.to_torch>`).
 
 Both directions are table driven: :data:`FROM_TORCH` maps a ``torch.nn`` class name to what
-it becomes, :data:`TO_TORCH_ACTIVATIONS` a fastmlp activation to its module.  PyTorch's
+it becomes, :data:`TO_TORCH_LAYERS` a fastmlp layer class to its modules and
+:data:`TO_TORCH_ACTIVATIONS` a fastmlp activation to its module.  PyTorch's
 ``Linear`` keeps ``weight`` as ``(out_features, in_features)`` and computes ``x @ weight.T +
 bias``; fastmlp's ``W`` is ``(n_in, n_out)`` (``x @ W + b``), so weights cross transposed.
 torch is imported only inside the two conversion functions.
@@ -14,47 +15,69 @@ import numpy as np
 from fastmlp.layers import Dense
 from fastmlp.sequential import Sequential
 
-__all__ = ["FROM_TORCH", "TO_TORCH_ACTIVATIONS", "from_torch", "to_torch"]
+__all__ = ["FROM_TORCH", "TO_TORCH_ACTIVATIONS", "TO_TORCH_LAYERS", "from_torch", "to_torch"]
 
 
-class _Stack:
-    """The fastmlp layers read so far from an ``nn.Sequential``: one entry per ``Linear``,
-    ``[position, linear, activation, activation_params, where]`` (``where``: the position
-    and module that set the activation, for error messages)."""
-
-    def __init__(self):
-        self.entries = []
-
-    @staticmethod
-    def describe(position, module):
-        text = repr(module)
-        return f"module {position} ({text if chr(10) not in text else type(module).__name__})"
+def _describe(position, module):
+    text = repr(module)
+    return f"module {position} ({text if chr(10) not in text else type(module).__name__})"
 
 
-def _linear(stack, position, module):
-    stack.entries.append([position, module, "identity", {}, (position, module)])
+class _Entry:
+    """One fastmlp layer being read from an ``nn.Sequential``.
+
+    ``make(entry, dtype)`` returns ``(layer, [arrays for set_weights])``; ``n_in`` and
+    ``n_out`` are its widths (None for a layer that keeps its input's width);
+    ``activation``, ``params`` and ``where`` (the position and module that set the
+    activation) are for layers that take one.
+    """
+
+    def __init__(self, position, module, make, n_in=None, n_out=None, takes_activation=False):
+        self.position, self.module, self.make = position, module, make
+        self.n_in, self.n_out = n_in, n_out
+        self.takes_activation = takes_activation
+        self.activation, self.params, self.where = "identity", {}, (position, module)
+
+
+def _dense_from_linear(entry, dtype):
+    linear = entry.module
+    try:
+        layer = Dense(linear.in_features, linear.out_features, entry.activation, **entry.params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{_describe(*entry.where)}: {exc}") from None
+    W = linear.weight.detach().cpu().numpy().T
+    b = (np.zeros(linear.out_features, dtype) if linear.bias is None
+         else linear.bias.detach().cpu().numpy())
+    return layer, [W, b]
+
+
+def _linear(entries, position, module):
+    entries.append(_Entry(position, module, _dense_from_linear, module.in_features,
+                          module.out_features, takes_activation=True))
 
 
 def _activation(name, params=lambda module: {}):
-    def add(stack, position, module):
-        if not stack.entries:
-            raise ValueError(f"{stack.describe(position, module)}: an activation before any "
+    def add(entries, position, module):
+        if not entries or not entries[-1].takes_activation:
+            raise ValueError(f"{_describe(position, module)}: an activation before any "
                              "Linear module; fastmlp applies each activation after a Linear")
-        if stack.entries[-1][2] != "identity":
-            raise ValueError(f"{stack.describe(position, module)}: a second activation after "
-                             f"{stack.describe(*stack.entries[-1][4])}; fastmlp applies one "
-                             "activation per Linear")
-        stack.entries[-1][2:] = [name, params(module), (position, module)]
+        if entries[-1].activation != "identity":
+            raise ValueError(f"{_describe(position, module)}: a second activation after "
+                             f"{_describe(*entries[-1].where)}; fastmlp applies one activation "
+                             "per Linear")
+        entries[-1].activation, entries[-1].params = name, params(module)
+        entries[-1].where = (position, module)
     return add
 
 
-def _no_op(stack, position, module):
+def _no_op(entries, position, module):
     pass
 
 
-#: ``torch.nn`` class name -> ``(stack, position, module) -> None``: what the module adds to
-#: the model being built (a layer, an activation of the last layer, or nothing).  Only these
-#: exact classes are accepted, not subclasses, whose ``forward`` may differ.
+#: ``torch.nn`` class name -> ``(entries, position, module) -> None``: what the module adds to
+#: the model being built (an ``_Entry`` for a new layer, the activation of the last one, or
+#: nothing).  Only these exact classes are accepted, not subclasses, whose ``forward`` may
+#: differ.
 FROM_TORCH = {
     "Linear": _linear,
     "Identity": _no_op,
@@ -133,34 +156,33 @@ def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
         raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(module).__name__}")
     if len(module) == 0:
         raise ValueError("the nn.Sequential is empty")
-    stack = _Stack()
+    entries = []
     for position, child in enumerate(module):
         name = type(child).__name__
         rule = FROM_TORCH.get(name)
         if rule is None or type(child) is not getattr(torch.nn, name, None):
             why = _REFUSED.get(name, "fastmlp has no layer for it; supported modules: "
                                      + ", ".join(FROM_TORCH))
-            raise ValueError(f"{stack.describe(position, child)}: {why}")
-        rule(stack, position, child)
-    if not stack.entries:
+            raise ValueError(f"{_describe(position, child)}: {why}")
+        rule(entries, position, child)
+    if not any(entry.make is _dense_from_linear for entry in entries):
         raise ValueError("the nn.Sequential has no Linear module")
-    for (_, before, *_), (position, linear, *_) in zip(stack.entries, stack.entries[1:]):
-        if linear.in_features != before.out_features:
-            raise ValueError(f"{stack.describe(position, linear)} takes {linear.in_features} "
-                             f"inputs, but the Linear before it outputs {before.out_features}")
+    width, source = None, None
+    for entry in entries:
+        if entry.n_in is not None and width is not None and entry.n_in != width:
+            raise ValueError(f"{_describe(entry.position, entry.module)} takes {entry.n_in} "
+                             f"inputs, but {_describe(source.position, source.module)} before "
+                             f"it outputs {width}")
+        if entry.n_out is not None:
+            width, source = entry.n_out, entry
     dtype = _module_dtype(module, {torch.float32: np.float32, torch.float64: np.float64})
 
     layers, weights = [], []
-    for position, linear, activation, params, where in stack.entries:
-        try:
-            layers.append(Dense(linear.in_features, linear.out_features, activation, **params))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{stack.describe(*where)}: {exc}") from None
-        with torch.no_grad():
-            W = linear.weight.detach().cpu().numpy().T
-            b = (np.zeros(linear.out_features, dtype) if linear.bias is None
-                 else linear.bias.detach().cpu().numpy())
-        weights += [W, b]
+    with torch.no_grad():
+        for entry in entries:
+            layer, arrays = entry.make(entry, dtype)
+            layers.append(layer)
+            weights += arrays
     model = Sequential(layers, loss=loss, optimizer=optimizer, seed=seed, dtype=dtype)
     model.set_weights(weights)
     return model
@@ -178,25 +200,36 @@ TO_TORCH_ACTIVATIONS = {
 }
 
 
+def _dense_modules(torch, layer, dtype):
+    linear = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(layer.W.T)))
+        linear.bias.copy_(torch.from_numpy(layer.b.copy()))
+    activation = TO_TORCH_ACTIVATIONS[layer.activation](torch.nn, layer)
+    return [linear] if activation is None else [linear, activation]
+
+
+#: fastmlp layer class (exact: a subclass may compute something else) -> ``(torch, layer,
+#: torch dtype) -> [modules]``.
+TO_TORCH_LAYERS = {
+    Dense: _dense_modules,
+}
+
+
 def to_torch(model):
     """An ``nn.Sequential`` computing ``model.decision_function`` (see
     :meth:`Sequential.to_torch <fastmlp.Sequential.to_torch>`)."""
     for k, layer in enumerate(model.layers):
-        if type(layer) is not Dense or layer.activation not in TO_TORCH_ACTIVATIONS:
+        if type(layer) not in TO_TORCH_LAYERS:
             raise ValueError(f"layer {k + 1} ({layer!r}) has no PyTorch module; to_torch "
-                             f"converts Dense layers with activations "
-                             f"{', '.join(TO_TORCH_ACTIVATIONS)}")
+                             f"converts {', '.join(c.__name__ for c in TO_TORCH_LAYERS)} layers")
+        if isinstance(layer, Dense) and layer.activation not in TO_TORCH_ACTIVATIONS:
+            raise ValueError(f"layer {k + 1} ({layer!r}): activation {layer.activation!r} has no "
+                             f"PyTorch module; known: {', '.join(TO_TORCH_ACTIVATIONS)}")
     import torch
 
     dtype = {np.float32: torch.float32, np.float64: torch.float64}[model.dtype.type]
     modules = []
     for layer in model.layers:
-        linear = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(layer.W.T)))
-            linear.bias.copy_(torch.from_numpy(layer.b.copy()))
-        modules.append(linear)
-        activation = TO_TORCH_ACTIVATIONS[layer.activation](torch.nn, layer)
-        if activation is not None:
-            modules.append(activation)
+        modules += TO_TORCH_LAYERS[type(layer)](torch, layer, dtype)
     return torch.nn.Sequential(*modules)
