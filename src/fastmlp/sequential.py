@@ -23,7 +23,7 @@ from fastmlp.threads import get_num_threads, pin_blas
 from fastmlp.training import DivergenceError, History, Rows
 from fastmlp.workspace import Workspace, layer_table
 
-__all__ = ["DivergenceError", "History", "Sequential", "load"]
+__all__ = ["DivergenceError", "History", "Sequential", "from_torch", "load"]
 
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
 PREDICT_CHUNK_ROWS = 1024
@@ -772,4 +772,52 @@ def load(path):
     except (TypeError, ValueError) as exc:
         raise io.FormatError(f"{path}: the file describes an invalid model: {exc}") from None
     io.apply_checkpoint_model(model, contents)
+    return model
+
+
+def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
+    """A fastmlp model computing what a PyTorch ``nn.Sequential`` computes.
+
+    Each ``nn.Linear`` becomes a :class:`~fastmlp.Dense` layer with ``W = weight.T`` and
+    ``b = bias``; the activation module right after it (``ReLU``, ``Tanh``, ``Sigmoid``,
+    ``LeakyReLU(negative_slope)`` with a slope in ``[0, 1]``, ``ELU(alpha)``) becomes that
+    layer's activation, and a ``Linear`` followed directly by another ``Linear`` (or by
+    nothing) gets the identity.  ``nn.Identity`` is skipped anywhere.  A ``Linear`` without
+    bias (``bias=False``) becomes a layer whose bias starts at zero, so the outputs agree;
+    training then updates that bias like any other (fastmlp layers always have one).
+
+    ``decision_function(X)`` of the result equals ``module(X)``: the loss applies softmax or
+    sigmoid on top, so leave out a final ``Softmax`` or ``Sigmoid`` that belongs to the loss.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        On any device; its parameters are copied.  float32 or float64 (all alike), which
+        becomes the model's dtype.
+    loss : str, default "softmax_cross_entropy"
+        As :class:`~fastmlp.Sequential` takes it.
+    optimizer : Optimizer, optional
+        Defaults to ``SGD(lr=0.01)``.
+    seed : int or None
+        Seeds the per-epoch shuffle of later training (the weights come from ``module``).
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    TypeError
+        When ``module`` is not an ``nn.Sequential``.
+    ValueError
+        For a module fastmlp has no layer for (``Conv2d``, a nested ``nn.Sequential``, ...),
+        an activation that does not follow a ``Linear``, widths that do not chain, or
+        parameters that are neither float32 nor float64; the message names the module and
+        its position.
+    """
+    from fastmlp.torch_interop import layers_from_torch
+
+    layers, weights, dtype = layers_from_torch(module)
+    model = Sequential(layers, loss=loss, optimizer=optimizer, seed=seed, dtype=dtype)
+    model.set_weights(weights)
     return model

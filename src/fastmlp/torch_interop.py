@@ -1,5 +1,5 @@
 """PyTorch interoperation: an ``nn.Sequential`` of ``Linear`` and activation modules to a
-fastmlp model (:func:`from_torch`) and back (:meth:`Sequential.to_torch
+fastmlp model (:func:`fastmlp.from_torch`) and back (:meth:`Sequential.to_torch
 <fastmlp.Sequential.to_torch>`).
 
 Both directions are table driven: :data:`FROM_TORCH` maps a ``torch.nn`` class name to what
@@ -7,15 +7,16 @@ it becomes, :data:`TO_TORCH_LAYERS` a fastmlp layer class to its modules and
 :data:`TO_TORCH_ACTIVATIONS` a fastmlp activation to its module.  PyTorch's
 ``Linear`` keeps ``weight`` as ``(out_features, in_features)`` and computes ``x @ weight.T +
 bias``; fastmlp's ``W`` is ``(n_in, n_out)`` (``x @ W + b``), so weights cross transposed.
-torch is imported only inside the two conversion functions.
+torch is imported only inside the two conversion functions.  This module sits below
+:mod:`fastmlp.sequential` (it builds layers, not models), as :mod:`fastmlp.io` does for
+:func:`fastmlp.load`.
 """
 
 import numpy as np
 
 from fastmlp.layers import Dense
-from fastmlp.sequential import Sequential
 
-__all__ = ["FROM_TORCH", "TO_TORCH_ACTIVATIONS", "TO_TORCH_LAYERS", "from_torch", "to_torch"]
+__all__ = ["FROM_TORCH", "TO_TORCH_ACTIVATIONS", "TO_TORCH_LAYERS", "layers_from_torch", "to_torch"]
 
 
 def _describe(position, module):
@@ -110,46 +111,10 @@ def _module_dtype(module, np_dtypes):
     return np_dtypes[dtype]
 
 
-def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
-    """A fastmlp model computing what a PyTorch ``nn.Sequential`` computes.
-
-    Each ``nn.Linear`` becomes a :class:`~fastmlp.Dense` layer with ``W = weight.T`` and
-    ``b = bias``; the activation module right after it (``ReLU``, ``Tanh``, ``Sigmoid``,
-    ``LeakyReLU(negative_slope)`` with a slope in ``[0, 1]``, ``ELU(alpha)``) becomes that
-    layer's activation, and a ``Linear`` followed directly by another ``Linear`` (or by
-    nothing) gets the identity.  ``nn.Identity`` is skipped anywhere.  A ``Linear`` without
-    bias (``bias=False``) becomes a layer whose bias starts at zero, so the outputs agree;
-    training then updates that bias like any other (fastmlp layers always have one).
-
-    ``decision_function(X)`` of the result equals ``module(X)``: the loss applies softmax or
-    sigmoid on top, so leave out a final ``Softmax`` or ``Sigmoid`` that belongs to the loss.
-
-    Parameters
-    ----------
-    module : torch.nn.Sequential
-        On any device; its parameters are copied.  float32 or float64 (all alike), which
-        becomes the model's dtype.
-    loss : str, default "softmax_cross_entropy"
-        As :class:`~fastmlp.Sequential` takes it.
-    optimizer : Optimizer, optional
-        Defaults to ``SGD(lr=0.01)``.
-    seed : int or None
-        Seeds the per-epoch shuffle of later training (the weights come from ``module``).
-
-    Returns
-    -------
-    Sequential
-
-    Raises
-    ------
-    TypeError
-        When ``module`` is not an ``nn.Sequential``.
-    ValueError
-        For a module fastmlp has no layer for (``Conv2d``, a nested ``nn.Sequential``, ...),
-        an activation that does not follow a ``Linear``, widths that do not chain, or
-        parameters that are neither float32 nor float64; the message names the module and
-        its position.
-    """
+def layers_from_torch(module):
+    """``(layers, weights, dtype)`` for :func:`fastmlp.from_torch`: unbuilt fastmlp layers,
+    their parameters as :meth:`~fastmlp.Sequential.set_weights` takes them, and the numpy
+    dtype of ``module``'s parameters.  Raises as :func:`fastmlp.from_torch` documents."""
     import torch
 
     if type(module) is not torch.nn.Sequential:
@@ -183,9 +148,7 @@ def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
             layer, arrays = entry.make(entry, dtype)
             layers.append(layer)
             weights += arrays
-    model = Sequential(layers, loss=loss, optimizer=optimizer, seed=seed, dtype=dtype)
-    model.set_weights(weights)
-    return model
+    return layers, weights, dtype
 
 
 #: fastmlp activation -> ``(torch.nn, layer) -> module or None`` (None: nothing after the
