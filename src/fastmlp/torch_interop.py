@@ -172,8 +172,9 @@ def _dense_modules(torch, layer, dtype):
     return [linear] if activation is None else [linear, activation]
 
 
-#: fastmlp layer class (exact: a subclass may compute something else) -> ``(torch, layer,
-#: torch dtype) -> [modules]``.
+#: fastmlp layer class -> ``(torch, layer, torch dtype) -> [modules]``.  A subclass uses its
+#: nearest base's entry: fastmlp's kernels compute a layer from its kind and activation, not
+#: from Python methods a subclass could override.
 TO_TORCH_LAYERS = {
     Dense: _dense_modules,
 }
@@ -182,10 +183,13 @@ TO_TORCH_LAYERS = {
 def to_torch(model):
     """An ``nn.Sequential`` computing ``model.decision_function`` (see
     :meth:`Sequential.to_torch <fastmlp.Sequential.to_torch>`)."""
+    converters = []
     for k, layer in enumerate(model.layers):
-        if type(layer) not in TO_TORCH_LAYERS:
+        convert = next((TO_TORCH_LAYERS[c] for c in type(layer).__mro__ if c in TO_TORCH_LAYERS), None)
+        if convert is None:
             raise ValueError(f"layer {k + 1} ({layer!r}) has no PyTorch module; to_torch "
                              f"converts {', '.join(c.__name__ for c in TO_TORCH_LAYERS)} layers")
+        converters.append(convert)
         if isinstance(layer, Dense) and layer.activation not in TO_TORCH_ACTIVATIONS:
             raise ValueError(f"layer {k + 1} ({layer!r}): activation {layer.activation!r} has no "
                              f"PyTorch module; known: {', '.join(TO_TORCH_ACTIVATIONS)}")
@@ -193,6 +197,6 @@ def to_torch(model):
 
     dtype = {np.float32: torch.float32, np.float64: torch.float64}[model.dtype.type]
     modules = []
-    for layer in model.layers:
-        modules += TO_TORCH_LAYERS[type(layer)](torch, layer, dtype)
+    for layer, convert in zip(model.layers, converters):
+        modules += convert(torch, layer, dtype)
     return torch.nn.Sequential(*modules)
