@@ -2,6 +2,7 @@
 gets fastmlp's outputs, to the dtype's rounding (tolerances.py's forward-chain bounds, with
 runtime_bounds.py's allowance for ONNX Runtime's elementary functions)."""
 
+import os
 import subprocess
 import sys
 
@@ -240,4 +241,28 @@ def test_import_fastmlp_imports_neither_torch_nor_onnx():
     code = ("import sys, fastmlp, fastmlp.cli; fastmlp.cli.build_parser(); "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_export_and_torch_conversion_compile_nothing(tmp_path):
+    """Exporting and converting are pure Python: in a fresh process with an empty kernel
+    cache, not one numba compilation (a model that is only exported pays no JIT tax)."""
+    code = f"""
+from numba.core import event
+compiled = []
+class Recorder(event.Listener):
+    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__qualname__)
+    def on_end(self, ev): pass
+event.register("numba:compile", Recorder())
+import torch, fastmlp
+from fastmlp import Dense, Maxout, Sequential
+model = Sequential([Maxout(4, 5), Dense(5, 6, "elu"), Dense(6, 3)], seed=0)
+model.export({str(tmp_path / "m.onnx")!r}, format="onnx")
+net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+fastmlp.from_torch(net).to_torch()
+print(compiled)
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
     assert out.stdout.strip() == "[]"
