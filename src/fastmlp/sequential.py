@@ -28,12 +28,6 @@ __all__ = ["DivergenceError", "History", "Sequential", "from_torch", "load"]
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
 PREDICT_CHUNK_ROWS = 1024
 
-#: :meth:`Sequential.export`'s formats: name -> (module, function(model, path)), imported
-#: only when that format is written (their packages are optional).
-EXPORT_FORMATS = {
-    "onnx": ("fastmlp.onnx_export", "export_onnx"),
-}
-
 
 class Sequential:
     """A stack of layers trained by minibatch gradient descent.
@@ -718,6 +712,13 @@ class Sequential:
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
                       np.where(ss_res == 0, 1.0, 0.0))
         return float(r2.mean())
+
+
+#: :meth:`Sequential.export`'s formats: name -> (module, function(model, path)), imported
+#: only when that format is written (their packages are optional).
+EXPORT_FORMATS = {
+    "onnx": ("fastmlp.onnx_export", "export_onnx"),
+}
 
 
 def _check_layers(layers):
