@@ -115,3 +115,13 @@ def test_cli_and_other_pages(site):
     for page in ["quickstart", "performance", "file-format", "architecture", "examples",
                  "distributed", "sklearn", "compare-results"]:
         assert (site / page / "index.html").is_file(), page
+
+
+def test_deployment_page_and_interop_api(site):
+    ids = anchors(site, "api/fastmlp")
+    assert {"fastmlp.Sequential.export", "fastmlp.Sequential.to_torch", "fastmlp.from_torch"} <= ids
+    assert "fastmlp export" in page_text(site, "cli")
+    text = page_text(site, "deployment")
+    for phrase in ["Serving a fastmlp model with ONNX Runtime", "InferenceSession",
+                   "A PyTorch network in fastmlp", "from_torch", "opset 18"]:
+        assert phrase in text

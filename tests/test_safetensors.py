@@ -119,7 +119,7 @@ def test_format_is_told_from_the_bytes_not_the_name(tmp_path):
 
 # ----------------------------------------------------------------------------- export API
 def test_unknown_format_lists_the_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown export format 'h5'; valid formats: 'safetensors'"):
+    with pytest.raises(ValueError, match=r"unknown export format 'h5'; valid formats: 'onnx', 'safetensors'"):
         _model().export(tmp_path / "m", format="h5")
     with pytest.raises(ValueError, match="unknown export format"):
         _model().export(tmp_path / "m", format=None)

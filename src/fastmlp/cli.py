@@ -132,8 +132,11 @@ def _info_and_export_parsers(commands):
                                            "file with fastmlp's metadata.")
     info.add_argument("model", metavar="MODEL")
     export = commands.add_parser("export", help="write a saved model in another format",
-                                 description="Load MODEL and write it to FILE in --format "
-                                             "(as Sequential.export does).")
+                                 description="Load MODEL (a file written by train --out or "
+                                             "model.save) and write it to FILE in --format, as "
+                                             "Sequential.export does: onnx, a standard ONNX "
+                                             "graph (needs fastmlp[onnx]); safetensors, the "
+                                             "weights with fastmlp's metadata.")
     export.add_argument("model", metavar="MODEL")
     export.add_argument("--format", required=True, choices=list(EXPORT_FORMATS),
                         help="the format to write")
@@ -150,15 +153,6 @@ def _info(args):
     except (OSError, ValueError) as exc:
         raise CommandError(f"{args.model}: {exc}") from None
     sys.stdout.write("\n".join(lines) + "\n")
-
-
-def _export(args):
-    model = _load_model(args.model)
-    try:
-        model.export(args.out, format=args.format)
-    except OSError as exc:
-        raise CommandError(str(exc)) from None
-    print(f"exported {args.model} to {args.out} ({args.format})")
 
 
 def _version():
@@ -339,6 +333,15 @@ def _evaluate(args):
         result["r2"] = model.score(X, y)
     for key, value in result.items():
         print(f"{key} {value:.6f}")
+
+
+def _export(args):
+    model = _load_model(args.model)
+    try:
+        model.export(args.out, format=args.format)
+    except (ImportError, OSError) as exc:
+        raise CommandError(f"{args.out}: {exc}") from None
+    print(f"exported {args.model} as {args.format} to {args.out}")
 
 
 def _bench(args):

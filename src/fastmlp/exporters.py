@@ -12,6 +12,7 @@ from fastmlp import io
 
 #: format name -> (module, function name).
 EXPORT_FORMATS = {
+    "onnx": ("fastmlp.onnx_export", "export_onnx"),
     "safetensors": ("fastmlp.safetensors_io", "export"),
 }
 

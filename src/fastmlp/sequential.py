@@ -23,7 +23,7 @@ from fastmlp.threads import get_num_threads, pin_blas
 from fastmlp.training import DivergenceError, History, Rows
 from fastmlp.workspace import Workspace, layer_table
 
-__all__ = ["DivergenceError", "History", "Sequential", "load"]
+__all__ = ["DivergenceError", "History", "Sequential", "from_torch", "load"]
 
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
 PREDICT_CHUNK_ROWS = 1024
@@ -246,25 +246,30 @@ class Sequential:
         io.save(self, path)
 
     def export(self, path, format, **options):
-        """Write the model to ``path`` in another format, for other tools to read.
+        """Write the model to ``path`` in another format, for other tools and runtimes
+        (Keras 3's ``export``).
 
         Parameters
         ----------
         path : str or os.PathLike
         format : str
+            ``"onnx"``: a standard ONNX graph (opset 18; needs ``pip install
+            'fastmlp[onnx]'``) with outputs ``scores``, and for the classification losses
+            ``label`` and, where :meth:`predict_proba` is defined, ``probabilities``
+            (docs/deployment.md).
             ``"safetensors"``: the weights as tensors ``layers.{k}.weight`` (shape
             ``(n_in, n_out)``; ``(n_in, pieces * n_out)`` for :class:`~fastmlp.Maxout`) and
             ``layers.{k}.bias``, with the architecture, loss, dtype and optimizer
             hyperparameters as JSON in ``__metadata__`` (``docs/file-format.md``).
             :func:`fastmlp.load` reads it back (weights only: the optimizer starts afresh).
         **options
-            Options of the format (``safetensors`` takes none).
+            Options of the format (neither takes any yet).
 
         Raises
         ------
         ValueError
-            For an unknown format (the message lists the valid ones), or weights that are
-            NaN or Inf.
+            For an unknown format (the message lists the valid ones), a layer the format
+            cannot express, or weights that are NaN or Inf.
         OSError
             When the file cannot be written; as :meth:`save`, the write is atomic and the
             previous file at ``path`` (if any) is left as it was.
@@ -298,6 +303,23 @@ class Sequential:
 
         for line in summary_lines(self, line_length):
             (print if print_fn is None else print_fn)(line)
+
+    def to_torch(self):
+        """The model as a PyTorch ``torch.nn.Sequential`` computing :meth:`decision_function`.
+
+        Each :class:`~fastmlp.Dense` layer becomes an ``nn.Linear`` (``weight = W.T``,
+        ``bias = b``) followed by its activation's module (none for identity), in the
+        model's dtype; :func:`fastmlp.from_torch` goes back.  Needs torch.
+
+        Raises
+        ------
+        ValueError
+            For a layer PyTorch has no module for (:class:`~fastmlp.Maxout`); nothing is
+            built then.
+        """
+        from fastmlp.torch_interop import to_torch
+
+        return to_torch(self)
 
     # ----------------------------------------------------------------- input handling
     def rows(self, X, y):
@@ -828,4 +850,52 @@ def model_from_spec(path, spec):
                            seed=spec.seed, dtype=np.dtype(spec.dtype))
     except (TypeError, ValueError) as exc:
         raise io.FormatError(f"{path}: the file describes an invalid model: {exc}") from None
+    return model
+
+
+def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
+    """A fastmlp model computing what a PyTorch ``nn.Sequential`` computes.
+
+    Each ``nn.Linear`` becomes a :class:`~fastmlp.Dense` layer with ``W = weight.T`` and
+    ``b = bias``; the activation module right after it (``ReLU``, ``Tanh``, ``Sigmoid``,
+    ``LeakyReLU(negative_slope)`` with a slope in ``[0, 1]``, ``ELU(alpha)``) becomes that
+    layer's activation, and a ``Linear`` followed directly by another ``Linear`` (or by
+    nothing) gets the identity.  ``nn.Identity`` is skipped anywhere.  A ``Linear`` without
+    bias (``bias=False``) becomes a layer whose bias starts at zero, so the outputs agree;
+    training then updates that bias like any other (fastmlp layers always have one).
+
+    ``decision_function(X)`` of the result equals ``module(X)``: the loss applies softmax or
+    sigmoid on top, so leave out a final ``Softmax`` or ``Sigmoid`` that belongs to the loss.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        On any device; its parameters are copied.  float32 or float64 (all alike), which
+        becomes the model's dtype.
+    loss : str, default "softmax_cross_entropy"
+        As :class:`~fastmlp.Sequential` takes it.
+    optimizer : Optimizer, optional
+        Defaults to ``SGD(lr=0.01)``.
+    seed : int or None
+        Seeds the per-epoch shuffle of later training (the weights come from ``module``).
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    TypeError
+        When ``module`` is not an ``nn.Sequential``.
+    ValueError
+        For a module fastmlp has no layer for (``Conv2d``, a nested ``nn.Sequential``, ...),
+        an activation that does not follow a ``Linear``, widths that do not chain, or
+        parameters that are neither float32 nor float64; the message names the module and
+        its position.
+    """
+    from fastmlp.torch_interop import layers_from_torch
+
+    layers, weights, dtype = layers_from_torch(module)
+    model = Sequential(layers, loss=loss, optimizer=optimizer, seed=seed, dtype=dtype)
+    model.set_weights(weights)
     return model
