@@ -89,7 +89,11 @@ def dashboard(tmp_path_factory):
     from asv.util import load_json
 
     work = tmp_path_factory.mktemp("asv")
-    commits = _run(["git", "rev-parse", "HEAD~1", "HEAD"], ROOT).split()
+    history = subprocess.run(["git", "rev-parse", "HEAD~1", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert history.returncode == 0, ("the dashboard test measures this commit and its parent: "
+                                     f"it needs a clone with history\n{history.stderr}")
+    commits = history.stdout.split()
     previous = work / "previous"
     previous.mkdir()
     archive = subprocess.run(["git", "archive", "--format=tar", commits[0], "src", "benchmarks"],
