@@ -70,8 +70,9 @@ def rewrite_page(page, html_dir, entries, vendor_dir=VENDOR):
     The ``integrity``, ``crossorigin`` and ``referrerpolicy`` attributes go: they are for a
     third-party CDN, and the copies are served from the pages' own origin (their hashes are
     checked by :func:`load_manifest` instead).  Where vendor.json says the copy is the CDN's
-    very file, the page's integrity hash is checked against it first.  Returns the URLs
-    replaced; raises :class:`PublishError` for a tag that still loads from the network.
+    very file, the page's integrity hash is checked against it first.  Returns the new text
+    of the page and the URLs replaced (the file is not written); raises
+    :class:`PublishError` for a tag that would still load from the network.
     """
     by_url = {entry["url"]: entry for entry in entries}
     prefix = os.path.relpath(os.path.join(html_dir, VENDOR_SUBDIR), os.path.dirname(page))
@@ -105,11 +106,7 @@ def rewrite_page(page, html_dir, entries, vendor_dir=VENDOR):
 
     with open(page, encoding="utf-8") as f:
         text = f.read()
-    new = _TAG.sub(replace, text)
-    if new != text:
-        with open(page, "w", encoding="utf-8") as f:
-            f.write(new)
-    return replaced
+    return _TAG.sub(replace, text), replaced
 
 
 def make_self_contained(html_dir, vendor_dir=VENDOR):
@@ -120,13 +117,17 @@ def make_self_contained(html_dir, vendor_dir=VENDOR):
                    for name in names if name.endswith(".html"))
     if not pages:
         raise PublishError(f"no .html pages under {html_dir}: run asv publish first")
+    # Every page checked before anything is written.
+    rewritten = {page: rewrite_page(page, html_dir, entries, vendor_dir) for page in pages}
     target = os.path.join(html_dir, VENDOR_SUBDIR)
     if os.path.exists(target):
         shutil.rmtree(target)
     # The libraries and their license texts (one folder per npm package).
     shutil.copytree(vendor_dir, target, ignore=shutil.ignore_patterns("vendor.json"))
-    return {os.path.relpath(page, html_dir): rewrite_page(page, html_dir, entries, vendor_dir)
-            for page in pages}
+    for page, (text, _) in rewritten.items():
+        with open(page, "w", encoding="utf-8") as f:
+            f.write(text)
+    return {os.path.relpath(page, html_dir): urls for page, (_, urls) in rewritten.items()}
 
 
 def _html_dir(asv_args):

@@ -72,7 +72,8 @@ class Browser:
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._stderr = []
-        threading.Thread(target=lambda: self._stderr.extend(self._process.stderr), daemon=True).start()
+        threading.Thread(target=lambda: self._stderr.extend(self._process.stderr),
+                         daemon=True).start()
         self._replies = {}
         self._incoming = queue.Queue()
         self._next_id = 0

@@ -108,7 +108,8 @@ def dashboard(tmp_path_factory):
     config = work / "asv.conf.json"
     _run([asv, "machine", "--yes", "--machine", "pytest"], BENCHMARKS)
     for commit, tree in [(commits[0], previous), (commits[1], ROOT)]:
-        config.write_text(json.dumps(dict(conf, benchmark_dir=str(tree / "benchmarks" / "benchmarks"))))
+        benchmark_dir = str(tree / "benchmarks" / "benchmarks")
+        config.write_text(json.dumps(dict(conf, benchmark_dir=benchmark_dir)))
         env = dict(os.environ, ASV_PYTHONPATH=str(tree / "src"))
         output = _run([asv, "run", "--python=same", "--quick", "--machine", "pytest",
                        "--set-commit-hash", commit, "--config", str(config),

@@ -227,7 +227,8 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "model_") or not (incremental or self.warm_start):
             return True
         model = self.model_
-        restart = "call fit to start afresh" if incremental else "set warm_start=False to start afresh"
+        restart = ("call fit to start afresh" if incremental
+                   else "set warm_start=False to start afresh")
         if self.loss != model.loss:
             raise ValueError(f"loss is {self.loss!r} but the network was built for "
                              f"{model.loss!r}; {restart}")
