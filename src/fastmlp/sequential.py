@@ -175,8 +175,24 @@ class Sequential:
         self.__dict__.update(state)
         self._training = threading.RLock()
         self._kept_workspaces = _ThreadWorkspaces()
+        self._own_read_only_arrays()
         for k, layer in enumerate(self.layers):
             layer.W, layer.b = self._layer_views(self.params, k)
+
+    def _own_read_only_arrays(self):
+        """Writable copies of the arrays that came back read-only: ``joblib.load(path,
+        mmap_mode="r")`` restores them as read-only memory maps.  Training writes to them,
+        and numba would compile every kernel a second time for read-only array types."""
+        for owner in (self, self.optimizer):
+            for name, value in list(vars(owner).items()):
+                if isinstance(value, np.ndarray) and not value.flags.writeable:
+                    setattr(owner, name, value.copy())
+        ws = self._train_workspace
+        if ws is not None and ws.net.params is not self.params:  # it held the read-only ones
+            fresh = Workspace(self._arch, self._act_params, self.params, ws.capacity,
+                              0 if self.uses_labels else self.n_outputs, training=True)
+            fresh.net.grads[...] = ws.net.grads  # for get_gradients
+            self._train_workspace = fresh
 
     # ----------------------------------------------------------------- weights
     def _layer_views(self, flat, k):
