@@ -771,6 +771,8 @@ def load(path):
     spec = io.model_spec(path, contents)
     try:
         layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
+                  else Dropout(params["rate"]) if kind == "dropout"
+                  else LayerNorm(params["eps"]) if kind == "layer_norm"
                   else Maxout(n_in, n_out, pieces)
                   for kind, n_in, n_out, pieces, activation, params in spec.layers]
         model = Sequential(layers, loss=spec.loss, optimizer=spec.optimizer_class(**spec.hyperparameters),
