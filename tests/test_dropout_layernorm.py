@@ -488,7 +488,7 @@ def test_save_load_round_trip_and_version_1_files(tmp_path, rng):
     with pytest.raises(FormatError, match=r"layer 3 rate must be a number in \[0, 1\)"):
         fastmlp.load(bad_rate)
     bad_n = rewrite("n.fmlp", lambda h: h["model"]["layers"][1].update(n=5))
-    with pytest.raises(FormatError, match="layer 4 takes 6 inputs but layer 2 outputs 5"):
+    with pytest.raises(FormatError, match="layer 2 takes 5 inputs but layer 1 outputs 6"):
         fastmlp.load(bad_n)
 
     # A version-1 file (what fastmlp wrote before) still loads.
