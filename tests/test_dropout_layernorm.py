@@ -519,3 +519,48 @@ def test_a_model_without_them_compiles_none_of_their_code():
                          env=dict(os.environ), check=True).stdout.split()
     compiled, dispatchers = map(int, out)
     assert dispatchers >= 10 and compiled == 0
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_dropout_and_layer_norm(tmp_path, capsys):
+    from fastmlp.cli import main
+
+    X, y = _data(60)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    data = f"{tmp_path / 'X.npy'}:{tmp_path / 'y.npy'}"
+    out = tmp_path / "m.fmlp"
+    assert main(["train", data, "--hidden", "8,6", "--layer-norm", "--dropout", "0.2",
+                 "--epochs", "2", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    model = fastmlp.load(out)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Dense", "LayerNorm", "Dropout", "Dense", "LayerNorm", "Dropout", "Dense"]
+    assert model.layers[2].rate == 0.2
+    for bad in ("1", "-0.5", "nan"):
+        assert main(["train", data, "--dropout", bad, "--epochs", "1", "--quiet",
+                     "--out", str(tmp_path / "bad.fmlp")]) != 0
+        assert "--dropout: dropout rate must be in [0, 1)" in capsys.readouterr().err
+        assert not (tmp_path / "bad.fmlp").exists()
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+def test_sklearn_estimators_take_dropout():
+    from sklearn.base import clone
+
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+
+    X, y = _data(60)
+    clf = MLPClassifier(hidden_layer_sizes=(8, 6), dropout=0.25, max_iter=3, random_state=0)
+    clf.fit(X, y)
+    assert [type(layer).__name__ for layer in clf.model_.layers] == [
+        "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert clone(clf).get_params()["dropout"] == 0.25
+    reg = MLPRegressor(hidden_layer_sizes=(5,), dropout=0.1, max_iter=2, random_state=0)
+    reg.fit(X, X[:, 0])
+    assert [type(layer).__name__ for layer in reg.model_.layers] == ["Dense", "Dropout", "Dense"]
+    plain = MLPClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0).fit(X, y)
+    assert all(not isinstance(layer, Dropout) for layer in plain.model_.layers)
+    for bad in (1.0, -0.1, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\)"):
+            MLPClassifier(dropout=bad).fit(X, y)

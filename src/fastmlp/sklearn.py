@@ -31,7 +31,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, col
 
 from fastmlp.callbacks import Callback, ToleranceStopping
 from fastmlp.kernels.activations import ACTIVATIONS
-from fastmlp.layers import Dense, Maxout
+from fastmlp.layers import Dense, Dropout, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW
 from fastmlp.sequential import DivergenceError, Sequential
 
@@ -97,7 +97,7 @@ class _BaseMLP(BaseEstimator):
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype="float32", verbose=0):
+                 validation_fraction=0.1, dtype="float32", verbose=0, dropout=0.0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.loss = loss
@@ -118,6 +118,7 @@ class _BaseMLP(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.dtype = dtype
         self.verbose = verbose
+        self.dropout = dropout
 
     # ----------------------------------------------------------------- validation
     def _np_dtype(self):
@@ -168,6 +169,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if isinstance(self.verbose, bool) or not isinstance(self.verbose, numbers.Integral):
             raise ValueError(f"verbose must be an integer, got {self.verbose!r}")
+        rate = self.dropout
+        if (isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real)
+                or not 0 <= rate < 1):  # NaN fails too
+            raise ValueError(f"dropout must be a number in [0, 1), got {rate!r}")
         self._hidden_sizes()
         self._np_dtype()
         try:
@@ -188,8 +193,11 @@ class _BaseMLP(BaseEstimator):
     def _build_model(self, n_features, n_outputs, seed):
         activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
         widths = [n_features] + self._hidden_sizes()
-        layers = [Maxout(a, b) if activation == "maxout" else Dense(a, b, activation=activation)
-                  for a, b in zip(widths[:-1], widths[1:])]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers.append(Maxout(a, b) if activation == "maxout" else Dense(a, b, activation=activation))
+            if self.dropout > 0:
+                layers.append(Dropout(float(self.dropout)))
         layers.append(Dense(widths[-1], n_outputs))
         return Sequential(layers, loss=self.loss, optimizer=self._make_optimizer(), seed=seed,
                           dtype=self._np_dtype())
@@ -417,6 +425,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Precision of the network.  Probabilities and scores are returned as float64.
     verbose : int, default 0
         Print the loss (and validation score) after each epoch.
+    dropout : float, default 0.0
+        In ``[0, 1)``: a :class:`~fastmlp.Dropout` of this rate after each hidden layer's
+        activation (none for 0).  Active while training only; ``predict`` and ``score``
+        use the whole network.
 
     Notes
     -----
@@ -461,7 +473,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  optimizer="adam", learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype="float32", verbose=0):
+                 validation_fraction=0.1, dtype="float32", verbose=0, dropout=0.0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
@@ -469,7 +481,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,
-                         verbose=verbose)
+                         verbose=verbose, dropout=dropout)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -679,7 +691,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype="float32", verbose=0):
+                 validation_fraction=0.1, dtype="float32", verbose=0, dropout=0.0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
@@ -687,7 +699,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,
-                         verbose=verbose)
+                         verbose=verbose, dropout=dropout)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
