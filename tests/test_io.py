@@ -153,7 +153,7 @@ def test_save_refuses_what_it_cannot_write(tmp_path):
     class MySGD(SGD):
         pass
 
-    with pytest.raises(TypeError, match="only Dense and Maxout"):
+    with pytest.raises(TypeError, match="only Dense, Maxout, Dropout and LayerNorm"):
         Sequential([MyDense(2, 2)], seed=0).save(tmp_path / "a")
     with pytest.raises(TypeError, match="cannot save optimizer"):
         Sequential([Dense(2, 2)], optimizer=MySGD(), seed=0).save(tmp_path / "b")
