@@ -19,6 +19,7 @@ from conftest import DTYPES, training_state
 from fastmlp import SGD, Adam, AdamW, Dense, Dropout, FormatError, LayerNorm, Maxout, Sequential
 from fastmlp.compiled import MASK_OFFSET
 from fastmlp.kernels import dropout, layer_norm
+from test_distributed import SCRIPT, mpiexec, needs_mpi
 from test_gradients import FD_RELATIVE_ERROR, numeric_gradient, relative_error
 from tolerances import assert_within, eps as dtype_eps
 
@@ -588,3 +589,28 @@ def test_dropout_improves_test_accuracy_on_a_small_digits_set():
     # changes the trajectories by a few images, so the bounds leave room for that: no seed
     # worse by more than one image, and at least 0.3 points (3 images) on average.
     assert min(gains) >= -1 / 898 and np.mean(gains) >= 0.003, gains
+
+
+# ----------------------------------------------------------------------------- MPI
+@needs_mpi
+def test_mpi_ranks_draw_their_own_masks_from_rank_zeros_key(tmp_path):
+    n = 2
+    out = tmp_path / "dropout.json"
+    run = mpiexec(n, [sys.executable, str(SCRIPT), "dropout", str(n), str(out),
+                      str(tmp_path / "ck.fmlp")], tmp_path / "logs")
+    assert run.returncode == 0, run
+    result = json.loads(out.read_text())["dropout"]
+    keys, masks, state = result["keys"], result["masks"], result["state"]
+    # Rank 0's key everywhere (each rank's own seed=None key was another), its rank as stream.
+    assert [stream for _, stream in keys] == list(range(n))
+    assert len({key for key, _ in keys}) == 1
+    for rank, mask in enumerate(masks):
+        # Bitwise: the reference hash with this rank's stream, step 1, layer 2.
+        want = ref.dropout_mask(keys[0][0], 1, rank, 2, 3, 7, 0.5)
+        np.testing.assert_array_equal(np.array(mask), want)
+    assert masks[0] != masks[1]
+    # The replicas agree, and a run resumed from the checkpoint ends as the one that went on
+    # (bitwise: the same reduced gradients from the same masks, rank 0's key restored).
+    assert len({entry["first"] for entry in state}) == 1
+    assert all(entry["resumed"] == entry["first"] for entry in state)
+    assert all(entry["resumed_key"] == entry["key"] == state[0]["key"] for entry in state)

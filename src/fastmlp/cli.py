@@ -116,8 +116,8 @@ def build_parser():
     compile_.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
                           help="float dtypes of the models to compile for (default: all)")
     compile_.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES),
-                          help="dense: networks of Dense layers only; maxout: with a Maxout layer "
-                               "(default: both)")
+                          help="dense: networks of Dense layers only; maxout, dropout, "
+                               "layer_norm: with such a layer (default: all)")
     compile_.add_argument("--builds", nargs="+", choices=BUILDS, default=list(BUILDS),
                           help="serial: small layers or one thread; parallel: layers large "
                                "enough to split over threads (default: both)")
