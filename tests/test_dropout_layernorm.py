@@ -390,6 +390,8 @@ def test_unseeded_model_keeps_its_dropout_key_through_a_checkpoint(tmp_path):
     first.fit(X, y, epochs=4, batch_size=5, checkpoint=path, resume=True)
     resumed = _dropout_model(seed=None)
     assert resumed.dropout_seed != first.dropout_seed  # 63 random bits each
+    # A workspace built under the model's own key: the resume must replace that key too.
+    resumed.compute_gradients(X[:5], y[:5])
     resumed.fit(X, y, epochs=4, batch_size=5, checkpoint=copy, resume=True)
     assert resumed.dropout_seed == first.dropout_seed
     # Bitwise: the same state and the same mask key.

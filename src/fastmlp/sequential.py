@@ -306,7 +306,8 @@ class Sequential:
             ws = Workspace(self._arch, self._act_params, self.params, rows, n_targets, training=True,
                            dropout_key=(self.dropout_seed, self.dropout_stream))
             self._train_workspace = ws
-        ws.set_dropout_stream(self.dropout_stream)
+        # A resume or an MPI fit may have changed the key since the workspace was built.
+        ws.set_dropout_key(self.dropout_seed, self.dropout_stream)
         return ws
 
     def inference_workspace(self, rows, training_masks=False):

@@ -161,10 +161,12 @@ class Workspace:
         if key is not None:
             key[KEY_STEP] = step
 
-    def set_dropout_stream(self, stream):
-        """The stream (MPI rank) the dropout masks are drawn for (no-op without dropout)."""
+    def set_dropout_key(self, seed, stream):
+        """The seed and stream (MPI rank) the dropout masks are drawn for (no-op without
+        dropout layers)."""
         key = self.net.dropout_key
         if key is not None:
+            key[KEY_SEED] = seed
             key[KEY_STREAM] = stream
 
     def kernel_threads(self, n_threads):
