@@ -52,6 +52,13 @@ class Sequential:
     dtype : {numpy.float32, numpy.float64}
         Precision of parameters and computation.  Inputs are converted once per call.
 
+    Notes
+    -----
+    :class:`~fastmlp.Dropout` masks are hashed from ``dropout_seed`` (the seed, or with
+    ``seed=None`` 63 bits from the OS; files and checkpoints keep it), the optimizer step,
+    ``dropout_stream`` (0; under MPI each rank's rank), the layer, the row and the unit: see
+    the user guide's section on dropout.
+
     Examples
     --------
     >>> import numpy as np
