@@ -1,4 +1,7 @@
-"""Child of tests/test_interrupt.py: ``interrupt_child.py CHECKPOINT``.
+"""Child of tests/test_interrupt.py: ``interrupt_child.py CHECKPOINT [dropout]``.
+
+With ``dropout``, the network has a ``Dropout(0.3)`` after its hidden layer: the resumed run
+must draw the masks the uninterrupted one drew.
 
 Trains with a checkpoint every epoch and prints ``epoch N begins`` as each epoch starts;
 the parent sends SIGINT during epoch 3.  Prints one JSON line with what it found.
@@ -22,9 +25,13 @@ EPOCHS, BATCH = 6, 16
 STEPS_PER_EPOCH = -(-X.shape[0] // BATCH)
 
 
+WITH_DROPOUT = sys.argv[2:] == ["dropout"]
+
+
 def model():
-    return Sequential([Dense(8, 128, activation="relu"), Dense(128, 3)], optimizer=Adam(lr=0.003),
-                      seed=5, dtype=np.float64)
+    middle = [fastmlp.Dropout(0.3)] if WITH_DROPOUT else []
+    return Sequential([Dense(8, 128, activation="relu"), *middle, Dense(128, 3)],
+                      optimizer=Adam(lr=0.003), seed=5, dtype=np.float64)
 
 
 def digest(m, with_rng=True):

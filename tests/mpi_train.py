@@ -517,6 +517,43 @@ elif mode == "resume":
         result["resume"]["callbacks"] = comm.gather(
             {"lr": model.optimizer.lr, "best": plateau.best, "bad_epochs": plateau.bad_epochs,
              "stopped": stop.stopped_epoch, "restored": stop.restored_epoch}, root=0)
+elif mode == "dropout":  # masks per rank from rank 0's key; replicas agree; resume exact
+    from fastmlp import Dropout, LayerNorm
+    from fastmlp.compiled import MASK_OFFSET
+
+    checkpoint = sys.argv[4]
+
+    def dropout_model():
+        # seed=None: every rank draws another key, and the fit must use rank 0's.
+        return Sequential([Dense(N_FEATURES, 7, activation="tanh"), LayerNorm(), Dropout(0.5),
+                           Dense(7, N_CLASSES)], optimizer=SGD(lr=0.2, momentum=0.9),
+                          seed=None, dtype=np.float64)
+
+    X, y = shards([9] * size)[rank]
+    model = dropout_model()
+    model.fit(X[:3], y[:3], epochs=1, batch_size=3, shuffle=False, comm=comm)
+    ws = model._train_workspace.net
+    start = ws.buffer_offsets[2, MASK_OFFSET]
+    mask = ws.mask[start:start + 3 * 7].reshape(3, 7)
+    keys = comm.gather((model.dropout_seed, model.dropout_stream), root=0)
+    masks = comm.gather((mask != 0).tolist(), root=0)
+
+    def digest(arr):
+        return hashlib.sha256(arr.tobytes()).hexdigest()
+
+    first = dropout_model()
+    first.fit(X, y, epochs=2, batch_size=3, comm=comm, checkpoint=checkpoint)
+    if rank == 0:
+        with open(checkpoint, "rb") as src, open(checkpoint + ".copy", "wb") as dst:
+            dst.write(src.read())
+    comm.Barrier()
+    first.fit(X, y, epochs=4, batch_size=3, comm=comm, checkpoint=checkpoint, resume=True)
+    resumed = dropout_model()  # another key of its own until the checkpoint's replaces it
+    resumed.fit(X, y, epochs=4, batch_size=3, comm=comm, checkpoint=checkpoint + ".copy",
+                resume=True)
+    state = comm.gather({"first": digest(first.params), "resumed": digest(resumed.params),
+                         "key": first.dropout_seed, "resumed_key": resumed.dropout_seed}, root=0)
+    result["dropout"] = {"keys": keys, "masks": masks, "state": state}
 else:
     raise SystemExit(f"unknown mode {mode!r}")
 

@@ -129,10 +129,17 @@ def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
 
 
 def network_forward(layers, x):
-    """``layers``: list of dicts with W, b, activation, param, pieces; returns all outputs."""
+    """``layers``: list of dicts with W, b, activation, param, pieces (or ``kind``
+    ``"dropout"`` with ``keep`` and ``rate``, ``"layer_norm"`` with ``gain``, ``bias`` and
+    ``eps``); returns all outputs."""
     outputs = []
     for layer in layers:
-        if layer["pieces"] > 1:
+        kind = layer.get("kind", "dense")
+        if kind == "dropout":
+            x = dropout_forward(x, layer["keep"], layer["rate"])
+        elif kind == "layer_norm":
+            x = layer_norm_forward(x, layer["gain"], layer["bias"], layer["eps"])[0]
+        elif layer["pieces"] > 1:
             x, _ = maxout_forward(x, layer["W"], layer["b"], layer["pieces"])
         else:
             x = dense_forward(x, layer["W"], layer["b"], layer["activation"], layer["param"])
@@ -212,3 +219,60 @@ class ReduceLROnPlateau:
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
         return self.lr
+
+
+# ----------------------------------------------------------------------------- dropout
+_U64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    """splitmix64 on Python integers (exact, arbitrary precision, masked to 64 bits)."""
+    z = (x + 0x9E3779B97F4A7C15) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+def dropout_mask(seed, step, stream, layer, n_rows, n, rate):
+    """The 0/1 keep mask of ``kernels/dropout.py``'s key, unit by unit in Python integers:
+    a unit is kept when its 53-bit draw ``u * 2**53`` is at least ``rate * 2**53``."""
+    keep = np.zeros((n_rows, n), dtype=bool)
+    for i in range(n_rows):
+        h = splitmix64(seed & _U64)
+        h = splitmix64(h ^ step)
+        h = splitmix64(h ^ (((stream << 32) & _U64) ^ layer))
+        h = splitmix64(h ^ i)
+        for j in range(n):
+            draw = splitmix64(h ^ j) >> 11
+            # draw >= ceil(rate * 2**53)  <=>  draw >= rate * 2**53 for an integer draw
+            keep[i, j] = draw >= rate * 2.0 ** 53
+    return keep
+
+
+def dropout_forward(x, keep, rate):
+    """Inverted dropout with a given keep mask: ``x * keep / (1 - rate)``."""
+    return np.where(keep, x.astype(float) / (1.0 - rate), 0.0)
+
+
+# ----------------------------------------------------------------------------- layer norm
+def layer_norm_forward(x, gain, bias, eps):
+    """``(y, xhat, rstd)`` with the biased variance, as torch.nn.LayerNorm."""
+    x = x.astype(float)
+    mean = x.mean(axis=1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean) * rstd
+    return xhat * gain + bias, xhat, rstd[:, 0]
+
+
+def layer_norm_backward(x, gain, bias, eps, upstream):
+    """Gradients ``(dgain, dbias, dx)`` of ``sum(upstream * layer_norm_forward(x)[0])``,
+    with ``dx`` through each row's full Jacobian ``dy/dx`` built explicitly."""
+    _, xhat, rstd = layer_norm_forward(x, gain, bias, eps)
+    n = x.shape[1]
+    dx = np.empty(x.shape)
+    for i in range(x.shape[0]):
+        # d xhat_j / d x_k = rstd (delta_jk - 1/n - xhat_j xhat_k / n)
+        jac = rstd[i] * (np.eye(n) - 1.0 / n - np.outer(xhat[i], xhat[i]) / n)
+        dx[i] = (upstream[i] * gain) @ jac
+    return (upstream * xhat).sum(axis=0), upstream.sum(axis=0), dx

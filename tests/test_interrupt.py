@@ -25,9 +25,11 @@ from fastmlp import SGD, Dense, Sequential
 HERE = Path(__file__).parent
 
 
-def test_ctrl_c_mid_epoch_keeps_a_consistent_model_and_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize("network", ["dense", "dropout"])
+def test_ctrl_c_mid_epoch_keeps_a_consistent_model_and_resumes_bit_identical(tmp_path, network):
     checkpoint = tmp_path / "run.fmlp"
-    proc = subprocess.Popen([sys.executable, str(HERE / "interrupt_child.py"), str(checkpoint)],
+    proc = subprocess.Popen([sys.executable, str(HERE / "interrupt_child.py"), str(checkpoint)]
+                            + (["dropout"] if network == "dropout" else []),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE,
                             env=dict(os.environ, NUMBA_NUM_THREADS="1"))
     try:

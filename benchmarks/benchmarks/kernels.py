@@ -3,7 +3,7 @@ compilation is never timed."""
 
 import numpy as np
 
-from fastmlp.kernels import activations, blas, dense, losses, optim, schedules
+from fastmlp.kernels import activations, blas, dense, dropout, layer_norm, losses, optim, schedules
 
 from .common import DTYPES, use_threads
 
@@ -82,6 +82,63 @@ class Maxout:
     def time_maxout_backward(self, *params):
         dense.maxout_backward(self.x, self.W, self.winner, 3, self.delta, self.z, *self.grads, True,
                               self.threads)
+
+
+class Dropout:
+    """Dropout: the mask hashed and applied in one pass, and its backward multiplication.
+    Compare with ``DenseForward`` on the same shape (the layer it follows)."""
+
+    params = ([512], ["784x256"], ["float32", "float64"], [1, 2])
+    param_names = ["batch", "widths", "dtype", "threads"]
+
+    def setup(self, batch, widths, dtype, threads):
+        use_threads(threads)
+        _, _, _, self.out = _dense_arrays(batch, widths, dtype)
+        self.x = np.random.default_rng(1).normal(size=self.out.shape).astype(self.out.dtype)
+        self.mask = np.empty_like(self.x)
+        self.grad_x = np.empty_like(self.x)
+        self.args = (int(np.ceil(0.5 * 2.0 ** 53)), self.x.dtype.type(2.0), 0, 1, 0, 1)
+        self.threads = threads
+        self.time_dropout_forward()
+        self.time_dropout_backward()
+
+    def time_dropout_forward(self, *params):
+        dropout.dropout_forward(self.x, *self.args, self.mask, self.out, self.threads)
+
+    def time_dropout_backward(self, *params):
+        dropout.dropout_backward(self.mask, self.x, self.grad_x)
+
+
+class LayerNorm:
+    """Layer normalisation forward (statistics, xhat, affine) and backward (gain, bias and
+    input gradients)."""
+
+    params = ([512], ["784x256"], ["float32", "float64"], [1, 2])
+    param_names = ["batch", "widths", "dtype", "threads"]
+
+    def setup(self, batch, widths, dtype, threads):
+        use_threads(threads)
+        _, _, _, self.out = _dense_arrays(batch, widths, dtype)
+        rng = np.random.default_rng(1)
+        dt = self.out.dtype
+        self.x = rng.normal(size=self.out.shape).astype(dt)
+        n = self.x.shape[1]
+        self.gain, self.bias = np.ones(n, dt), np.zeros(n, dt)
+        self.xhat, self.rstd = np.empty_like(self.x), np.empty(self.x.shape[0], dt)
+        self.delta = rng.normal(size=self.x.shape).astype(dt)
+        self.grads = (np.empty(n, dt), np.empty(n, dt), np.empty_like(self.x))
+        self.eps = dt.type(1e-5)
+        self.threads = threads
+        self.time_layer_norm_forward()
+        self.time_layer_norm_backward()
+
+    def time_layer_norm_forward(self, *params):
+        layer_norm.layer_norm_forward(self.x, self.gain, self.bias, self.eps, self.xhat, self.rstd,
+                                      self.out, self.threads)
+
+    def time_layer_norm_backward(self, *params):
+        layer_norm.layer_norm_backward(self.xhat, self.rstd, self.gain, self.delta, *self.grads,
+                                       True, self.threads)
 
 
 class Loss:

@@ -6,6 +6,8 @@ import timeit
 
 import numpy as np
 
+from fastmlp import SGD, Sequential
+
 from .common import NETWORKS, network, step_flops, use_threads
 
 NAMES = list(NETWORKS)
@@ -85,6 +87,33 @@ class TrainEpoch:
         return self.model._train_workspace.nbytes
 
     track_workspace_bytes.unit = "bytes"
+
+
+class Regularized:
+    """One epoch of ``fit`` with a ``Dropout(0.5)``, a ``LayerNorm()`` or both after each
+    hidden layer: their speed cost against ``plain`` (the same network without them)."""
+
+    params = (["784-256-256-10/b128"], ["plain", "dropout", "layer_norm", "both"], [1])
+    param_names = ["network", "layers", "threads"]
+
+    def setup(self, name, kind, threads):
+        from fastmlp import Dropout, LayerNorm
+
+        use_threads(threads)
+        plain, self.X, self.y, self.batch = network(name, n_batches=8)
+        layers = []
+        for layer in plain.layers:
+            layers.append(layer.unbuilt_copy())
+            if layer is not plain.layers[-1]:
+                if kind in ("layer_norm", "both"):
+                    layers.append(LayerNorm())
+                if kind in ("dropout", "both"):
+                    layers.append(Dropout(0.5))
+        self.model = Sequential(layers, optimizer=SGD(lr=0.01), seed=0)
+        self.time_epoch(name, kind, threads)
+
+    def time_epoch(self, *params):
+        self.model.fit(self.X, self.y, epochs=1, batch_size=self.batch, shuffle=False)
 
 
 class FitOptions:

@@ -6,7 +6,7 @@
 from fastmlp.baselines import random_search
 from fastmlp.gradcheck import gradcheck
 from fastmlp.io import FormatError
-from fastmlp.layers import Dense, Layer, Maxout
+from fastmlp.layers import Dense, Dropout, Layer, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
 from fastmlp.sequential import DivergenceError, History, Sequential, from_torch, load
 from fastmlp.threads import get_num_threads, set_num_threads, threads
@@ -18,9 +18,11 @@ __all__ = [
     "AdamW",
     "Dense",
     "DivergenceError",
+    "Dropout",
     "FormatError",
     "History",
     "Layer",
+    "LayerNorm",
     "Maxout",
     "Optimizer",
     "SGD",

@@ -44,6 +44,11 @@ def build_parser():
                        help="hidden layer widths, comma-separated; '' for none (default: 100)")
     train.add_argument("--activation", default="relu", choices=list(ACTIVATIONS) + ["maxout"],
                        help="hidden-layer activation (default: relu)")
+    train.add_argument("--layer-norm", action="store_true",
+                       help="a LayerNorm after each hidden layer's activation")
+    train.add_argument("--dropout", type=float, default=0.0, metavar="RATE",
+                       help="a Dropout(RATE) after each hidden layer (after its layer norm), "
+                            "RATE in [0, 1) (default: 0, none)")
     train.add_argument("--loss", default="softmax_cross_entropy", choices=list(LOSSES),
                        help="loss (default: softmax_cross_entropy)")
     train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
@@ -112,8 +117,8 @@ def build_parser():
     compile_.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
                           help="float dtypes of the models to compile for (default: all)")
     compile_.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES),
-                          help="dense: networks of Dense layers only; maxout: with a Maxout layer "
-                               "(default: both)")
+                          help="dense: networks of Dense layers only; maxout, dropout, "
+                               "layer_norm: with such a layer (default: all)")
     compile_.add_argument("--builds", nargs="+", choices=BUILDS, default=list(BUILDS),
                           help="serial: small layers or one thread; parallel: layers large "
                                "enough to split over threads (default: both)")
@@ -194,8 +199,12 @@ def _mpi_world():
 def _train(args):
     import numpy as np
 
-    from fastmlp import SGD, Adam, AdamW, Dense, Maxout, Sequential
+    from fastmlp import SGD, Adam, AdamW, Dense, Dropout, LayerNorm, Maxout, Sequential
 
+    try:
+        Dropout(args.dropout)  # refused before any data is read
+    except ValueError as exc:
+        raise CommandError(f"--dropout: {exc}") from None
     X, y = _load(args.data, args.label)
     comm = _mpi_world() if args.mpi else None
     rank = comm.Get_rank() if comm is not None else 0
@@ -212,8 +221,15 @@ def _train(args):
     if not 0.0 <= args.val_split < 1.0:
         raise CommandError(f"--val-split must be in [0, 1), got {args.val_split}")
     widths = [X.shape[1]] + hidden
-    layers = [Maxout(a, b) if args.activation == "maxout" else Dense(a, b, activation=args.activation)
-              for a, b in zip(widths[:-1], widths[1:])]
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers.append(Maxout(a, b) if args.activation == "maxout" else Dense(a, b, activation=args.activation))
+        # Normalise, then drop: dropping before the layer norm would let it rescale the
+        # survivors, and the next layer would see masks it cannot tell apart from the data.
+        if args.layer_norm:
+            layers.append(LayerNorm())
+        if args.dropout > 0:
+            layers.append(Dropout(args.dropout))
     layers.append(Dense(widths[-1], n_out))
     if args.optimizer == "sgd":
         optimizer = SGD(lr=0.01 if args.lr is None else args.lr, momentum=args.momentum)

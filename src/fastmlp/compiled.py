@@ -14,6 +14,11 @@ from fastmlp.kernels.checks import count_nonfinite
 N_IN, N_OUT, PIECES, W_OFFSET, B_OFFSET = (network.N_IN, network.N_OUT, network.PIECES,
                                            network.W_OFFSET, network.B_OFFSET)
 ACT_OFFSET, Z_OFFSET, WINNER_OFFSET = network.ACT_OFFSET, network.Z_OFFSET, network.WINNER_OFFSET
+MASK_OFFSET, NORM_OFFSET, RSTD_OFFSET = network.MASK_OFFSET, network.NORM_OFFSET, network.RSTD_OFFSET
+ACTIVATION, KIND, THRESHOLD = network.ACTIVATION, network.KIND, network.THRESHOLD
+DENSE, DROPOUT, LAYER_NORM = network.DENSE, network.DROPOUT, network.LAYER_NORM
+KEY_SEED, KEY_STEP, KEY_STREAM, KEY_ACTIVE = (network.KEY_SEED, network.KEY_STEP,
+                                              network.KEY_STREAM, network.KEY_ACTIVE)
 RAW, SOFTMAX, SIGMOID, THRESHOLD, ARGMAX = (network.RAW, network.SOFTMAX, network.SIGMOID,
                                             network.THRESHOLD, network.ARGMAX)
 NetBuffers = network.NetBuffers
@@ -31,8 +36,8 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, 
     not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
     return network.train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                                x_batch, label_batch, target_batch, weight_batch, opt_kind,
-                               opt_state, hyper, n_weights, step_count, first, stop,
-                               batch_losses, batch_correct, n_threads)
+                               opt_state, hyper, n_weights, step_count, net.dropout_key,
+                               first, stop, batch_losses, batch_correct, n_threads)
 
 
 def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):

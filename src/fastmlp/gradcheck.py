@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fastmlp.sequential import Sequential
+from fastmlp.sequential import PREDICT_CHUNK_ROWS, Sequential
 
 
 def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
@@ -12,6 +12,9 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
     the mean data loss on the whole of ``(X, y)`` by backpropagation, then each checked
     parameter ``p`` is moved to ``p +/- eps`` and the loss recomputed:
     ``numeric = (L(p + eps) - L(p - eps)) / (2 eps)``.  ``model`` itself is not changed.
+    :class:`~fastmlp.Dropout` layers stay active with the mask held fixed: the one the
+    model's next training step would draw on these rows (masks are hashed from the seed,
+    the step, the row and the unit, so every loss evaluation sees the same one).
 
     Parameters
     ----------
@@ -37,11 +40,19 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
     twin = Sequential([layer.unbuilt_copy() for layer in model.layers], loss=model.loss,
                       dtype=np.float64, seed=0)
     twin.set_weights(model.get_weights())
+    # Dropout masks are a function of (seed, step, stream, layer, row, unit): with the
+    # model's key, the twin draws the mask of the model's next training step, and holds it
+    # fixed through every loss evaluation below.
+    twin.dropout_seed, twin.dropout_stream = model.dropout_seed, model.dropout_stream
+    twin.optimizer.step_count = model.optimizer.step_count
+    rows = twin.rows(X, y)
+    if twin.has_dropout and rows.n > PREDICT_CHUNK_ROWS:
+        raise ValueError(f"gradcheck of a model with dropout takes at most {PREDICT_CHUNK_ROWS} "
+                         f"rows (one chunk, so that every row keeps its mask), got {rows.n}")
     twin.compute_gradients(X, y)
     analytic = twin.flat_gradients.copy()
 
-    rows = twin.rows(X, y)
-    probe = twin.inference_workspace(rows.n)
+    probe = twin.inference_workspace(rows.n, training_masks=True)
 
     def loss_at(index, value):
         saved = twin.params[index]

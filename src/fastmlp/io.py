@@ -34,11 +34,14 @@ import numpy as np
 from fastmlp import atomicfile
 from fastmlp.kernels.activations import ACTIVATIONS
 from fastmlp.kernels.losses import LOSSES
-from fastmlp.layers import Dense, Maxout
+from fastmlp.layers import Dense, Dropout, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW
 
 MAGIC = b"\x89FML\r\n\x1a\n"  # PNG-style: a non-ASCII byte, and CR LF / ^Z / LF catch text-mode damage
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`read` accepts.  Version 2 added the ``dropout`` and ``layer_norm`` layer
+#: kinds and the model's optional ``dropout_seed``; a version-1 file is read as before.
+READABLE_VERSIONS = (1, 2)
 PREFIX_BYTES = len(MAGIC) + 8
 CHECKSUM_BYTES = 32  # SHA-256
 
@@ -93,7 +96,12 @@ def _layer_entry(layer):
                 "activation": layer.activation, "activation_params": params}
     if type(layer) is Maxout:
         return {"kind": "maxout", "n_in": layer.n_in, "n_out": layer.n_out, "pieces": layer.pieces}
-    raise TypeError(f"cannot save layer {layer!r}: only Dense and Maxout have a file format")
+    if type(layer) is Dropout:
+        return {"kind": "dropout", "rate": layer.rate}
+    if type(layer) is LayerNorm:
+        return {"kind": "layer_norm", "n": layer.n_out, "eps": layer.eps}
+    raise TypeError(f"cannot save layer {layer!r}: only Dense, Maxout, Dropout and LayerNorm "
+                    "have a file format")
 
 
 def _optimizer_entry(opt):
@@ -147,9 +155,7 @@ def _encode(model, training=None, order=None, extra_tensors=()):
         "format_version": FORMAT_VERSION,
         "fastmlp_version": __version__,
         "checksum": "sha256",
-        "model": {"loss": model.loss, "dtype": dtype_name,
-                  "seed": None if seed is None else int(seed),
-                  "layers": [_layer_entry(layer) for layer in model.layers]},
+        "model": _model_entry(model, seed, dtype_name),
         "optimizer": _optimizer_entry(model.optimizer),
         "rng": model.rng.bit_generator.state,
         "training": training,
@@ -162,6 +168,15 @@ def _encode(model, training=None, order=None, extra_tensors=()):
     for chunk in chunks:
         digest.update(chunk)
     return chunks + [digest.digest()]
+
+
+def _model_entry(model, seed, dtype_name):
+    entry = {"loss": model.loss, "dtype": dtype_name, "seed": None if seed is None else int(seed),
+             "layers": [_layer_entry(layer) for layer in model.layers]}
+    if any(type(layer) is Dropout for layer in model.layers):
+        # The masks' key; without a seed it came from the OS and must be kept for a resume.
+        entry["dropout_seed"] = int(model.dropout_seed)
+    return entry
 
 
 def check_path(path, what="path"):
@@ -389,15 +404,31 @@ def _tensor_table(check, header, header_len, size):
     return table
 
 
-def _check_layers(check, layers):
+def _check_layers(check, layers, version=FORMAT_VERSION):
     if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
         count = len(layers) if isinstance(layers, list) else _short(layers)
         check.fail(f"model.layers must be a list of 1 to {MAX_LAYERS} layers, got {count}")
+    kinds = ("dense", "maxout") if version == 1 else ("dense", "maxout", "dropout", "layer_norm")
     built = []
     for k, entry in enumerate(layers):
         where = f"layer {k + 1}"
         kind = check.choice(entry.get("kind") if isinstance(entry, dict) else None,
-                            f"{where} kind", ("dense", "maxout"))
+                            f"{where} kind", kinds)
+        if kind == "dropout":
+            check.keys(entry, where, ("kind", "rate"))
+            rate = entry["rate"]
+            if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1):
+                check.fail(f"{where} rate must be a number in [0, 1), got {_short(rate)}")
+            built.append(("dropout", None, None, 1, None, {"rate": rate}))
+            continue
+        if kind == "layer_norm":
+            check.keys(entry, where, ("kind", "n", "eps"))
+            n = check.int(entry["n"], f"{where} n", 1, 1 << 40)
+            eps = entry["eps"]
+            if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0):
+                check.fail(f"{where} eps must be a positive number, got {_short(eps)}")
+            built.append(("layer_norm", n, n, 1, None, {"eps": eps}))
+            continue
         if kind == "dense":
             check.keys(entry, where, ("kind", "n_in", "n_out", "activation", "activation_params"))
         else:
@@ -417,10 +448,22 @@ def _check_layers(check, layers):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 check.fail(f"{where} {name} must be a number, got {_short(value)}")
         built.append(("dense", n_in, n_out, 1, activation, params))
-    for k in range(1, len(built)):
-        if built[k][1] != built[k - 1][2]:
-            check.fail(f"layer {k + 1} takes {built[k][1]} inputs but layer {k} outputs {built[k - 1][2]}")
+    sized = [k for k, entry in enumerate(built) if entry[1] is not None]
+    if not any(built[k][0] in ("dense", "maxout") for k in sized):
+        check.fail("model.layers has no dense or maxout layer")
+    for before, k in zip(sized, sized[1:]):
+        if built[k][1] != built[before][2]:
+            check.fail(f"layer {k + 1} takes {built[k][1]} inputs but layer {before + 1} outputs "
+                       f"{built[before][2]}")
     return built
+
+
+def _layer_parameter_count(kind, n_in, n_out, pieces):
+    if kind == "dropout":
+        return 0
+    if kind == "layer_norm":
+        return 2 * n_out
+    return n_in * pieces * n_out + pieces * n_out
 
 
 def _check_rng(check, rng, where="rng"):
@@ -460,12 +503,19 @@ def _check_header(check, header, table):
         check.fail(f"unknown checksum {_short(header['checksum'])}")
     if not isinstance(header["fastmlp_version"], str) or len(header["fastmlp_version"]) > 64:
         check.fail("fastmlp_version must be a short string")
-    model = check.keys(header["model"], "model", ("loss", "dtype", "seed", "layers"))
+    version = header["format_version"]
+    model = check.keys(header["model"], "model", ("loss", "dtype", "seed", "layers"),
+                       ("dropout_seed",) if version >= 2 else ())
     check.choice(model["loss"], "model loss", tuple(LOSSES))
     dtype = check.choice(model["dtype"], "model dtype", ("float32", "float64"))
     if model["seed"] is not None:
         check.int(model["seed"], "model seed", 0, math.inf)
-    layers = _check_layers(check, model["layers"])
+    layers = _check_layers(check, model["layers"], version)
+    has_dropout = any(entry[0] == "dropout" for entry in layers)
+    if has_dropout != ("dropout_seed" in model):
+        check.fail("model dropout_seed must be given exactly when a layer is a dropout layer")
+    if has_dropout:
+        check.int(model["dropout_seed"], "model dropout_seed", 0, (1 << 63) - 1)
     opt = check.keys(header["optimizer"], "optimizer", ("class", "hyperparameters", "step_count"))
     opt_class = OPTIMIZERS[check.choice(opt["class"], "optimizer class", tuple(OPTIMIZERS))]
     hyper = check.keys(opt["hyperparameters"], "optimizer hyperparameters",
@@ -479,7 +529,8 @@ def _check_header(check, header, table):
     _check_rng(check, header["rng"])
 
     # The tensors the architecture implies, compared with the table before anything is built.
-    n_params = sum(n_in * pieces * n_out + pieces * n_out for _, n_in, n_out, pieces, _, _ in layers)
+    n_params = sum(_layer_parameter_count(kind, n_in, n_out, pieces)
+                   for kind, n_in, n_out, pieces, _, _ in layers)
     expected = {"params": (dtype, (n_params,)),
                 "optimizer_state": (dtype, (opt_class.n_slots, n_params))}
     training = header["training"]
@@ -558,9 +609,9 @@ def read(path):
         head, header, json_problem = _read_header(path, f, size)
         if header is not None:
             version = header.get("format_version")
-            if not _is_int(version) or version != FORMAT_VERSION:
+            if not _is_int(version) or version not in READABLE_VERSIONS:
                 check.fail(f"unsupported format version {_short(version)}: this fastmlp reads "
-                           f"version {FORMAT_VERSION}")
+                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
         # ``size`` is the real file size, so this allocates what the file holds, no more.
         rest = f.read(size - len(head))
     if len(rest) != size - len(head):
@@ -604,22 +655,25 @@ def read(path):
 
 #: What :func:`model_spec` returns: enough to build the model a file describes.
 ModelSpec = namedtuple("ModelSpec", ["layers", "loss", "dtype", "seed", "optimizer_class",
-                                     "hyperparameters"])
+                                     "hyperparameters", "dropout_seed"])
 
 
 def model_spec(path, contents):
     """The model that checked ``contents`` (from :func:`read`) describe, as plain values.
 
     ``layers`` holds ``(kind, n_in, n_out, pieces, activation, activation_params)`` per
-    layer (``kind`` is ``"dense"`` or ``"maxout"``); ``optimizer_class`` is one of
+    layer (``kind`` is ``"dense"``, ``"maxout"``, ``"dropout"`` with ``{"rate": r}`` as
+    its parameters and no sizes, or ``"layer_norm"`` with ``{"eps": e}``);
+    ``dropout_seed`` is the masks' key or None; ``optimizer_class`` is one of
     :data:`OPTIMIZERS` and ``hyperparameters`` its keyword arguments.  The file format
     knows no model class: :func:`fastmlp.load` builds the ``Sequential``.
     """
     header = contents.header
     model_h, opt_h = header["model"], header["optimizer"]
-    return ModelSpec(_check_layers(_Checker(path), model_h["layers"]), model_h["loss"],
-                     model_h["dtype"], model_h["seed"], OPTIMIZERS[opt_h["class"]],
-                     {k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()})
+    return ModelSpec(_check_layers(_Checker(path), model_h["layers"], header["format_version"]),
+                     model_h["loss"], model_h["dtype"], model_h["seed"], OPTIMIZERS[opt_h["class"]],
+                     {k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()},
+                     model_h.get("dropout_seed"))
 
 
 def _apply_state(model, contents):
@@ -628,6 +682,8 @@ def _apply_state(model, contents):
     np.copyto(model.optimizer.state, tensors["optimizer_state"])
     model.optimizer.step_count = header["optimizer"]["step_count"]
     model.rng.bit_generator.state = header["rng"]
+    if "dropout_seed" in header["model"]:
+        model.dropout_seed = header["model"]["dropout_seed"]
 
 
 def _model_description(model):

@@ -17,12 +17,18 @@ _RELU_FAMILY = (RELU, LEAKY_RELU, ELU)
 
 
 class Layer:
-    """Common part of :class:`Dense` and :class:`Maxout` (not meant to be used alone)."""
+    """Common part of every layer (not meant to be used alone)."""
 
     pieces = 1
     activation = "identity"
     activation_code = 0
     activation_param = 0.0
+    #: Whether the layer has parameters (``W`` and ``b``, or a layer norm's gain and bias).
+    has_parameters = True
+    #: Whether the model sets the width (``n_in == n_out``, that of the layer before).
+    takes_width = False
+    #: Names of the layer's two parameter arrays, for messages.
+    parameter_names = ("W", "b")
 
     def __init__(self, n_in, n_out):
         self.n_in = check_positive_int(n_in, "n_in")
@@ -48,6 +54,11 @@ class Layer:
             limit = math.sqrt(6.0 / (self.n_in + self.n_out))
             W = rng.uniform(-limit, limit, self.weight_shape)
         return W.astype(dtype), np.zeros(self.bias_shape, dtype=dtype)
+
+    @property
+    def is_built(self):
+        """Whether the layer belongs to a model."""
+        return self.W is not None
 
     def unbuilt_copy(self):
         """The same layer specification, not attached to any model."""
@@ -140,3 +151,153 @@ class Maxout(Layer):
 
     def _describe(self):
         return f"{self.n_in}, {self.n_out}, pieces={self.pieces}"
+
+
+class _WidthFromModel(Layer):
+    """A layer whose width is that of the layer before it (or, first in the list, the
+    input width of the next layer), filled in when a model is built."""
+
+    takes_width = True
+
+    def __init__(self):
+        self.n_in = self.n_out = None
+        self.W = None
+        self.b = None
+        self._built = False
+
+    def set_width(self, n):
+        """Called by the model that builds this layer: ``n_in = n_out = n``."""
+        self.n_in = self.n_out = n
+
+    def mark_built(self):
+        """Called by the model once this layer belongs to it."""
+        self._built = True
+
+    @property
+    def is_built(self):
+        return self._built
+
+    def unbuilt_copy(self):
+        twin = super().unbuilt_copy()
+        twin._built = False
+        return twin
+
+
+class Dropout(_WidthFromModel):
+    """Inverted dropout: in training, each unit is zeroed with probability ``rate`` and the
+    kept ones are scaled by ``1 / (1 - rate)``; in inference it is the identity.
+
+    A layer of its own in the list, with no parameters, as in Keras and PyTorch:
+    ``Sequential([Dense(64, 128, activation="relu"), Dropout(0.5), Dense(128, 10)])``.  Its
+    width is that of the layer before it (first in the list: the input, with the next
+    layer's ``n_in``).  It is active in ``fit``, ``train_step`` and ``compute_gradients``,
+    and the identity in ``predict``, ``predict_proba``, ``decision_function``, ``evaluate``
+    and ``score``.
+
+    The masks are not drawn from a random stream but hashed from (model seed, optimizer
+    step, MPI rank, layer index, row position in the batch, unit): the same step draws the
+    same mask on any number of threads and after a resume (see the user guide).
+
+    Parameters
+    ----------
+    rate : float
+        Probability of dropping a unit, in ``[0, 1)``.
+
+    Examples
+    --------
+    >>> Dropout(0.5)
+    Dropout(0.5)
+    """
+
+    has_parameters = False
+    parameter_names = ()
+
+    def __init__(self, rate):
+        super().__init__()
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+            raise TypeError(f"rate must be a number in [0, 1), got {rate!r}")
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:  # NaN fails too
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = rate
+        # Kept units are scaled by this; the mask threshold is exact in 53 bits.
+        self.activation_param = 1.0 / (1.0 - rate)
+        self.threshold = math.ceil(rate * 2.0 ** 53)
+        self.activation = "dropout"
+
+    @property
+    def weight_shape(self):
+        return None
+
+    @property
+    def bias_shape(self):
+        return None
+
+    def init_weights(self, rng, dtype):
+        """No parameters: ``(None, None)``."""
+        return None, None
+
+    def _describe(self):
+        return repr(self.rate)
+
+
+class LayerNorm(_WidthFromModel):
+    """Layer normalisation of each row over its features, as
+    ``torch.nn.LayerNorm(n, eps, elementwise_affine=True)``:
+    ``y = gain * (x - mean) / sqrt(var + eps) + bias`` with the biased variance.
+
+    Its width ``n`` is that of the layer before it (first in the list: the next layer's
+    ``n_in``).  The gain starts at 1 and the bias at 0; they appear in
+    :meth:`~fastmlp.Sequential.get_weights` in layer order as ``gain, bias``, each of shape
+    ``(n,)``, and are not weight-decayed (as biases are not).
+
+    Parameters
+    ----------
+    eps : float, default 1e-5
+        Added to the variance; positive and finite.
+
+    Examples
+    --------
+    >>> LayerNorm()
+    LayerNorm(eps=1e-05)
+    """
+
+    parameter_names = ("gain", "bias")
+
+    def __init__(self, eps=1e-5):
+        super().__init__()
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+            raise TypeError(f"eps must be a positive number, got {eps!r}")
+        eps = float(eps)
+        if not (eps > 0.0 and math.isfinite(eps)):
+            raise ValueError(f"LayerNorm eps must be a positive finite number, got {eps!r}")
+        self.eps = eps
+        self.activation_param = eps
+        self.activation = "layer_norm"
+
+    @property
+    def weight_shape(self):
+        """Shape of the gain: ``(n,)``."""
+        return (self.n_out,)
+
+    @property
+    def bias_shape(self):
+        """Shape of the bias: ``(n,)``."""
+        return (self.n_out,)
+
+    @property
+    def gain(self):
+        """The gain, a view into the model's parameters (``W`` is the same array)."""
+        return self.W
+
+    @property
+    def bias(self):
+        """The bias, a view into the model's parameters (``b`` is the same array)."""
+        return self.b
+
+    def init_weights(self, rng, dtype):
+        """Gain 1, bias 0 (draws nothing from ``rng``)."""
+        return np.ones(self.n_out, dtype=dtype), np.zeros(self.n_out, dtype=dtype)
+
+    def _describe(self):
+        return f"eps={self.eps!r}"

@@ -2,8 +2,8 @@
 
 numba compiles a kernel for each combination of argument types it meets, so the cache is
 filled by running each combination fastmlp can produce once, on a tiny model: what varies
-is the float dtype, whether a network has a maxout layer (its buffers are ``None``
-otherwise, :mod:`fastmlp.workspace`), and the serial or parallel build (the serial one
+is the float dtype, whether a network has a maxout, a dropout or a layer-norm layer (their
+buffers are ``None`` otherwise, :mod:`fastmlp.workspace`), and the serial or parallel build (the serial one
 compiles no ``prange`` driver; :meth:`~fastmlp.workspace.Workspace.kernel_threads`).
 Losses, activations, optimizers, sample weights and callbacks do not change the types, so
 one run per combination compiles them all.  Nothing here is timed or checked: the point
@@ -18,13 +18,13 @@ import numpy as np
 
 from fastmlp.callbacks import CosineAnnealing, ExponentialDecay, ReduceLROnPlateau, StepDecay
 from fastmlp.jitcache import cache_directory
-from fastmlp.layers import Dense, Maxout
+from fastmlp.layers import Dense, Dropout, LayerNorm, Maxout
 from fastmlp.optimizers import SGD
 from fastmlp.sequential import Sequential
 from fastmlp.threads import get_num_threads
 
 DTYPES = ("float32", "float64")
-FEATURES = ("dense", "maxout")
+FEATURES = ("dense", "maxout", "dropout", "layer_norm")
 BUILDS = ("serial", "parallel")
 
 # A hidden width and batch at which every elementwise pass reaches PARALLEL_MIN_ELEMENTS
@@ -40,6 +40,10 @@ def _exercise(dtype, feature, build):
     layers = [Dense(n_in, width, activation="relu")]
     if feature == "maxout":
         layers.append(Maxout(width, width, pieces=2))
+    elif feature == "dropout":
+        layers.append(Dropout(0.5))
+    elif feature == "layer_norm":
+        layers.append(LayerNorm())
     layers.append(Dense(width, n_classes))
     X = rng.normal(size=(n, n_in)).astype(dtype)
     y = rng.integers(0, n_classes, size=n)
@@ -63,8 +67,10 @@ def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):
     Parameters
     ----------
     dtypes : iterable of {"float32", "float64"}
-    features : iterable of {"dense", "maxout"}
-        Networks of Dense layers only, and networks with a maxout layer.
+    features : iterable of {"dense", "maxout", "dropout", "layer_norm"}
+        Networks of Dense layers only, and networks with a maxout, a dropout or a
+        layer-norm layer (each alone: a network with several of these kinds is another
+        combination, compiled on its first use).
     builds : iterable of {"serial", "parallel"}
         The parallel build is skipped when numba has a single thread (it is never used
         then).

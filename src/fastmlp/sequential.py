@@ -17,7 +17,7 @@ from fastmlp import compiled, io, safetensors_io, training
 from fastmlp._validation import as_features, as_labels, as_targets, sample_weight_per_row
 from fastmlp.compiled import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
-from fastmlp.layers import Dense, Layer, Maxout
+from fastmlp.layers import Dense, Dropout, Layer, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Optimizer
 from fastmlp.threads import get_num_threads, pin_blas
 from fastmlp.training import DivergenceError, History, Rows
@@ -49,9 +49,11 @@ class Sequential:
     Parameters
     ----------
     layers : list of Layer
-        :class:`~fastmlp.Dense` and :class:`~fastmlp.Maxout` layers; each layer's
-        ``n_in`` must equal the previous layer's ``n_out``.  The last layer outputs raw
-        scores: the loss applies softmax or sigmoid itself.
+        :class:`~fastmlp.Dense` and :class:`~fastmlp.Maxout` layers, each layer's ``n_in``
+        equal to the previous layer's ``n_out``, and :class:`~fastmlp.Dropout` and
+        :class:`~fastmlp.LayerNorm` layers anywhere between them (their width is that of
+        the layer before them, or for a first layer the next one's ``n_in``).  The last
+        layer outputs raw scores: the loss applies softmax or sigmoid itself.
     loss : str, default "softmax_cross_entropy"
         ``softmax_cross_entropy`` or ``multiclass_hinge`` (integer class labels),
         ``binary_cross_entropy`` (0/1 targets, one column per output) or ``mse``.
@@ -59,10 +61,17 @@ class Sequential:
         Defaults to ``SGD(lr=0.01)``.  One optimizer object serves one model.
     seed : int or None
         Seeds weight initialisation (He normal for ReLU-family layers, Glorot uniform
-        otherwise, zero biases) and the per-epoch shuffle.  Same seed, same data, same
-        thread count: same weights.
+        otherwise, zero biases), the per-epoch shuffle and the dropout masks.  Same seed,
+        same data, same thread count: same weights.
     dtype : {numpy.float32, numpy.float64}
         Precision of parameters and computation.  Inputs are converted once per call.
+
+    Notes
+    -----
+    :class:`~fastmlp.Dropout` masks are hashed from ``dropout_seed`` (the seed, or with
+    ``seed=None`` 63 bits from the OS; files and checkpoints keep it), the optimizer step,
+    ``dropout_stream`` (0; under MPI each rank's rank), the layer, the row and the unit: see
+    the user guide's section on dropout.
 
     Examples
     --------
@@ -79,11 +88,11 @@ class Sequential:
 
     def __init__(self, layers, loss="softmax_cross_entropy", optimizer=None, seed=None, dtype=np.float32):
         layers = list(layers)
-        _check_layers(layers)
+        widths = _check_layers(layers)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}")
         self.loss_code = LOSSES[loss]
-        n_out = layers[-1].n_out
+        n_out = widths[-1] if layers[-1].takes_width else layers[-1].n_out
         if self.is_classifier and self.loss_code != BINARY_CROSS_ENTROPY and n_out < 2:
             raise ValueError(f"loss {loss!r} needs at least 2 classes, but the last layer has "
                              f"{n_out} output")
@@ -97,12 +106,22 @@ class Sequential:
         if not (seed is None or (isinstance(seed, numbers.Integral) and seed >= 0)):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
 
+        for layer, width in zip(layers, widths):
+            if layer.takes_width:
+                layer.set_width(width)
         pin_blas()
         self.loss = loss
         self.dtype = dtype
         self.layers = layers
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        # The dropout masks' key (kernels/dropout.py): the seed, or without one a fresh
+        # 63-bit value from the OS, which save/load and checkpoints keep.  Not drawn from
+        # ``_rng``, so a model without dropout layers keeps its streams as they were.
+        self.dropout_seed = (int(seed) % (1 << 63) if seed is not None
+                             else int(np.random.SeedSequence().entropy) % (1 << 63))
+        # Under MPI each rank sets its rank here, so that its rows get masks of their own.
+        self.dropout_stream = 0
         self._arch, self._act_params, self._n_weights, n_params = layer_table(layers, dtype)
         optimizer.bind(self, n_params, dtype)  # first: it may refuse, and nothing is attached yet
         self.optimizer = optimizer
@@ -112,6 +131,10 @@ class Sequential:
         self._saved_params = np.empty_like(self.params)
         self._saved_state = np.empty_like(optimizer.state)
         for k, layer in enumerate(layers):
+            if layer.takes_width:
+                layer.mark_built()
+            if not layer.has_parameters:
+                continue
             layer.W, layer.b = self._layer_views(self.params, k)
             W, b = layer.init_weights(self._rng, dtype)
             layer.W[...] = W
@@ -177,7 +200,8 @@ class Sequential:
         self._kept_workspaces = _ThreadWorkspaces()
         self._own_read_only_arrays()
         for k, layer in enumerate(self.layers):
-            layer.W, layer.b = self._layer_views(self.params, k)
+            if layer.has_parameters:
+                layer.W, layer.b = self._layer_views(self.params, k)
 
     def _own_read_only_arrays(self):
         """Writable copies of the arrays that came back read-only: ``joblib.load(path,
@@ -198,18 +222,21 @@ class Sequential:
     def _layer_views(self, flat, k):
         layer = self.layers[k]
         w0, b0 = self._arch[k, compiled.W_OFFSET], self._arch[k, compiled.B_OFFSET]
-        W = flat[w0:w0 + layer.n_in * layer.pieces * layer.n_out].reshape(layer.weight_shape)
-        return W, flat[b0:b0 + layer.pieces * layer.n_out]
+        W = flat[w0:w0 + math.prod(layer.weight_shape)].reshape(layer.weight_shape)
+        return W, flat[b0:b0 + math.prod(layer.bias_shape)]
 
     def get_weights(self):
         """Copies of the parameters: ``[W1, b1, W2, b2, ...]``.
 
         ``W`` has shape ``(n_in, n_out)`` (the model computes ``x @ W + b``) and ``b`` shape
-        ``(n_out,)``; for :class:`~fastmlp.Maxout` see its weight layout.
+        ``(n_out,)``; for :class:`~fastmlp.Maxout` see its weight layout.  A
+        :class:`~fastmlp.LayerNorm` contributes its ``gain`` then its ``bias``, both
+        ``(n,)``, in its place in the layer order; a :class:`~fastmlp.Dropout` nothing.
         """
         weights = []
         for layer in self.layers:
-            weights += [layer.W.copy(), layer.b.copy()]
+            if layer.has_parameters:
+                weights += [layer.W.copy(), layer.b.copy()]
         return weights
 
     def set_weights(self, weights):
@@ -218,13 +245,14 @@ class Sequential:
         All arrays are checked (count, shapes, finiteness) before any is written.
         """
         weights = list(weights)
-        if len(weights) != 2 * len(self.layers):
-            raise ValueError(f"expected {2 * len(self.layers)} arrays [W1, b1, ...], got {len(weights)}")
+        owners = [(k, layer) for k, layer in enumerate(self.layers) if layer.has_parameters]
+        if len(weights) != 2 * len(owners):
+            raise ValueError(f"expected {2 * len(owners)} arrays [W1, b1, ...], got {len(weights)}")
         checked = []
         for i, w in enumerate(weights):
-            layer = self.layers[i // 2]
+            k, layer = owners[i // 2]
             shape = layer.weight_shape if i % 2 == 0 else layer.bias_shape
-            name = f"{'W' if i % 2 == 0 else 'b'}{i // 2 + 1}"
+            name = f"{layer.parameter_names[i % 2]}{k + 1}"
             arr = np.asarray(w)
             if arr.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
@@ -234,7 +262,7 @@ class Sequential:
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name} contains NaN or Inf")
             checked.append(arr)
-        for layer, (W, b) in zip(self.layers, zip(checked[::2], checked[1::2])):
+        for (_, layer), (W, b) in zip(owners, zip(checked[::2], checked[1::2])):
             layer.W[...] = W
             layer.b[...] = b
 
@@ -243,8 +271,9 @@ class Sequential:
         if self._train_workspace is None:
             raise RuntimeError("no gradients yet: call train_step or fit first")
         grads = []
-        for k in range(len(self.layers)):
-            grads += [g.copy() for g in self._layer_views(self._train_workspace.net.grads, k)]
+        for k, layer in enumerate(self.layers):
+            if layer.has_parameters:
+                grads += [g.copy() for g in self._layer_views(self._train_workspace.net.grads, k)]
         return grads
 
     def save(self, path):
@@ -368,11 +397,11 @@ class Sequential:
         """``[(start, size), ...]``: where each array of :meth:`get_weights` (``W1, b1, ...``)
         lies in :attr:`params`."""
         spans = []
-        for k in range(len(self.layers)):
-            arch = self._arch[k]
-            width = int(arch[compiled.N_OUT] * arch[compiled.PIECES])
-            spans += [(int(arch[compiled.W_OFFSET]), int(arch[compiled.N_IN]) * width),
-                      (int(arch[compiled.B_OFFSET]), width)]
+        for k, layer in enumerate(self.layers):
+            if layer.has_parameters:
+                arch = self._arch[k]
+                spans += [(int(arch[compiled.W_OFFSET]), math.prod(layer.weight_shape)),
+                          (int(arch[compiled.B_OFFSET]), math.prod(layer.bias_shape))]
         return spans
 
     def _prepare(self, X, y):
@@ -390,16 +419,32 @@ class Sequential:
         ws = self._train_workspace
         if ws is None or ws.capacity < rows:
             n_targets = 0 if self.uses_labels else self.n_outputs
-            ws = Workspace(self._arch, self._act_params, self.params, rows, n_targets, training=True)
+            ws = Workspace(self._arch, self._act_params, self.params, rows, n_targets, training=True,
+                           dropout_key=(self.dropout_seed, self.dropout_stream))
             self._train_workspace = ws
+        # A resume or an MPI fit may have changed the key since the workspace was built.
+        ws.set_dropout_key(self.dropout_seed, self.dropout_stream)
         return ws
 
-    def inference_workspace(self, rows):
+    def inference_workspace(self, rows, training_masks=False):
         """Buffers for a forward pass over ``rows`` rows, in chunks of at most
-        ``PREDICT_CHUNK_ROWS``; for :meth:`evaluate_rows`."""
+        ``PREDICT_CHUNK_ROWS``; for :meth:`evaluate_rows`.
+
+        With ``training_masks``, dropout layers apply the masks of the next training step
+        (:meth:`set_dropout_step` chooses another) instead of being the identity: what a
+        gradient check needs to hold the mask fixed.  Rows count from each chunk's start.
+        """
         # A fresh one per call: predictions from several threads never share buffers.
-        return Workspace(self._arch, self._act_params, self.params, min(rows, PREDICT_CHUNK_ROWS),
-                         0, training=False)
+        ws = Workspace(self._arch, self._act_params, self.params, min(rows, PREDICT_CHUNK_ROWS),
+                       0, training=False, dropout_key=(self.dropout_seed, self.dropout_stream),
+                       masks=training_masks)
+        ws.set_dropout_step(self.optimizer.step_count + 1)
+        return ws
+
+    @property
+    def has_dropout(self):
+        """Whether some layer is a :class:`~fastmlp.Dropout`."""
+        return any(isinstance(layer, Dropout) for layer in self.layers)
 
     def _call_workspace(self, rows):
         """An inference workspace for one ``predict``/``evaluate``/``score`` call on ``rows``
@@ -469,6 +514,8 @@ class Sequential:
             if sample_weight is not None:
                 weights = sample_weight_per_row(sample_weight, X.shape[0]).astype(self.dtype)
             ws = self._training_workspace(X.shape[0])
+            # The masks of the step these gradients are for (apply_gradients counts it).
+            ws.set_dropout_step(self.optimizer.step_count + 1)
             return compiled.compute_gradients(ws.net, self.loss_code, X, labels, targets,
                                               weights, ws.kernel_threads(get_num_threads()))
         finally:
@@ -803,16 +850,31 @@ def _check_layers(layers):
         raise ValueError("a Sequential model needs at least one layer")
     for k, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"layer {k + 1} is {layer!r}, not a fastmlp layer (Dense, Maxout)")
-        if layer.W is not None:
+            raise TypeError(f"layer {k + 1} is {layer!r}, not a fastmlp layer (Dense, Maxout, "
+                            "Dropout, LayerNorm)")
+        if layer.is_built:
             raise ValueError(f"layer {k + 1} ({layer!r}) already belongs to a model; "
                              "use layer.unbuilt_copy() to reuse its specification")
         if sum(other is layer for other in layers) > 1:
             raise ValueError(f"layer {k + 1} ({layer!r}) appears twice in the list")
-    for k in range(1, len(layers)):
-        if layers[k].n_in != layers[k - 1].n_out:
-            raise ValueError(f"layer {k + 1} ({layers[k]!r}) takes {layers[k].n_in} inputs, but "
-                             f"layer {k} ({layers[k - 1]!r}) outputs {layers[k - 1].n_out}")
+    # Dropout and LayerNorm take the width of the layer before them; leading ones take the
+    # input width of the first layer that has one.
+    widths = [None if layer.takes_width else layer.n_in for layer in layers]
+    sized = [k for k, layer in enumerate(layers) if not layer.takes_width]
+    if not sized:
+        raise ValueError("a Sequential model needs a Dense or Maxout layer: Dropout and "
+                         "LayerNorm take their width from the layers around them")
+    width = layers[sized[0]].n_in
+    for k, layer in enumerate(layers):
+        if layer.takes_width:
+            widths[k] = width
+        else:
+            if layer.n_in != width:
+                before = next(j for j in range(k - 1, -1, -1) if not layers[j].takes_width)
+                raise ValueError(f"layer {k + 1} ({layer!r}) takes {layer.n_in} inputs, but "
+                                 f"layer {before + 1} ({layers[before]!r}) outputs {width}")
+            width = layer.n_out
+    return widths
 
 
 def load(path):
@@ -860,6 +922,8 @@ def model_from_spec(path, spec):
     """The ``Sequential`` that ``spec`` (:class:`fastmlp.io.ModelSpec`) describes."""
     try:
         layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
+                  else Dropout(params["rate"]) if kind == "dropout"
+                  else LayerNorm(params["eps"]) if kind == "layer_norm"
                   else Maxout(n_in, n_out, pieces)
                   for kind, n_in, n_out, pieces, activation, params in spec.layers]
         model = Sequential(layers, loss=spec.loss, optimizer=spec.optimizer_class(**spec.hyperparameters),

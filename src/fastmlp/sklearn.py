@@ -31,7 +31,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, col
 
 from fastmlp.callbacks import Callback, ToleranceStopping
 from fastmlp.kernels.activations import ACTIVATIONS
-from fastmlp.layers import Dense, Maxout
+from fastmlp.layers import Dense, Dropout, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW
 from fastmlp.sequential import DivergenceError, Sequential
 
@@ -102,7 +102,8 @@ class _BaseMLP(BaseEstimator):
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False):
+                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False,
+                 dropout=0.0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.loss = loss
@@ -124,6 +125,7 @@ class _BaseMLP(BaseEstimator):
         self.dtype = dtype
         self.verbose = verbose
         self.warm_start = warm_start
+        self.dropout = dropout
 
     # ----------------------------------------------------------------- validation
     def _np_dtype(self):
@@ -190,6 +192,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"verbose must be an integer, got {self.verbose!r}")
         if not isinstance(self.warm_start, (bool, np.bool_)):
             raise ValueError(f"warm_start must be True or False, got {self.warm_start!r}")
+        rate = self.dropout
+        if (isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real)
+                or not 0 <= rate < 1):  # NaN fails too
+            raise ValueError(f"dropout must be a number in [0, 1), got {rate!r}")
         self._hidden_sizes()
         self._np_dtype()
         try:
@@ -210,8 +216,11 @@ class _BaseMLP(BaseEstimator):
     def _layers(self, n_features, n_outputs):
         activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
         widths = [n_features] + self._hidden_sizes()
-        layers = [Maxout(a, b) if activation == "maxout" else Dense(a, b, activation=activation)
-                  for a, b in zip(widths[:-1], widths[1:])]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers.append(Maxout(a, b) if activation == "maxout" else Dense(a, b, activation=activation))
+            if self.dropout > 0:
+                layers.append(Dropout(float(self.dropout)))
         layers.append(Dense(widths[-1], n_outputs))
         return layers
 
@@ -515,6 +524,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         explicit ``dtype``, the number of features and (classifier) the set of classes
         must stay the same, else ``ValueError``.  With ``early_stopping`` the best epoch
         is looked for among this ``fit``'s epochs.
+    dropout : float, default 0.0
+        In ``[0, 1)``: a :class:`~fastmlp.Dropout` of this rate after each hidden layer's
+        activation (none for 0).  Active while training only; ``predict`` and ``score``
+        use the whole network.
 
     Notes
     -----
@@ -559,7 +572,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  optimizer="adam", learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False):
+                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False,
+                 dropout=0.0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
@@ -567,7 +581,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,
-                         verbose=verbose, warm_start=warm_start)
+                         verbose=verbose, warm_start=warm_start, dropout=dropout)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -780,7 +794,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False):
+                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False,
+                 dropout=0.0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
@@ -788,7 +803,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,
-                         verbose=verbose, warm_start=warm_start)
+                         verbose=verbose, warm_start=warm_start, dropout=dropout)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

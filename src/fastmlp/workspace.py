@@ -7,7 +7,10 @@ batch smaller than the capacity uses contiguous views of the same arrays.
 import numpy as np
 
 from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
-from fastmlp.compiled import ACT_OFFSET, BLOCK_ALIGN, N_OUT, PIECES, WINNER_OFFSET, Z_OFFSET, NetBuffers
+from fastmlp.compiled import (ACT_OFFSET, BLOCK_ALIGN, DENSE, DROPOUT, KEY_ACTIVE, KEY_SEED,
+                              KEY_STEP, KEY_STREAM, KIND, LAYER_NORM, MASK_OFFSET, N_OUT, NORM_OFFSET, PIECES,
+                              RSTD_OFFSET, THRESHOLD, WINNER_OFFSET, Z_OFFSET, NetBuffers)
+from fastmlp.layers import Dropout, LayerNorm
 
 
 def layer_table(layers, dtype):
@@ -16,23 +19,40 @@ def layer_table(layers, dtype):
     Weights of all layers come first in the flat parameter vector, then all biases, so
     that ``params[:n_weights]`` is exactly what weight decay applies to.
 
+    A layer norm's gain and bias sit among the biases (gain then bias, in layer order), so
+    they are not weight-decayed either; a dropout layer has no parameters (its offsets
+    point at an empty range).
+
     Returns
     -------
-    arch : ndarray of int64, shape (n_layers, 6)
+    arch : ndarray of int64, shape (n_layers, 8)
     act_params : ndarray of shape (n_layers,), ``dtype``
+        The activation parameter; a layer norm's ``eps``; a dropout layer's ``1/(1-rate)``.
     n_weights : int
     n_params : int
     """
-    arch = np.zeros((len(layers), 6), dtype=np.int64)
+    arch = np.zeros((len(layers), 8), dtype=np.int64)
     offset = 0
     for k, layer in enumerate(layers):
         arch[k, :4] = (layer.n_in, layer.n_out, layer.pieces, layer.activation_code)
         arch[k, 4] = offset
-        offset += layer.n_in * layer.pieces * layer.n_out
+        if not layer.takes_width:
+            offset += layer.n_in * layer.pieces * layer.n_out
     n_weights = offset
     for k, layer in enumerate(layers):
         arch[k, 5] = offset
-        offset += layer.pieces * layer.n_out
+        if isinstance(layer, LayerNorm):
+            arch[k, KIND] = LAYER_NORM
+            arch[k, 4] = offset
+            arch[k, 5] = offset + layer.n_out
+            offset += 2 * layer.n_out
+        elif isinstance(layer, Dropout):
+            arch[k, KIND] = DROPOUT
+            arch[k, 4] = offset
+            arch[k, THRESHOLD] = layer.threshold
+        else:
+            arch[k, KIND] = DENSE
+            offset += layer.pieces * layer.n_out
     act_params = np.array([layer.activation_param for layer in layers], dtype=dtype)
     return arch, act_params, n_weights, offset
 
@@ -43,10 +63,11 @@ def has_parallel_work(arch, capacity):
     ``BLOCK_ALIGN`` blocks (:func:`fastmlp.kernels.blas.matmul`), or an elementwise pass over
     at least ``PARALLEL_MIN_ELEMENTS`` elements (:func:`fastmlp.kernels.activations
     .work_chunks`).  Both grow with the rows, so ``capacity`` bounds every call."""
-    for n_in, n_out, pieces in arch[:, :3]:
+    for (n_in, n_out, pieces), kind in zip(arch[:, :3], arch[:, KIND]):
         width = int(n_out * pieces)
         sides = (capacity, int(n_in), width)
-        if 2 * capacity * n_in * width >= PARALLEL_MIN_FLOPS and max(sides) >= 2 * BLOCK_ALIGN:
+        if (kind == DENSE and 2 * capacity * n_in * width >= PARALLEL_MIN_FLOPS
+                and max(sides) >= 2 * BLOCK_ALIGN):
             return True
         # Elementwise passes split rows, or columns for the bias gradient's column sums,
         # so a single row of a wide layer is split too.
@@ -68,21 +89,42 @@ class Workspace:
         Width of the target rows (binary cross-entropy, MSE), or 0 for class labels.
     training : bool
         Also allocate the gradient vector and the minibatch gather buffers.
+    dropout_key : tuple (seed, stream) or None
+        With dropout layers: the model's mask seed and stream (MPI rank).  The masks are
+        drawn (``dropout_key[active] = 1``) in a training workspace, or in any workspace
+        when ``masks`` is True; otherwise dropout is the identity.
+    masks : bool
+        Draw dropout masks even when not ``training`` (a gradient check holds the mask of
+        a training step fixed while it evaluates the loss).
     """
 
-    def __init__(self, arch, act_params, params, capacity, n_targets, training):
+    def __init__(self, arch, act_params, params, capacity, n_targets, training, dropout_key=None,
+                 masks=False):
         dtype = params.dtype
         self._parallel_work = has_parallel_work(arch, capacity)
         n_out = arch[:, N_OUT]
         is_maxout = arch[:, PIECES] > 1
         n_in = int(arch[0, 0])
         self.capacity = capacity
-        offsets = np.zeros((len(arch), 3), dtype=np.int64)
+        offsets = np.zeros((len(arch), 6), dtype=np.int64)
         offsets[1:, ACT_OFFSET] = capacity * np.cumsum(n_out)[:-1]
         z_widths = np.where(is_maxout, n_out * arch[:, PIECES], 0)
         offsets[1:, Z_OFFSET] = capacity * np.cumsum(z_widths)[:-1]
         winner_widths = np.where(is_maxout, n_out, 0)
         offsets[1:, WINNER_OFFSET] = capacity * np.cumsum(winner_widths)[:-1]
+        is_dropout = arch[:, KIND] == DROPOUT
+        draws_masks = bool(is_dropout.any()) and (training or masks)
+        mask_widths = np.where(is_dropout, n_out, 0) if draws_masks else np.zeros_like(n_out)
+        offsets[1:, MASK_OFFSET] = capacity * np.cumsum(mask_widths)[:-1]
+        is_norm = arch[:, KIND] == LAYER_NORM
+        norm_widths = np.where(is_norm, n_out + 1, 0)  # xhat rows, then one rstd per row
+        offsets[:, NORM_OFFSET] = capacity * (np.cumsum(norm_widths) - norm_widths)
+        offsets[:, RSTD_OFFSET] = offsets[:, NORM_OFFSET] + capacity * np.where(is_norm, n_out, 0)
+        key = None
+        if is_dropout.any():
+            seed, stream = dropout_key
+            key = np.zeros(4, dtype=np.int64)
+            key[KEY_SEED], key[KEY_STREAM], key[KEY_ACTIVE] = seed, stream, draws_masks
         act_size = capacity * int(n_out.sum())
         self.net = NetBuffers(
             arch=arch,
@@ -98,12 +140,34 @@ class Workspace:
                     if is_maxout.any() else None),
             buffer_offsets=offsets,
             row_loss=np.zeros(capacity, dtype=np.float64),  # (capacity,)
+            # [(capacity, n_k)] over the dropout layers when masks are drawn, else size 0;
+            # None without dropout layers, which keeps the dropout kernels out of the code
+            mask=np.zeros(capacity * int(mask_widths.sum()), dtype=dtype) if is_dropout.any() else None,
+            dropout_key=key,  # int64 (4,) or None
+            # [(capacity, n_k) then (capacity,)] over the layer-norm layers; or None
+            norm_cache=(np.zeros(capacity * int(norm_widths.sum()), dtype=dtype)
+                        if is_norm.any() else None),
         )
         gather_rows = capacity if training else 0
         self.x_batch = np.zeros((gather_rows, n_in), dtype=dtype)  # (capacity, n_in)
         self.label_batch = np.zeros(gather_rows, dtype=np.int64)  # (capacity,)
         self.target_batch = np.zeros((gather_rows if n_targets else 0, max(n_targets, 1)), dtype=dtype)
         self.weight_batch = np.zeros(gather_rows, dtype=dtype)  # (capacity,) sample weights
+
+    def set_dropout_step(self, step):
+        """The optimizer step whose dropout masks the next forward pass draws (no-op
+        without dropout layers)."""
+        key = self.net.dropout_key
+        if key is not None:
+            key[KEY_STEP] = step
+
+    def set_dropout_key(self, seed, stream):
+        """The seed and stream (MPI rank) the dropout masks are drawn for (no-op without
+        dropout layers)."""
+        key = self.net.dropout_key
+        if key is not None:
+            key[KEY_SEED] = seed
+            key[KEY_STREAM] = stream
 
     def kernel_threads(self, n_threads):
         """The ``n_threads`` argument for the kernels on these buffers: ``n_threads``, or

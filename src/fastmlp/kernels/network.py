@@ -3,13 +3,18 @@
 The network is described by small integer tables instead of Python objects, so that a
 compiled loop can walk it with no Python in between:
 
-``arch`` : int64 array of shape (n_layers, 6)
-    Per layer ``[n_in, n_out, pieces, activation code, weight offset, bias offset]``;
-    ``pieces == 1`` is a dense layer, ``pieces > 1`` a maxout layer.  The offsets index
-    the flat parameter (and gradient) vector: ``W`` is ``params[w:w + n_in*pieces*n_out]``
-    reshaped to ``(n_in, pieces*n_out)``, ``b`` is ``params[b:b + pieces*n_out]``.
-``buffer_offsets`` : int64 array of shape (n_layers, 3)
-    Per layer the start of its rows in ``acts``/``deltas``, in ``zbuf`` and in ``winner``,
+``arch`` : int64 array of shape (n_layers, 8)
+    Per layer ``[n_in, n_out, pieces, activation code, weight offset, bias offset, kind,
+    threshold]``.  Kind ``DENSE``: ``pieces == 1`` is a dense layer, ``pieces > 1`` a
+    maxout layer; the offsets index the flat parameter (and gradient) vector: ``W`` is
+    ``params[w:w + n_in*pieces*n_out]`` reshaped to ``(n_in, pieces*n_out)``, ``b`` is
+    ``params[b:b + pieces*n_out]``.  Kind ``LAYER_NORM`` (``n_in == n_out``): the gain is
+    ``params[w:w + n]``, the bias ``params[b:b + n]``, and ``act_params`` holds ``eps``.
+    Kind ``DROPOUT`` (``n_in == n_out``, no parameters): ``threshold`` is
+    ``ceil(rate * 2**53)`` and ``act_params`` holds ``1 / (1 - rate)``.
+``buffer_offsets`` : int64 array of shape (n_layers, 6)
+    Per layer the start of its rows in ``acts``/``deltas``, in ``zbuf``, in ``winner``, in
+    ``mask``, and in ``norm_cache`` of its ``xhat`` rows and of its ``rstd`` entries,
     computed for ``capacity`` rows.  A batch of ``n <= capacity`` rows uses the first
     ``n * width`` elements from that start: a contiguous view, so the last, smaller batch of
     an epoch needs no other buffer.
@@ -24,11 +29,16 @@ from numba import njit
 
 from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.dense import dense_backward, dense_forward, maxout_backward, maxout_forward
+from fastmlp.kernels.dropout import (KEY_ACTIVE, KEY_SEED, KEY_STEP, KEY_STREAM, copy_rows,
+                                     dropout_backward, dropout_forward)
+from fastmlp.kernels.layer_norm import layer_norm_backward, layer_norm_forward
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, MSE, loss_and_grad, weight_rows
 from fastmlp.kernels.optim import optimizer_update
 
-N_IN, N_OUT, PIECES, ACTIVATION, W_OFFSET, B_OFFSET = range(6)
-ACT_OFFSET, Z_OFFSET, WINNER_OFFSET = range(3)
+N_IN, N_OUT, PIECES, ACTIVATION, W_OFFSET, B_OFFSET, KIND, THRESHOLD = range(8)
+ACT_OFFSET, Z_OFFSET, WINNER_OFFSET, MASK_OFFSET, NORM_OFFSET, RSTD_OFFSET = range(6)
+#: Layer kinds (``arch[k, KIND]``).
+DENSE, DROPOUT, LAYER_NORM = range(3)
 
 # Layer 0's index, typed int64 as every other layer's: numba types a literal ``0`` as
 # ``Literal[int](0)`` and compiles a second copy of the layer functions for it.
@@ -49,8 +59,14 @@ NetBuffers = namedtuple(
         "zbuf",  # (capacity * sum pieces*n_out over maxout layers,) pre-activations / dL/dz;
                  # None without maxout layers, so that no maxout code is compiled
         "winner",  # int32 (capacity * sum n_out over maxout layers,) winning piece; or None
-        "buffer_offsets",  # int64 (n_layers, 3)
+        "buffer_offsets",  # int64 (n_layers, 6)
         "row_loss",  # float64 (capacity,) per-row losses
+        "mask",  # (capacity * sum n over dropout layers,) each dropout layer's mask, cached
+                 # for backward; size 0 when the masks are off (inference); None without
+                 # dropout layers, so that no dropout code is compiled
+        "dropout_key",  # int64 (4,) [seed, step, stream, active], see kernels.dropout; or None
+        "norm_cache",  # (capacity * sum (n + 1) over layer-norm layers,) per such layer its
+                       # normalised input (capacity, n) then 1/std (capacity,); or None
     ],
 )
 
@@ -77,14 +93,31 @@ def layer_output(net, k, n_rows):
 
 
 @njit(**JIT_OPTIONS)
-def _layer_forward(net, k, x, zbuf, winner, n_threads):
-    # ``zbuf`` and ``winner`` are ``net``'s fields passed again as arguments: for a network
-    # without maxout layers they are None, and numba then compiles no maxout code at all
-    # (it prunes a branch on ``argument is None`` before typing it).
+def _layer_forward(net, k, x, zbuf, winner, mask, norm_cache, n_threads):
+    # ``zbuf`` and ``winner`` (``mask``, ``norm_cache``) are ``net``'s fields passed again as
+    # arguments: for a network without maxout (dropout, layer-norm) layers they are None,
+    # and numba then compiles none of that layer kind's code (it prunes a branch on
+    # ``argument is None`` before typing it).
     arch = net.arch
     n_rows = x.shape[0]
-    W, b = layer_weights(arch, net.params, k)
     out = layer_output(net, k, n_rows)
+    if mask is not None:
+        if arch[k, KIND] == DROPOUT:
+            key = net.dropout_key
+            if key[KEY_ACTIVE] == 0:
+                copy_rows(x, out)
+            else:
+                m = _rows(mask, net.buffer_offsets[k, MASK_OFFSET], n_rows, arch[k, N_OUT])
+                dropout_forward(x, arch[k, THRESHOLD], net.act_params[k], key[KEY_SEED],
+                                key[KEY_STEP], key[KEY_STREAM], k, m, out, n_threads)
+            return
+    if norm_cache is not None:
+        if arch[k, KIND] == LAYER_NORM:
+            gain, bias = _norm_params(arch, net.params, k)
+            xhat, rstd = _norm_cache_rows(net, norm_cache, k, n_rows)
+            layer_norm_forward(x, gain, bias, net.act_params[k], xhat, rstd, out, n_threads)
+            return
+    W, b = layer_weights(arch, net.params, k)
     if zbuf is None or winner is None or arch[k, PIECES] == 1:
         dense_forward(x, W, b, arch[k, ACTIVATION], net.act_params[k], out, n_threads)
     else:
@@ -93,6 +126,22 @@ def _layer_forward(net, k, x, zbuf, winner, n_threads):
         z = _rows(zbuf, net.buffer_offsets[k, Z_OFFSET], n_rows, pieces * n_out)
         winners = _rows(winner, net.buffer_offsets[k, WINNER_OFFSET], n_rows, n_out)
         maxout_forward(x, W, b, pieces, z, out, winners, n_threads)
+
+
+@njit(**TINY_JIT_OPTIONS)
+def _norm_params(arch, flat, k):
+    # Views ``(gain, bias)`` of layer-norm layer ``k`` into ``flat`` (parameters or gradients).
+    n = arch[k, N_OUT]
+    return flat[arch[k, W_OFFSET]:arch[k, W_OFFSET] + n], flat[arch[k, B_OFFSET]:arch[k, B_OFFSET] + n]
+
+
+@njit(**TINY_JIT_OPTIONS)
+def _norm_cache_rows(net, norm_cache, k, n_rows):
+    # Layer-norm layer ``k``'s cached ``xhat`` (n_rows, n) and ``rstd`` (n_rows,).
+    n = net.arch[k, N_OUT]
+    xhat = _rows(norm_cache, net.buffer_offsets[k, NORM_OFFSET], n_rows, n)
+    rstd_start = net.buffer_offsets[k, RSTD_OFFSET]
+    return xhat, norm_cache[rstd_start:rstd_start + n_rows]
 
 
 @njit(**JIT_OPTIONS)
@@ -105,26 +154,43 @@ def forward(net, x, n_threads):
     n_layers = net.arch.shape[0]
     # Layer 0 reads the caller's array; it is a separate call so that a read-only or
     # differently laid-out input does not have to unify with the workspace views.
-    _layer_forward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, n_threads)
+    _layer_forward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, net.mask, net.norm_cache,
+                   n_threads)
     for k in range(1, n_layers):
-        _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner, n_threads)
+        _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner,
+                       net.mask, net.norm_cache, n_threads)
     return layer_output(net, n_layers - 1, x.shape[0])
 
 
 @njit(**JIT_OPTIONS)
-def _layer_backward(net, k, x, zbuf, winner, n_threads):
-    # ``zbuf``/``winner``: None without maxout layers, as in :func:`_layer_forward`.
+def _layer_backward(net, k, x, zbuf, winner, mask, norm_cache, n_threads):
+    # ``zbuf``/``winner``/``mask``/``norm_cache``: None without such layers, as in
+    # :func:`_layer_forward`.
     arch = net.arch
     n_rows = x.shape[0]
     n_in = arch[k, N_IN]
     n_out = arch[k, N_OUT]
-    W, _ = layer_weights(arch, net.params, k)
-    grad_W, grad_b = layer_weights(arch, net.grads, k)
     delta = _rows(net.deltas, net.buffer_offsets[k, ACT_OFFSET], n_rows, n_out)
     compute_grad_x = k > 0
     # Layer 0 has no upstream delta to fill; any view of the right type stands in, untouched.
     grad_x = _rows(net.deltas, net.buffer_offsets[k - 1, ACT_OFFSET] if compute_grad_x else 0,
                    n_rows if compute_grad_x else 0, n_in)
+    if mask is not None:
+        if arch[k, KIND] == DROPOUT:
+            if compute_grad_x:
+                m = _rows(mask, net.buffer_offsets[k, MASK_OFFSET], n_rows, n_out)
+                dropout_backward(m, delta, grad_x)
+            return
+    if norm_cache is not None:
+        if arch[k, KIND] == LAYER_NORM:
+            gain, _ = _norm_params(arch, net.params, k)
+            grad_gain, grad_bias = _norm_params(arch, net.grads, k)
+            xhat, rstd = _norm_cache_rows(net, norm_cache, k, n_rows)
+            layer_norm_backward(xhat, rstd, gain, delta, grad_gain, grad_bias, grad_x,
+                                compute_grad_x, n_threads)
+            return
+    W, _ = layer_weights(arch, net.params, k)
+    grad_W, grad_b = layer_weights(arch, net.grads, k)
     if zbuf is None or winner is None or arch[k, PIECES] == 1:
         a = layer_output(net, k, n_rows)
         dense_backward(x, W, a, arch[k, ACTIVATION], net.act_params[k], delta,
@@ -143,8 +209,10 @@ def backward(net, x, n_threads):
     gradient vector ``net.grads``, using the activations cached by :func:`forward` on ``x``."""
     n_layers = net.arch.shape[0]
     for k in range(n_layers - 1, 0, -1):
-        _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner, n_threads)
-    _layer_backward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, n_threads)
+        _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner,
+                        net.mask, net.norm_cache, n_threads)
+    _layer_backward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, net.mask, net.norm_cache,
+                    n_threads)
 
 
 @njit(**TINY_JIT_OPTIONS)
@@ -240,7 +308,7 @@ def count_correct_cached(net, loss_code, labels, targets):
 @njit(**JIT_OPTIONS)
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                 x_batch, label_batch, target_batch, weight_batch,
-                opt_kind, opt_state, opt_hyper, n_weights, first_step,
+                opt_kind, opt_state, opt_hyper, n_weights, first_step, dropout_key,
                 first_batch, stop_batch, batch_losses, batch_correct, n_threads):
     """Batches ``first_batch`` to ``stop_batch - 1`` of an epoch, compiled whole: no Python
     runs between steps.
@@ -270,6 +338,9 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
         As in :func:`fastmlp.kernels.optim.optimizer_update`.
     first_step : int
         Number of optimizer steps taken before batch 0 of this epoch.
+    dropout_key : ndarray of int64, shape (4,), or None
+        ``net.dropout_key`` (None without dropout layers): its step field is set to each
+        batch's optimizer step (``first_step + s + 1``) before that batch's forward pass.
     first_batch, stop_batch : int
         The half-open range of batch indices to run, ``0 <= first_batch <= stop_batch <=
         n_batches``.
@@ -311,6 +382,8 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                 weight_batch[i] = weights[r]
         lab = label_batch[:rows] if has_labels else label_batch[:0]
         tgt = target_batch[:rows] if has_targets else target_batch[:0]
+        if dropout_key is not None:
+            dropout_key[KEY_STEP] = first_step + s + 1
         loss = compute_gradients(net, loss_code, x_batch[:rows], lab, tgt,
                                  weight_batch[:rows] if has_weights else weight_batch[:0], n_threads)
         batch_losses[s] = loss

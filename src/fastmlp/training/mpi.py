@@ -298,6 +298,12 @@ class MPI(Strategy):
         if opt.state.size:
             comm.Bcast(opt.state, root=0)
         opt.step_count = comm.bcast(opt.step_count, root=0)
+        if model.has_dropout:  # the same architecture on every rank: all take part, or none
+            # Rank 0's mask key, and each rank its rank as the stream: every rank's rows get
+            # masks of their own, and a resume (rank 0's key is in the checkpoint) draws
+            # them again bit for bit.
+            model.dropout_seed = comm.bcast(model.dropout_seed, root=0)
+            model.dropout_stream = rank
         train = plan.train
         self.order = np.arange(train.n, dtype=np.int64)
         if self.resumed is None:

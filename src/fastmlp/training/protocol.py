@@ -30,6 +30,9 @@ class Trainable(Protocol):
         The loop stores its History here.
     layers, seed
         Read by :mod:`fastmlp.io` to write checkpoints.
+    has_dropout, dropout_seed, dropout_stream
+        Whether dropout masks are drawn, and their key's seed and stream: the MPI strategy
+        gives every rank rank 0's seed and its own rank as the stream.
     """
 
     params: object
@@ -83,7 +86,7 @@ class Trainable(Protocol):
 _MEMBERS = ("params", "optimizer", "rng", "dtype", "loss", "n_outputs", "is_classifier",
             "uses_labels", "rows", "signature", "inference_workspace", "evaluate_rows",
             "train_steps", "save_finite_state", "restore_finite_state", "compute_gradients",
-            "flat_gradients", "apply_gradients", "count_correct_last_step")
+            "flat_gradients", "apply_gradients", "count_correct_last_step", "has_dropout")
 
 
 def check_trainable(model):
