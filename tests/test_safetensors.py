@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import fastmlp
 import fastmlp.safetensors_io as sio
-from fastmlp import SGD, Adam, Dense, FormatError, Maxout, Sequential
+from fastmlp import SGD, Adam, Dense, Dropout, FormatError, LayerNorm, Maxout, Sequential
 
 # The test extra installs it (a missing package fails here rather than skips).
 import safetensors.numpy as safetensors_numpy  # noqa: E402
@@ -61,6 +61,39 @@ def test_round_trip_keeps_weights_architecture_loss_dtype_and_optimizer(tmp_path
     assert back.seed == model.seed and back.dtype == model.dtype and back.loss == loss
     # A weights file: the optimizer starts afresh, with the same class and hyperparameters.
     assert back.optimizer.step_count == 0 and not back.optimizer.state.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_and_dropout_round_trip_under_pytorch_names(tmp_path, dtype):
+    model = Sequential([Dense(4, 6, activation="relu"), LayerNorm(eps=1e-3), Dropout(0.25),
+                        Dense(6, 3)], seed=None, dtype=dtype)
+    model.set_weights([w + np.arange(w.size).reshape(w.shape) / 7 for w in model.get_weights()])
+    path = tmp_path / "m.safetensors"
+    model.export(path, format="safetensors")
+    # A layer norm's gain and bias are its weight and bias (PyTorch's names); a dropout
+    # layer has no tensors, and the names keep each layer's position.
+    tensors = safetensors_numpy.load_file(str(path))
+    assert {name: t.shape for name, t in tensors.items()} == {
+        "layers.0.weight": (4, 6), "layers.0.bias": (6,), "layers.1.weight": (6,),
+        "layers.1.bias": (6,), "layers.3.weight": (6, 3), "layers.3.bias": (3,)}
+    np.testing.assert_array_equal(tensors["layers.1.weight"], model.layers[1].gain)
+    back = fastmlp.load(path)
+    assert _same_weights(model, back) and repr(back) == repr(model)
+    # seed=None: the masks' key is the file's, not a fresh one.
+    assert back.dropout_seed == model.dropout_seed
+
+
+def test_a_dropout_layer_needs_its_masks_key(tmp_path):
+    model = Sequential([Dense(4, 6, activation="relu"), Dropout(0.5), Dense(6, 3)], seed=3)
+    path = tmp_path / "m.safetensors"
+    model.export(path, format="safetensors")
+    tensors = safetensors_numpy.load_file(str(path))
+    with safe_open(str(path), "np") as f:
+        meta = dict(f.metadata())
+    del meta["dropout_seed"]
+    safetensors_numpy.save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(FormatError, match="dropout_seed is missing"):
+        fastmlp.load(path)
 
 
 def test_the_safetensors_package_reads_fastmlps_file(exported):

@@ -157,3 +157,15 @@ def test_export_command_writes_a_safetensors_file(tmp_path, capsys):
     assert main(["export", str(native), "--format", "safetensors",
                  "--out", str(tmp_path / "no-such-dir" / "m.safetensors")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_summary_rows_of_layer_norm_and_dropout():
+    from fastmlp import Dropout, LayerNorm
+    from fastmlp.summary import layer_rows
+
+    model = Sequential([Dense(4, 8, activation="relu"), LayerNorm(), Dropout(0.3), Dense(8, 3)])
+    assert layer_rows(model) == [("layers.0 (Dense, relu)", "(None, 8)", 4 * 8 + 8),
+                                 ("layers.1 (LayerNorm)", "(None, 8)", 2 * 8),
+                                 ("layers.2 (Dropout, rate 0.3)", "(None, 8)", 0),
+                                 ("layers.3 (Dense)", "(None, 3)", 8 * 3 + 3)]
+    assert model.count_params() == 40 + 16 + 27

@@ -8,11 +8,14 @@ A safetensors file (https://github.com/huggingface/safetensors) is::
 
 The header maps each tensor's name to ``{"dtype", "shape", "data_offsets": [begin, end]}``
 (offsets into the buffer) and may hold ``"__metadata__"``, a map of strings to strings.
-fastmlp writes one tensor pair per layer, ``layers.{k}.weight`` of shape
-``(n_in, pieces * n_out)`` (the model computes ``x @ W + b``) and ``layers.{k}.bias``, and
-the metadata ``architecture`` (the layers as JSON, as in the ``.fmlp`` header), ``loss``,
-``dtype``, ``seed`` and ``optimizer`` (class, hyperparameters and step count, as JSON),
-``format_version`` and ``fastmlp_version``.  It is a weights file: the optimizer's state
+fastmlp writes one tensor pair per layer that has parameters, ``k`` being the layer's
+position among all layers: ``layers.{k}.weight`` of shape ``(n_in, pieces * n_out)`` (the
+model computes ``x @ W + b``) and ``layers.{k}.bias``; for a layer norm its gain
+``layers.{k}.weight`` and bias ``layers.{k}.bias``, both ``(n,)`` (PyTorch's names); none
+for a dropout layer.  The metadata holds ``architecture`` (the layers as JSON, as in the
+``.fmlp`` header), ``loss``, ``dtype``, ``seed``, ``dropout_seed`` (with dropout layers),
+``optimizer`` (class, hyperparameters and step count, as JSON), ``format_version`` and
+``fastmlp_version``.  It is a weights file: the optimizer's state
 and the random stream are not kept, so a model read back trains on with a fresh optimizer
 of the same class and hyperparameters (use :meth:`Sequential.save
 <fastmlp.Sequential.save>` to continue a run exactly).
@@ -34,6 +37,7 @@ from collections import namedtuple
 import numpy as np
 
 from fastmlp import atomicfile, io
+from fastmlp.layers import Dropout
 
 #: The format's limit on the header (the safetensors package refuses larger ones too).
 MAX_HEADER_BYTES = 100_000_000
@@ -74,7 +78,7 @@ def metadata(model):
     def dumps(value):
         return json.dumps(value, allow_nan=False, separators=(",", ":"), sort_keys=True)
 
-    return {
+    meta = {
         "format_version": str(FORMAT_VERSION),
         "fastmlp_version": __version__,
         "architecture": dumps(io.layer_entries(model)),
@@ -83,15 +87,19 @@ def metadata(model):
         "seed": dumps(None if model.seed is None else int(model.seed)),
         "optimizer": dumps(io.optimizer_entry(model.optimizer)),
     }
+    if any(isinstance(layer, Dropout) for layer in model.layers):
+        meta["dropout_seed"] = dumps(int(model.dropout_seed))
+    return meta
 
 
 def encode(model):
     """The file's chunks: length, header, then each layer's weight and bias."""
     dtype_name = DTYPE_NAMES[model.dtype.name]
-    weights = model.get_weights()
     header, data, offset = {"__metadata__": metadata(model)}, [], 0
-    for k in range(len(model.layers)):
-        for suffix, arr in (("weight", weights[2 * k]), ("bias", weights[2 * k + 1])):
+    for k, layer in enumerate(model.layers):
+        if not layer.has_parameters:
+            continue
+        for suffix, arr in (("weight", layer.W), ("bias", layer.b)):
             if not np.isfinite(arr).all():
                 raise ValueError(f"cannot export: layer {k}'s {suffix} contains NaN or Inf")
             arr = np.ascontiguousarray(arr, dtype=DTYPES[dtype_name])
@@ -292,8 +300,20 @@ def model_spec(path, contents):
     opt_class, hyper = io.SGD, {}
     if "optimizer" in meta:
         opt_class, hyper, _ = check_optimizer_metadata(check, meta["optimizer"])
+    dropout_seed = None
+    if any(kind == "dropout" for kind, *_ in layers):
+        if "dropout_seed" not in meta:
+            check.fail("metadata dropout_seed is missing: the architecture has a dropout layer")
+        dropout_seed = _json(check, meta["dropout_seed"], "metadata dropout_seed")
+        check.int(dropout_seed, "metadata dropout_seed", 0, (1 << 63) - 1)
     expected = {}
-    for k, (_, n_in, n_out, pieces, _, _) in enumerate(layers):
+    for k, (kind, n_in, n_out, pieces, _, _) in enumerate(layers):
+        if kind == "dropout":
+            continue
+        if kind == "layer_norm":
+            expected[f"layers.{k}.weight"] = (n_out,)
+            expected[f"layers.{k}.bias"] = (n_out,)
+            continue
         expected[f"layers.{k}.weight"] = (n_in, pieces * n_out)
         expected[f"layers.{k}.bias"] = (pieces * n_out,)
     if set(tensors) != set(expected):
@@ -311,5 +331,5 @@ def model_spec(path, contents):
         if not np.isfinite(arr).all():
             check.fail(f"tensor {name} contains NaN or Inf")
         weights.append(arr)
-    spec = io.ModelSpec(layers, loss, dtype, seed, opt_class, hyper)
+    spec = io.ModelSpec(layers, loss, dtype, seed, opt_class, hyper, dropout_seed)
     return spec, weights

@@ -930,6 +930,8 @@ def model_from_spec(path, spec):
                            seed=spec.seed, dtype=np.dtype(spec.dtype))
     except (TypeError, ValueError) as exc:
         raise io.FormatError(f"{path}: the file describes an invalid model: {exc}") from None
+    if spec.dropout_seed is not None:  # the masks go on as the file's model drew them
+        model.dropout_seed = spec.dropout_seed
     return model
 
 

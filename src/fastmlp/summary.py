@@ -17,16 +17,18 @@ def readable_size(n_bytes):
 
 def layer_rows(model):
     """``(name, output shape, parameter count)`` of each layer, as the table shows them."""
-    rows, spans = [], model.parameter_spans()
+    rows = []
     for k, layer in enumerate(model.layers):
         kind = type(layer).__name__
         if kind == "Maxout":
             detail = f"{kind}, {layer.pieces} pieces"
-        elif layer.activation != "identity":
-            detail = f"{kind}, {layer.activation}"
-        else:
+        elif kind == "Dropout":
+            detail = f"{kind}, rate {layer.rate:g}"
+        elif kind == "LayerNorm" or layer.activation == "identity":
             detail = kind
-        n_params = spans[2 * k][1] + spans[2 * k + 1][1]
+        else:
+            detail = f"{kind}, {layer.activation}"
+        n_params = layer.W.size + layer.b.size if layer.has_parameters else 0
         rows.append((f"layers.{k} ({detail})", f"(None, {layer.n_out})", n_params))
     return rows
 
