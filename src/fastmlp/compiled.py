@@ -14,6 +14,7 @@ from fastmlp.kernels.checks import count_nonfinite
 N_IN, N_OUT, PIECES, W_OFFSET, B_OFFSET = (network.N_IN, network.N_OUT, network.PIECES,
                                            network.W_OFFSET, network.B_OFFSET)
 ACT_OFFSET, Z_OFFSET, WINNER_OFFSET = network.ACT_OFFSET, network.Z_OFFSET, network.WINNER_OFFSET
+PRE_ACT_OFFSET, ACTIVATION = network.PRE_ACT_OFFSET, network.ACTIVATION
 RAW, SOFTMAX, SIGMOID, THRESHOLD, ARGMAX = (network.RAW, network.SOFTMAX, network.SIGMOID,
                                             network.THRESHOLD, network.ARGMAX)
 NetBuffers = network.NetBuffers
@@ -26,13 +27,14 @@ __all__ = ["count_nonfinite", "train_epoch", "compute_gradients", "optimizer_upd
 
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, x_batch,
                 label_batch, target_batch, weight_batch, opt_kind, opt_state, hyper, n_weights,
-                step_count, first, stop, batch_losses, batch_correct, n_threads):
+                clip, step_count, first, stop, batch_losses, batch_correct, batch_grad_norms,
+                n_threads):
     """Steps ``first .. stop - 1`` of an epoch, compiled; returns the index of the first step
     not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
     return network.train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                                x_batch, label_batch, target_batch, weight_batch, opt_kind,
-                               opt_state, hyper, n_weights, step_count, first, stop,
-                               batch_losses, batch_correct, n_threads)
+                               opt_state, hyper, n_weights, clip, step_count, first, stop,
+                               batch_losses, batch_correct, batch_grad_norms, n_threads)
 
 
 def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
@@ -40,9 +42,12 @@ def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads
     return network.compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads)
 
 
-def optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, n_threads):
-    """One in-place optimizer update of ``params`` and ``state`` from ``grads``."""
-    network.optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, n_threads)
+def optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, clip, n_threads):
+    """One in-place optimizer update of ``params`` and ``state`` from ``grads`` (clipped in
+    place first when ``clip`` is not None); returns the gradient norm before clipping (0.0
+    without ``clip``)."""
+    return network.optimizer_update(kind, params, grads, state, hyper, n_weights, step_count,
+                                    clip, n_threads)
 
 
 def count_correct_cached(net, loss_code, labels, targets):

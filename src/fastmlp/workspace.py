@@ -7,7 +7,9 @@ batch smaller than the capacity uses contiguous views of the same arrays.
 import numpy as np
 
 from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
-from fastmlp.compiled import ACT_OFFSET, BLOCK_ALIGN, N_OUT, PIECES, WINNER_OFFSET, Z_OFFSET, NetBuffers
+from fastmlp.compiled import (ACT_OFFSET, ACTIVATION, BLOCK_ALIGN, N_OUT, PIECES, PRE_ACT_OFFSET, WINNER_OFFSET,
+                              Z_OFFSET, NetBuffers)
+from fastmlp.kernels.activations import FIRST_SMOOTH
 
 
 def layer_table(layers, dtype):
@@ -68,21 +70,27 @@ class Workspace:
         Width of the target rows (binary cross-entropy, MSE), or 0 for class labels.
     training : bool
         Also allocate the gradient vector and the minibatch gather buffers.
+    loss_params : ndarray of float64, shape (n_loss_params,), or None
+        The loss's parameters as the kernels read them (``Loss.kernel_params()``); None for
+        a loss that has none.
     """
 
-    def __init__(self, arch, act_params, params, capacity, n_targets, training):
+    def __init__(self, arch, act_params, params, capacity, n_targets, training, loss_params=None):
         dtype = params.dtype
         self._parallel_work = has_parallel_work(arch, capacity)
         n_out = arch[:, N_OUT]
         is_maxout = arch[:, PIECES] > 1
         n_in = int(arch[0, 0])
         self.capacity = capacity
-        offsets = np.zeros((len(arch), 3), dtype=np.int64)
+        offsets = np.zeros((len(arch), 4), dtype=np.int64)
         offsets[1:, ACT_OFFSET] = capacity * np.cumsum(n_out)[:-1]
         z_widths = np.where(is_maxout, n_out * arch[:, PIECES], 0)
         offsets[1:, Z_OFFSET] = capacity * np.cumsum(z_widths)[:-1]
         winner_widths = np.where(is_maxout, n_out, 0)
         offsets[1:, WINNER_OFFSET] = capacity * np.cumsum(winner_widths)[:-1]
+        is_smooth = (arch[:, PIECES] == 1) & (arch[:, ACTIVATION] >= FIRST_SMOOTH)  # gelu, silu
+        pre_widths = np.where(is_smooth, n_out, 0)
+        offsets[1:, PRE_ACT_OFFSET] = capacity * np.cumsum(pre_widths)[:-1]
         act_size = capacity * int(n_out.sum())
         self.net = NetBuffers(
             arch=arch,
@@ -98,6 +106,11 @@ class Workspace:
                     if is_maxout.any() else None),
             buffer_offsets=offsets,
             row_loss=np.zeros(capacity, dtype=np.float64),  # (capacity,)
+            # [(capacity, n_out_k)] over the gelu/silu layers: their pre-activations, which
+            # their derivative needs; None without any, which keeps their kernels out
+            pre_act=(np.zeros(capacity * int(pre_widths.sum()), dtype=dtype)
+                     if is_smooth.any() else None),
+            loss_params=loss_params,
         )
         gather_rows = capacity if training else 0
         self.x_batch = np.zeros((gather_rows, n_in), dtype=dtype)  # (capacity, n_in)
