@@ -34,12 +34,17 @@ from collections import namedtuple
 import numpy as np
 
 from fastmlp.kernels.activations import ACTIVATIONS
+from fastmlp import losses
 from fastmlp.kernels.losses import LOSSES
 from fastmlp.layers import Dense, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW
 
 MAGIC = b"\x89FML\r\n\x1a\n"  # PNG-style: a non-ASCII byte, and CR LF / ^Z / LF catch text-mode damage
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this fastmlp writes
+#: What it reads.  Version 2 added the optional ``model.loss_params`` and the optional
+#: ``clip_norm``/``clip_value`` optimizer hyperparameters; a version-1 file has neither
+#: and loads with the loss's defaults and no clipping.
+READABLE_VERSIONS = (1, 2)
 PREFIX_BYTES = len(MAGIC) + 8
 CHECKSUM_BYTES = 32  # SHA-256
 
@@ -131,7 +136,33 @@ def _optimizer_entry(opt):
     if OPTIMIZERS.get(name) is not type(opt):
         raise TypeError(f"cannot save optimizer {opt!r}: the file format knows {', '.join(OPTIMIZERS)}")
     hyper = {key: _hyper_to_json(getattr(opt, key)) for key in opt.hyperparameter_names}
+    # Written only when set: a file without them clips nothing (as version 1 files).
+    hyper.update({key: _hyper_to_json(getattr(opt, key)) for key in opt.clip_names
+                  if getattr(opt, key) is not None})
     return {"class": name, "hyperparameters": hyper, "step_count": int(opt.step_count)}
+
+
+def _model_entry(model, dtype_name, seed):
+    entry = {"loss": model.loss, "dtype": dtype_name,
+             "seed": None if seed is None else int(seed),
+             "layers": [_layer_entry(layer) for layer in model.layers]}
+    loss_params = model.loss_object.params()
+    if loss_params:  # optional (version 2): absent means the loss's defaults
+        entry["loss_params"] = {k: float(v) for k, v in loss_params.items()}
+    return entry
+
+
+def _loss_params(check, model):
+    """The ``model.loss_params`` of a checked header, as the loss's full parameter dict."""
+    params = model.get("loss_params", {})
+    check.keys(params, "model loss_params", (), tuple(losses.get(model["loss"]).params()))
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            check.fail(f"model loss_params {name} must be a number, got {_short(value)}")
+    try:
+        return losses.get(model["loss"], params).params()
+    except ValueError as exc:
+        check.fail(f"model loss_params: {exc}")
 
 
 def _hyper_to_json(value):
@@ -177,9 +208,7 @@ def _encode(model, training=None, order=None, extra_tensors=()):
         "format_version": FORMAT_VERSION,
         "fastmlp_version": __version__,
         "checksum": "sha256",
-        "model": {"loss": model.loss, "dtype": dtype_name,
-                  "seed": None if seed is None else int(seed),
-                  "layers": [_layer_entry(layer) for layer in model.layers]},
+        "model": _model_entry(model, dtype_name, seed),
         "optimizer": _optimizer_entry(model.optimizer),
         "rng": model.rng.bit_generator.state,
         "training": training,
@@ -490,8 +519,10 @@ def _check_header(check, header, table):
         check.fail(f"unknown checksum {_short(header['checksum'])}")
     if not isinstance(header["fastmlp_version"], str) or len(header["fastmlp_version"]) > 64:
         check.fail("fastmlp_version must be a short string")
-    model = check.keys(header["model"], "model", ("loss", "dtype", "seed", "layers"))
+    optional = ("loss_params",) if header["format_version"] >= 2 else ()
+    model = check.keys(header["model"], "model", ("loss", "dtype", "seed", "layers"), optional)
     check.choice(model["loss"], "model loss", tuple(LOSSES))
+    _loss_params(check, model)
     dtype = check.choice(model["dtype"], "model dtype", ("float32", "float64"))
     if model["seed"] is not None:
         check.int(model["seed"], "model seed", 0, math.inf)
@@ -499,7 +530,8 @@ def _check_header(check, header, table):
     opt = check.keys(header["optimizer"], "optimizer", ("class", "hyperparameters", "step_count"))
     opt_class = OPTIMIZERS[check.choice(opt["class"], "optimizer class", tuple(OPTIMIZERS))]
     hyper = check.keys(opt["hyperparameters"], "optimizer hyperparameters",
-                       opt_class.hyperparameter_names)
+                       opt_class.hyperparameter_names,
+                       opt_class.clip_names if header["format_version"] >= 2 else ())
     for name, value in hyper.items():
         items = value if isinstance(value, list) and 1 <= len(value) <= 4 else [value]
         if not all(isinstance(v, (int, float)) for v in items):  # bools are ints
@@ -588,9 +620,9 @@ def read(path):
         head, header, json_problem = _read_header(path, f, size)
         if header is not None:
             version = header.get("format_version")
-            if not _is_int(version) or version != FORMAT_VERSION:
+            if not _is_int(version) or version not in READABLE_VERSIONS:
                 check.fail(f"unsupported format version {_short(version)}: this fastmlp reads "
-                           f"version {FORMAT_VERSION}")
+                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
         # ``size`` is the real file size, so this allocates what the file holds, no more.
         rest = f.read(size - len(head))
     if len(rest) != size - len(head):
@@ -634,7 +666,7 @@ def read(path):
 
 #: What :func:`model_spec` returns: enough to build the model a file describes.
 ModelSpec = namedtuple("ModelSpec", ["layers", "loss", "dtype", "seed", "optimizer_class",
-                                     "hyperparameters"])
+                                     "hyperparameters", "loss_params"])
 
 
 def model_spec(path, contents):
@@ -643,13 +675,16 @@ def model_spec(path, contents):
     ``layers`` holds ``(kind, n_in, n_out, pieces, activation, activation_params)`` per
     layer (``kind`` is ``"dense"`` or ``"maxout"``); ``optimizer_class`` is one of
     :data:`OPTIMIZERS` and ``hyperparameters`` its keyword arguments.  The file format
-    knows no model class: :func:`fastmlp.load` builds the ``Sequential``.
+    knows no model class: :func:`fastmlp.load` builds the ``Sequential``.  ``loss_params``
+    is the loss's parameters (its defaults where the file has none, as version 1 files).
     """
     header = contents.header
     model_h, opt_h = header["model"], header["optimizer"]
-    return ModelSpec(_check_layers(_Checker(path), model_h["layers"]), model_h["loss"],
+    check = _Checker(path)
+    return ModelSpec(_check_layers(check, model_h["layers"]), model_h["loss"],
                      model_h["dtype"], model_h["seed"], OPTIMIZERS[opt_h["class"]],
-                     {k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()})
+                     {k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()},
+                     _loss_params(check, model_h))
 
 
 def _apply_state(model, contents):
@@ -661,7 +696,8 @@ def _apply_state(model, contents):
 
 
 def _model_description(model):
-    return {"loss": model.loss, "dtype": model.dtype.name,
+    return {"loss": model.loss, "loss_params": model.loss_object.params(),
+            "dtype": model.dtype.name,
             "layers": [_layer_entry(layer) for layer in model.layers],
             "optimizer": type(model.optimizer).__name__}
 
@@ -684,7 +720,8 @@ def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples, lengths
         raise ValueError(f"{path} is a saved model, not a checkpoint written by fit; "
                          "pass resume=False or another checkpoint path")
     mine = _model_description(model)
-    theirs = dict(header["model"], optimizer=header["optimizer"]["class"])
+    theirs = dict(header["model"], optimizer=header["optimizer"]["class"],
+                  loss_params=_loss_params(_Checker(path), header["model"]))
     for key, value in mine.items():
         if theirs[key] != value:
             raise ValueError(f"checkpoint {path} belongs to another model: its {key} is "
