@@ -100,7 +100,7 @@ def test_file_layout_is_as_documented(saved):
     header_len = int.from_bytes(data[8:16], "little")
     assert header_len % 8 == 0
     header = json.loads(data[16:16 + header_len])
-    assert header["format_version"] == 1 and header["training"] is None
+    assert header["format_version"] == 2 and header["training"] is None
     assert header["rng"] == model._rng.bit_generator.state
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
     begin, end = header["tensors"]["params"]["offsets"]
@@ -244,7 +244,7 @@ BAD_FILES = [
      "truncated or corrupted"),
     ("header-len-short", lambda d: d[:8] + (100).to_bytes(8, "little") + d[16:], "not valid JSON"),
     ("trailing-bytes", lambda d: d + b"\0" * 8, "trailing bytes"),
-    ("version-2", _crafted(_set(["format_version"], 2)), "unsupported format version 2"),
+    ("version-3", _crafted(_set(["format_version"], 3)), "unsupported format version 3"),
     ("version-0", _crafted(_set(["format_version"], 0)), "unsupported format version 0"),
     ("version-string", _crafted(_set(["format_version"], "1")), "unsupported format version '1'"),
     ("version-bool", _crafted(_set(["format_version"], True)), "unsupported format version True"),

@@ -102,6 +102,7 @@ def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validat
         raise ValueError("sample_weight and class_weight give every training row the weight 0: "
                          "nothing would be learned")
     callbacks, stateful = check_callbacks(callbacks)
+    model.optimizer.clip_vector()  # clip_norm/clip_value changed since construction: checked now
     plan = FitPlan(epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle),
                    fresh_order=bool(fresh_order), verbose=verbose,
                    train=train, validation=validation, validation_split=float(validation_split),
