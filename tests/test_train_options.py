@@ -442,6 +442,7 @@ def test_cli_bad_values_get_one_line(tmp_path, capsys, flags, message):
 
 # --- scikit-learn --------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter is tiny
 def test_sklearn_regressor_losses_and_clip_norm(rng):
     from sklearn.base import clone
     from fastmlp.sklearn import MLPClassifier, MLPRegressor
@@ -467,6 +468,7 @@ def test_sklearn_regressor_losses_and_clip_norm(rng):
     (dict(clip_norm=float("nan")), "clip_norm"), (dict(loss="hinge"), "loss must be one of"),
     (dict(loss=SoftmaxCrossEntropy()), "loss must be one of"),
 ])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sklearn_bad_values_before_anything_changes(rng, params, message):
     from fastmlp.sklearn import MLPRegressor
     X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
