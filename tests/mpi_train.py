@@ -101,9 +101,9 @@ def reference(model, parts, batch_size, epochs, weights=None, validation=None):
     accuracy counts the rows ``model.predict`` gets right just before their step.
     """
     n_steps = max(-(-X.shape[0] // batch_size) for X, _ in parts)
-    out = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    out = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "grad_norm": []}
     for _ in range(epochs):
-        weighted, rows, correct = 0.0, 0, 0
+        weighted, rows, correct, norms = 0.0, 0, 0, []
         for k in range(n_steps):
             sl = slice(k * batch_size, (k + 1) * batch_size)
             Xc = np.concatenate([X[sl] for X, _ in parts])
@@ -113,7 +113,11 @@ def reference(model, parts, batch_size, epochs, weights=None, validation=None):
                 correct += int((model.predict(Xc) == yc).sum())
             weighted += model.compute_gradients(Xc, yc, sample_weight=wc) * Xc.shape[0]
             rows += Xc.shape[0]
-            model.apply_gradients()
+            norm = model.apply_gradients()  # clips first, when the optimizer does
+            if norm is not None:
+                norms.append(norm)
+        if norms:
+            out["grad_norm"].append(float(np.mean(norms)))
         out["loss"].append(weighted / rows)
         out["accuracy"].append(correct / rows)
         if validation is not None:
@@ -179,6 +183,28 @@ elif mode == "uneven":
     model = make_model(seed=rank, loss="mse", n_out=2)
     history = fit_distributed(model, X, y, comm, epochs=2, batch_size=3, shuffle=False)
     check_against_reference(result, "uneven", model, history, parts, "mse", 2, 3, 2)
+
+    # Clipping acts on the all-reduced gradient: every step must equal one process's step
+    # that clips the gradient of the concatenated batch (clipping each rank's share before
+    # the reduction would not).  gelu and Huber ride along.
+    def clipped_model(seed):
+        return Sequential([Dense(N_FEATURES, 7, activation="gelu"), Dense(7, 2)],
+                          loss=fastmlp.Huber(delta=0.5),
+                          optimizer=SGD(lr=0.2, momentum=0.9, clip_norm=0.05), seed=seed,
+                          dtype=np.float64)
+
+    model = clipped_model(rank)
+    history = fit_distributed(model, X, y, comm, epochs=2, batch_size=3, shuffle=False)
+    everyone, steps = gathered_params(model)
+    if rank == 0:
+        ref = clipped_model(0)
+        ref_metrics = reference(ref, parts, 3, 2)
+        result["clipped"] = {
+            "identical": all(np.array_equal(p, everyone[0]) for p in everyone),
+            "max_abs_diff": float(np.abs(everyone[0] - ref.params).max()),
+            "loss_diff": float(np.abs(np.array(history["loss"]) - ref_metrics["loss"]).max()),
+            "grad_norm": [history["grad_norm"], ref_metrics["grad_norm"]],
+        }
 elif mode == "bad":
     X, y = shards([6] * size)[rank]
     # Refusals decided from allgathered values: caught on every rank, the job goes on.

@@ -21,7 +21,16 @@ def activation(z, name, param=None):
         return np.where(z > 0, z, param * z)
     if name == "elu":
         return np.where(z > 0, z, param * (np.exp(z) - 1.0))
+    if name == "gelu":
+        return z * normal_cdf(z)
+    if name == "silu":
+        return z / (1.0 + np.exp(-z))
     raise ValueError(name)
+
+
+def normal_cdf(z):
+    from scipy.special import ndtr
+    return ndtr(z)
 
 
 def activation_derivative(z, name, param=None):
@@ -38,6 +47,11 @@ def activation_derivative(z, name, param=None):
         return np.where(z > 0, 1.0, param)
     if name == "elu":
         return np.where(z > 0, 1.0, param * np.exp(z))
+    if name == "gelu":
+        return normal_cdf(z) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+    if name == "silu":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return s * (1.0 + z * (1.0 - s))
     raise ValueError(name)
 
 
@@ -107,11 +121,38 @@ def mse(s, t):
     return (d ** 2).mean(), 2.0 * d / d.size
 
 
+def smoothed_cross_entropy(s, y, smoothing):
+    """PyTorch's CrossEntropyLoss(label_smoothing=): cross-entropy against the target
+    distribution ``(1 - e) one_hot(y) + e / C``."""
+    s = s.astype(float)
+    n, c = s.shape
+    shifted = s - s.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    target = np.full((n, c), smoothing / c)
+    target[np.arange(n), y] += 1.0 - smoothing
+    loss = -(target * log_p).sum() / n
+    return loss, (np.exp(log_p) - target) / n
+
+
+def huber(s, t, delta=1.0):
+    d = s.astype(float) - t.astype(float)
+    quadratic = np.abs(d) <= delta
+    loss = np.where(quadratic, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+    return loss.mean(), np.clip(d, -delta, delta) / d.size
+
+
+def l1(s, t):
+    d = s.astype(float) - t.astype(float)
+    return np.abs(d).mean(), np.sign(d) / d.size
+
+
 LOSSES = {
     "softmax_cross_entropy": softmax_cross_entropy,
     "multiclass_hinge": multiclass_hinge,
     "binary_cross_entropy": binary_cross_entropy,
     "mse": mse,
+    "huber": huber,
+    "l1": l1,
 }
 
 
@@ -276,3 +317,15 @@ def layer_norm_backward(x, gain, bias, eps, upstream):
         jac = rstd[i] * (np.eye(n) - 1.0 / n - np.outer(xhat[i], xhat[i]) / n)
         dx[i] = (upstream[i] * gain) @ jac
     return (upstream * xhat).sum(axis=0), upstream.sum(axis=0), dx
+def clip_gradients(grads, max_norm=None, max_value=None):
+    """torch.nn.utils.clip_grad_norm_ then clip_grad_value_ on one flat vector; returns the
+    clipped copy and the norm before clipping."""
+    g = grads.astype(float).copy()
+    norm = float(np.sqrt((g * g).sum()))
+    if max_norm is not None:
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1:
+            g *= coef
+    if max_value is not None:
+        g = np.clip(g, -max_value, max_value)
+    return g, norm

@@ -137,6 +137,13 @@ def test_uneven_shards_weight_rows(n, tmp_path):
     assert un["max_abs_diff"] <= TOL, un
     assert un["loss_diff"] <= TOL, un
     assert un["accuracy"][0] is None  # mse: no accuracy in the History
+    clipped = result["clipped"]
+    assert clipped["identical"], clipped
+    assert clipped["max_abs_diff"] <= TOL and clipped["loss_diff"] <= TOL, clipped
+    got, want = clipped["grad_norm"]
+    # Means of norms of order 1 of the same float64 gradients summed in other orders.
+    assert len(got) == 2 and max(abs(a - b) for a, b in zip(got, want)) <= TOL * max(want), clipped
+    assert max(want) > 0.05  # the norms exceed clip_norm: the clipping acted
 
 
 @needs_mpi

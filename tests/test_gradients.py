@@ -9,6 +9,9 @@ import reference as ref
 from conftest import ACTIVATIONS
 from fastmlp import Dense, Maxout, Sequential
 from fastmlp.kernels import activations, dense, losses
+from fastmlp.losses import get as get_loss
+
+LABEL_LOSSES = ("softmax_cross_entropy", "multiclass_hinge")
 
 EPS = 1e-6
 #: Central differences in float64 with step EPS: truncation |f'''| EPS^2 / 6 ~ 1e-13 for the
@@ -93,18 +96,20 @@ def test_loss_gradients_against_finite_differences(rng, loss):
     targets = rng.integers(0, 2, size=(6, 4)).astype(float) if loss == "binary_cross_entropy" \
         else rng.normal(size=(6, 4))
     code = losses.LOSSES[loss]
+    params = get_loss(loss).kernel_params()
     row_loss = np.empty(6)
     grad = np.empty_like(scores)
 
     def value():
-        return losses.loss_and_grad(code, scores, labels, targets, np.empty_like(scores), row_loss, 1)
+        return losses.loss_and_grad(code, scores, labels, targets, np.empty_like(scores), row_loss, 1,
+                                    params)
 
-    losses.loss_and_grad(code, scores, labels, targets, grad, row_loss, 1)
+    losses.loss_and_grad(code, scores, labels, targets, grad, row_loss, 1, params)
     assert relative_error(grad, numeric_gradient(value, scores)) < FD_RELATIVE_ERROR
 
 
 def _model(hidden, loss, seed=0):
-    n_out = 1 if loss in ("binary_cross_entropy", "mse") else 3
+    n_out = 1 if loss not in LABEL_LOSSES else 3
     model = Sequential([*hidden, Dense(hidden[-1].n_out if hidden else 4, n_out)], loss=loss,
                        dtype=np.float64, seed=seed)
     # Zero biases would put a ReLU row whose inputs are all dead exactly on the next
@@ -156,7 +161,7 @@ def test_backprop_matches_independent_numpy_finite_differences(rng, loss):
     analytic = model.get_gradients()
     layers = [dict(W=layer.W.copy(), b=layer.b.copy(), activation=layer.activation,
                    param=layer.activation_param, pieces=layer.pieces) for layer in model.layers]
-    y_ref = np.asarray(y).reshape(len(X), -1) if loss in ("binary_cross_entropy", "mse") else y
+    y_ref = np.asarray(y).reshape(len(X), -1) if loss not in LABEL_LOSSES else y
     for k, layer in enumerate(layers):
         for j, key in enumerate(("W", "b")):
             numeric = numeric_gradient(lambda: ref.network_loss(layers, X, y_ref, loss), layer[key])
@@ -175,7 +180,7 @@ def test_sample_weighted_backprop_matches_numpy_finite_differences(rng, loss):
     analytic = model.get_gradients()
     layers = [dict(W=layer.W.copy(), b=layer.b.copy(), activation=layer.activation,
                    param=layer.activation_param, pieces=layer.pieces) for layer in model.layers]
-    y_ref = np.asarray(y).reshape(len(X), -1) if loss in ("binary_cross_entropy", "mse") else y
+    y_ref = np.asarray(y).reshape(len(X), -1) if loss not in LABEL_LOSSES else y
 
     def weighted_loss():
         return ref.weighted_loss(loss, ref.network_forward(layers, X)[-1], y_ref, weights)[0]

@@ -11,6 +11,7 @@ from tolerances import (assert_within, dense_backward_bound, dense_layer_bound, 
 from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
 from fastmlp.kernels import activations, blas, dense, losses, optim
 from fastmlp.kernels.checks import count_nonfinite, count_not_binary, first_label_out_of_range
+from fastmlp.losses import get as get_loss
 
 # Big enough that the prange drivers, not the serial paths, run with 2 threads.
 PARALLEL_SHAPE = (300, 40, PARALLEL_MIN_ELEMENTS // 300 + 7)
@@ -161,7 +162,8 @@ def test_loss_and_grad_match_reference(rng, dtype, loss, batch, n_out, n_threads
     scores, labels, targets, (want_loss, want_grad) = _loss_inputs(rng, loss, batch, n_out, dtype)
     grad = np.full_like(scores, np.nan)
     row_loss = np.full(batch, np.nan)
-    got = losses.loss_and_grad(losses.LOSSES[loss], scores, labels, targets, grad, row_loss, n_threads)
+    got = losses.loss_and_grad(losses.LOSSES[loss], scores, labels, targets, grad, row_loss, n_threads,
+                               get_loss(loss).kernel_params())
     _assert_loss_within(loss, scores, labels, targets, got, grad, want_loss, want_grad, row_loss, dtype)
 
 
@@ -182,7 +184,7 @@ def test_losses_stay_finite_on_huge_scores(loss, dtype):
     targets = np.array([[0, 1, 1], [1, 0, 0]], dtype=dtype)
     grad = np.empty_like(scores)
     row_loss = np.empty(2)
-    value = losses.loss_and_grad(losses.LOSSES[loss], scores, labels, targets, grad, row_loss, 1)
+    value = losses.loss_and_grad(losses.LOSSES[loss], scores, labels, targets, grad, row_loss, 1, None)
     assert np.isfinite(value) and np.isfinite(grad).all()
     want_loss, want_grad = ref.LOSSES[loss](scores, labels if loss.startswith("softmax") else targets)
     _assert_loss_within(loss, scores, labels, targets, value, grad, want_loss, want_grad, row_loss, dtype)
@@ -290,7 +292,7 @@ def test_elementwise_parallel_kernels_are_bitwise_independent_of_the_split(rng, 
         dense.column_sum(delta, sums, n_threads)
         grad = np.empty_like(z)
         loss = losses.loss_and_grad(losses.SOFTMAX_CROSS_ENTROPY, z, labels, z[:0], grad,
-                                    np.empty(rows), n_threads)
+                                    np.empty(rows), n_threads, None)
         params, velocity = z.ravel().copy(), np.zeros(z.size, dtype)
         optim.sgd_update(params, delta.ravel(), velocity, z.size // 2, dtype(0.1), dtype(0.9), True,
                          dtype(0.01), n_threads)

@@ -218,7 +218,7 @@ def test_an_epoch_in_slices_ends_exactly_as_one_whole(monkeypatch, capsys, bar):
     real = network.train_epoch
 
     def spy(*args):
-        calls.append((args[-5], args[-4]))  # first_batch, stop_batch
+        calls.append((args[-6], args[-5]))  # first_batch, stop_batch
         return real(*args)
 
     monkeypatch.setattr(network, "train_epoch", spy)

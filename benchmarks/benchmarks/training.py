@@ -149,6 +149,32 @@ class FitOptions:
         self.sink.truncate()
 
 
+class TrainOptions:
+    """One epoch of ``fit`` with gelu or silu hidden layers, a loss with parameters, or
+    gradient clipping, against the same network plain (relu, softmax cross-entropy, SGD):
+    what each costs per step."""
+
+    params = (["64-128-10/b32"], ["plain", "gelu", "silu", "label smoothing", "clip_norm"], [1])
+    param_names = ["network", "option", "threads"]
+
+    def setup(self, name, option, threads):
+        from fastmlp import SGD, Dense, Sequential, SoftmaxCrossEntropy
+
+        use_threads(threads)
+        base, self.X, self.y, self.batch = network(name, n_batches=64)
+        widths = [(layer.n_in, layer.n_out) for layer in base.layers]
+        activation = option if option in ("gelu", "silu") else "relu"
+        layers = [Dense(a, b, activation=activation) for a, b in widths[:-1]]
+        layers.append(Dense(*widths[-1]))
+        loss = SoftmaxCrossEntropy(label_smoothing=0.1 if option == "label smoothing" else 0.0)
+        optimizer = SGD(lr=0.01, clip_norm=1.0 if option == "clip_norm" else None)
+        self.model = Sequential(layers, loss=loss, optimizer=optimizer, seed=0, dtype=base.dtype)
+        self.time_epoch(name, option, threads)
+
+    def time_epoch(self, *params):
+        self.model.fit(self.X, self.y, epochs=1, batch_size=self.batch, shuffle=False, verbose=0)
+
+
 class Predict:
     """``predict`` (class labels) on 4096 rows."""
 

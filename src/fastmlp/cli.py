@@ -50,7 +50,15 @@ def build_parser():
                        help="a Dropout(RATE) after each hidden layer (after its layer norm), "
                             "RATE in [0, 1) (default: 0, none)")
     train.add_argument("--loss", default="softmax_cross_entropy", choices=list(LOSSES),
-                       help="loss (default: softmax_cross_entropy)")
+                       help="loss (default: softmax_cross_entropy); huber and l1 are robust "
+                            "regression losses")
+    train.add_argument("--label-smoothing", type=float, default=None, metavar="E",
+                       help="softmax_cross_entropy's label smoothing, in [0, 1) (default: 0)")
+    train.add_argument("--huber-delta", type=float, default=None, metavar="DELTA",
+                       help="where huber turns from quadratic to linear, > 0 (default: 1)")
+    train.add_argument("--clip-norm", type=float, default=None, metavar="MAX_NORM",
+                       help="clip the gradient's global L2 norm to MAX_NORM before each update "
+                            "(default: no clipping)")
     train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
                        help="optimizer (default: sgd)")
     train.add_argument("--lr", type=float, default=None,
@@ -196,6 +204,26 @@ def _mpi_world():
     return MPI.COMM_WORLD
 
 
+def _loss(args):
+    """The loss object ``--loss`` and its parameter flags describe."""
+    from fastmlp import losses
+
+    if args.label_smoothing is not None and args.loss != "softmax_cross_entropy":
+        raise CommandError(f"--label-smoothing goes with --loss softmax_cross_entropy, not {args.loss}")
+    if args.huber_delta is not None and args.loss != "huber":
+        raise CommandError(f"--huber-delta goes with --loss huber, not {args.loss}")
+    params = {}
+    if args.label_smoothing is not None:
+        params["label_smoothing"] = args.label_smoothing
+    if args.huber_delta is not None:
+        params["delta"] = args.huber_delta
+    try:
+        return losses.get(args.loss, params)
+    except ValueError as exc:
+        flag = "--label-smoothing" if "label_smoothing" in params else "--huber-delta"
+        raise CommandError(f"{flag}: {exc}") from None
+
+
 def _train(args):
     import numpy as np
 
@@ -205,6 +233,7 @@ def _train(args):
         Dropout(args.dropout)  # refused before any data is read
     except ValueError as exc:
         raise CommandError(f"--dropout: {exc}") from None
+    loss = _loss(args)  # the flags are checked before the data is read
     X, y = _load(args.data, args.label)
     comm = _mpi_world() if args.mpi else None
     rank = comm.Get_rank() if comm is not None else 0
@@ -231,11 +260,17 @@ def _train(args):
         if args.dropout > 0:
             layers.append(Dropout(args.dropout))
     layers.append(Dense(widths[-1], n_out))
-    if args.optimizer == "sgd":
-        optimizer = SGD(lr=0.01 if args.lr is None else args.lr, momentum=args.momentum)
-    else:
-        optimizer = (Adam if args.optimizer == "adam" else AdamW)(lr=0.001 if args.lr is None else args.lr)
-    model = Sequential(layers, loss=args.loss, optimizer=optimizer, seed=args.seed,
+    try:
+        if args.optimizer == "sgd":
+            optimizer = SGD(lr=0.01 if args.lr is None else args.lr, momentum=args.momentum,
+                            clip_norm=args.clip_norm)
+        else:
+            optimizer = (Adam if args.optimizer == "adam" else AdamW)(
+                lr=0.001 if args.lr is None else args.lr, clip_norm=args.clip_norm)
+    except ValueError as exc:
+        raise CommandError(f"--clip-norm: {exc}" if args.clip_norm is not None
+                           and "clip_norm" in str(exc) else str(exc)) from None
+    model = Sequential(layers, loss=loss, optimizer=optimizer, seed=args.seed,
                        dtype=getattr(np, args.dtype))
     validation = None
     if args.val_split > 0:

@@ -19,6 +19,7 @@ ACTIVATION, KIND, THRESHOLD = network.ACTIVATION, network.KIND, network.THRESHOL
 DENSE, DROPOUT, LAYER_NORM = network.DENSE, network.DROPOUT, network.LAYER_NORM
 KEY_SEED, KEY_STEP, KEY_STREAM, KEY_ACTIVE = (network.KEY_SEED, network.KEY_STEP,
                                               network.KEY_STREAM, network.KEY_ACTIVE)
+PRE_ACT_OFFSET, ACTIVATION = network.PRE_ACT_OFFSET, network.ACTIVATION
 RAW, SOFTMAX, SIGMOID, THRESHOLD, ARGMAX = (network.RAW, network.SOFTMAX, network.SIGMOID,
                                             network.THRESHOLD, network.ARGMAX)
 NetBuffers = network.NetBuffers
@@ -31,13 +32,15 @@ __all__ = ["count_nonfinite", "train_epoch", "compute_gradients", "optimizer_upd
 
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, x_batch,
                 label_batch, target_batch, weight_batch, opt_kind, opt_state, hyper, n_weights,
-                step_count, first, stop, batch_losses, batch_correct, n_threads):
+                clip, step_count, first, stop, batch_losses, batch_correct, batch_grad_norms,
+                n_threads):
     """Steps ``first .. stop - 1`` of an epoch, compiled; returns the index of the first step
     not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
     return network.train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                                x_batch, label_batch, target_batch, weight_batch, opt_kind,
-                               opt_state, hyper, n_weights, step_count, net.dropout_key,
-                               first, stop, batch_losses, batch_correct, n_threads)
+                               opt_state, hyper, n_weights, clip, step_count, net.dropout_key,
+                               first, stop, batch_losses, batch_correct, batch_grad_norms,
+                               n_threads)
 
 
 def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
@@ -45,9 +48,12 @@ def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads
     return network.compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads)
 
 
-def optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, n_threads):
-    """One in-place optimizer update of ``params`` and ``state`` from ``grads``."""
-    network.optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, n_threads)
+def optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, clip, n_threads):
+    """One in-place optimizer update of ``params`` and ``state`` from ``grads`` (clipped in
+    place first when ``clip`` is not None); returns the gradient norm before clipping (0.0
+    without ``clip``)."""
+    return network.optimizer_update(kind, params, grads, state, hyper, n_weights, step_count,
+                                    clip, n_threads)
 
 
 def count_correct_cached(net, loss_code, labels, targets):

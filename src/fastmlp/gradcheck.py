@@ -37,7 +37,7 @@ def gradcheck(model, X, y, eps=1e-6, max_elements=None, seed=0):
         gradients agree; per element, rounding in the differences alone reaches ~1e-6 for
         entries 1e4 times smaller than the loss, hence one scale per array.
     """
-    twin = Sequential([layer.unbuilt_copy() for layer in model.layers], loss=model.loss,
+    twin = Sequential([layer.unbuilt_copy() for layer in model.layers], loss=model.loss_object,
                       dtype=np.float64, seed=0)
     twin.set_weights(model.get_weights())
     # Dropout masks are a function of (seed, step, stream, layer, row, unit): with the

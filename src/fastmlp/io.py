@@ -33,14 +33,17 @@ import numpy as np
 
 from fastmlp import atomicfile
 from fastmlp.kernels.activations import ACTIVATIONS
+from fastmlp import losses
 from fastmlp.kernels.losses import LOSSES
 from fastmlp.layers import Dense, Dropout, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW
 
 MAGIC = b"\x89FML\r\n\x1a\n"  # PNG-style: a non-ASCII byte, and CR LF / ^Z / LF catch text-mode damage
-FORMAT_VERSION = 2
-#: Versions :func:`read` accepts.  Version 2 added the ``dropout`` and ``layer_norm`` layer
-#: kinds and the model's optional ``dropout_seed``; a version-1 file is read as before.
+FORMAT_VERSION = 2  # what this fastmlp writes
+#: What it reads.  Version 2 added the ``dropout`` and ``layer_norm`` layer kinds, the
+#: model's optional ``dropout_seed`` and ``loss_params``, and the optional
+#: ``clip_norm``/``clip_value`` optimizer hyperparameters; a version-1 file has none of them
+#: and loads as before (the loss's defaults, no clipping).
 READABLE_VERSIONS = (1, 2)
 PREFIX_BYTES = len(MAGIC) + 8
 CHECKSUM_BYTES = 32  # SHA-256
@@ -109,7 +112,36 @@ def _optimizer_entry(opt):
     if OPTIMIZERS.get(name) is not type(opt):
         raise TypeError(f"cannot save optimizer {opt!r}: the file format knows {', '.join(OPTIMIZERS)}")
     hyper = {key: _hyper_to_json(getattr(opt, key)) for key in opt.hyperparameter_names}
+    # Written only when set: a file without them clips nothing (as version 1 files).
+    hyper.update({key: _hyper_to_json(getattr(opt, key)) for key in opt.clip_names
+                  if getattr(opt, key) is not None})
     return {"class": name, "hyperparameters": hyper, "step_count": int(opt.step_count)}
+
+
+def _model_entry(model, dtype_name, seed):
+    entry = {"loss": model.loss, "dtype": dtype_name,
+             "seed": None if seed is None else int(seed),
+             "layers": [_layer_entry(layer) for layer in model.layers]}
+    loss_params = model.loss_object.params()
+    if loss_params:  # optional (version 2): absent means the loss's defaults
+        entry["loss_params"] = {k: float(v) for k, v in loss_params.items()}
+    if any(type(layer) is Dropout for layer in model.layers):
+        # The masks' key; without a seed it came from the OS and must be kept for a resume.
+        entry["dropout_seed"] = int(model.dropout_seed)
+    return entry
+
+
+def _loss_params(check, model):
+    """The ``model.loss_params`` of a checked header, as the loss's full parameter dict."""
+    params = model.get("loss_params", {})
+    check.keys(params, "model loss_params", (), tuple(losses.get(model["loss"]).params()))
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            check.fail(f"model loss_params {name} must be a number, got {_short(value)}")
+    try:
+        return losses.get(model["loss"], params).params()
+    except ValueError as exc:
+        check.fail(f"model loss_params: {exc}")
 
 
 def _hyper_to_json(value):
@@ -155,7 +187,7 @@ def _encode(model, training=None, order=None, extra_tensors=()):
         "format_version": FORMAT_VERSION,
         "fastmlp_version": __version__,
         "checksum": "sha256",
-        "model": _model_entry(model, seed, dtype_name),
+        "model": _model_entry(model, dtype_name, seed),
         "optimizer": _optimizer_entry(model.optimizer),
         "rng": model.rng.bit_generator.state,
         "training": training,
@@ -168,15 +200,6 @@ def _encode(model, training=None, order=None, extra_tensors=()):
     for chunk in chunks:
         digest.update(chunk)
     return chunks + [digest.digest()]
-
-
-def _model_entry(model, seed, dtype_name):
-    entry = {"loss": model.loss, "dtype": dtype_name, "seed": None if seed is None else int(seed),
-             "layers": [_layer_entry(layer) for layer in model.layers]}
-    if any(type(layer) is Dropout for layer in model.layers):
-        # The masks' key; without a seed it came from the OS and must be kept for a resume.
-        entry["dropout_seed"] = int(model.dropout_seed)
-    return entry
 
 
 def check_path(path, what="path"):
@@ -504,9 +527,10 @@ def _check_header(check, header, table):
     if not isinstance(header["fastmlp_version"], str) or len(header["fastmlp_version"]) > 64:
         check.fail("fastmlp_version must be a short string")
     version = header["format_version"]
-    model = check.keys(header["model"], "model", ("loss", "dtype", "seed", "layers"),
-                       ("dropout_seed",) if version >= 2 else ())
+    optional = ("dropout_seed", "loss_params") if version >= 2 else ()
+    model = check.keys(header["model"], "model", ("loss", "dtype", "seed", "layers"), optional)
     check.choice(model["loss"], "model loss", tuple(LOSSES))
+    _loss_params(check, model)
     dtype = check.choice(model["dtype"], "model dtype", ("float32", "float64"))
     if model["seed"] is not None:
         check.int(model["seed"], "model seed", 0, math.inf)
@@ -519,7 +543,8 @@ def _check_header(check, header, table):
     opt = check.keys(header["optimizer"], "optimizer", ("class", "hyperparameters", "step_count"))
     opt_class = OPTIMIZERS[check.choice(opt["class"], "optimizer class", tuple(OPTIMIZERS))]
     hyper = check.keys(opt["hyperparameters"], "optimizer hyperparameters",
-                       opt_class.hyperparameter_names)
+                       opt_class.hyperparameter_names,
+                       opt_class.clip_names if header["format_version"] >= 2 else ())
     for name, value in hyper.items():
         items = value if isinstance(value, list) and 1 <= len(value) <= 4 else [value]
         if not all(isinstance(v, (int, float)) for v in items):  # bools are ints
@@ -655,7 +680,7 @@ def read(path):
 
 #: What :func:`model_spec` returns: enough to build the model a file describes.
 ModelSpec = namedtuple("ModelSpec", ["layers", "loss", "dtype", "seed", "optimizer_class",
-                                     "hyperparameters", "dropout_seed"])
+                                     "hyperparameters", "dropout_seed", "loss_params"])
 
 
 def model_spec(path, contents):
@@ -666,14 +691,16 @@ def model_spec(path, contents):
     its parameters and no sizes, or ``"layer_norm"`` with ``{"eps": e}``);
     ``dropout_seed`` is the masks' key or None; ``optimizer_class`` is one of
     :data:`OPTIMIZERS` and ``hyperparameters`` its keyword arguments.  The file format
-    knows no model class: :func:`fastmlp.load` builds the ``Sequential``.
+    knows no model class: :func:`fastmlp.load` builds the ``Sequential``.  ``loss_params``
+    is the loss's parameters (its defaults where the file has none, as version 1 files).
     """
     header = contents.header
     model_h, opt_h = header["model"], header["optimizer"]
-    return ModelSpec(_check_layers(_Checker(path), model_h["layers"], header["format_version"]),
+    check = _Checker(path)
+    return ModelSpec(_check_layers(check, model_h["layers"], header["format_version"]),
                      model_h["loss"], model_h["dtype"], model_h["seed"], OPTIMIZERS[opt_h["class"]],
                      {k: _hyper_from_json(v) for k, v in opt_h["hyperparameters"].items()},
-                     model_h.get("dropout_seed"))
+                     model_h.get("dropout_seed"), _loss_params(check, model_h))
 
 
 def _apply_state(model, contents):
@@ -687,7 +714,8 @@ def _apply_state(model, contents):
 
 
 def _model_description(model):
-    return {"loss": model.loss, "dtype": model.dtype.name,
+    return {"loss": model.loss, "loss_params": model.loss_object.params(),
+            "dtype": model.dtype.name,
             "layers": [_layer_entry(layer) for layer in model.layers],
             "optimizer": type(model.optimizer).__name__}
 
@@ -710,7 +738,8 @@ def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples, lengths
         raise ValueError(f"{path} is a saved model, not a checkpoint written by fit; "
                          "pass resume=False or another checkpoint path")
     mine = _model_description(model)
-    theirs = dict(header["model"], optimizer=header["optimizer"]["class"])
+    theirs = dict(header["model"], optimizer=header["optimizer"]["class"],
+                  loss_params=_loss_params(_Checker(path), header["model"]))
     for key, value in mine.items():
         if theirs[key] != value:
             raise ValueError(f"checkpoint {path} belongs to another model: its {key} is "
@@ -819,6 +848,13 @@ def check_layers(path, layers):
 def hyperparameters_from_json(hyperparameters):
     """The optimizer's constructor arguments from its header entry's ``hyperparameters``."""
     return {key: _hyper_from_json(value) for key, value in hyperparameters.items()}
+
+
+def check_loss_params(check, model_entry):
+    """The loss's full parameter dict from ``model_entry`` (``{"loss": name}`` and an
+    optional ``"loss_params"``), checked as :func:`read` checks a header's; ``check`` is a
+    :class:`Checker`."""
+    return _loss_params(check, model_entry)
 
 
 #: Field checks that name the file and the offending field in their FormatError.

@@ -19,18 +19,73 @@ def _cast_checked(values, dtype, names):
     return cast
 
 
+def _check_clip(value, name):
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be None or a positive finite number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be None or a positive finite number, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be None or a positive finite number, got {value!r}")
+    return number
+
+
 class Optimizer:
     """Base class.  Subclasses define ``kind`` (the kernel code), ``n_slots`` (state buffers
-    per parameter) and ``hyperparameters()`` (the float vector the kernel reads)."""
+    per parameter) and ``hyperparameters()`` (the float vector the kernel reads).
+
+    Every optimizer clips gradients when asked, before its update sees them (and after the
+    all-reduce under MPI), as PyTorch's utilities do:
+
+    ``clip_norm`` : float or None
+        The whole network's gradient, one global L2 norm over all parameters, is scaled by
+        ``clip_norm / (norm + 1e-6)`` when that is below 1 (``torch.nn.utils.clip_grad_norm_``);
+        the norm is summed in float64.
+    ``clip_value`` : float or None
+        Every gradient element is clamped to ``[-clip_value, clip_value]``
+        (``torch.nn.utils.clip_grad_value_``), after the norm clipping when both are set.
+
+    With either set, ``fit``'s :class:`~fastmlp.History` records ``"grad_norm"``, the mean
+    over the epoch's steps of the norm before clipping.
+    """
 
     kind = -1
     n_slots = 0
     hyperparameter_names = ()
+    clip_names = ("clip_norm", "clip_value")
 
-    def __init__(self):
+    def __init__(self, clip_norm=None, clip_value=None):
         self.state = None  # (n_slots, n_params) buffers, created by bind()
         self.step_count = 0  # updates applied so far
         self._owner = None
+        self.clip_norm, self.clip_value = clip_norm, clip_value
+        self._checked_clip()
+
+    def _checked_clip(self):
+        return _check_clip(self.clip_norm, "clip_norm"), _check_clip(self.clip_value, "clip_value")
+
+    @property
+    def clips(self):
+        """True when ``clip_norm`` or ``clip_value`` is set."""
+        return self.clip_norm is not None or self.clip_value is not None
+
+    def clip_vector(self):
+        """The clipping settings, checked again, as ``optim.optimizer_update`` reads them:
+        float64 ``[clip_norm, clip_value]`` (0 for unset), or None when neither is set."""
+        clip_norm, clip_value = self._checked_clip()
+        if clip_norm is None and clip_value is None:
+            return None
+        values = np.zeros(2)
+        values[optim.CLIP_NORM] = clip_norm or 0.0
+        values[optim.CLIP_VALUE] = clip_value or 0.0
+        return values
+
+    def _clip_repr(self):
+        return "".join(f", {name}={getattr(self, name)!r}" for name in self.clip_names
+                       if getattr(self, name) is not None)
 
     def bind(self, owner, n_params, dtype):
         """Allocate state for a model with ``n_params`` parameters (once per model)."""
@@ -60,14 +115,17 @@ class SGD(Optimizer):
         L2 penalty: ``weight_decay * W`` is added to the gradient of every weight matrix
         (not the biases).  It is part of the update only; the loss that fastmlp reports is
         the data loss.
+    clip_norm, clip_value : float or None, default None
+        Gradient clipping before the update (see :class:`Optimizer`); > 0.
     """
 
     kind = optim.SGD
     n_slots = 1
     hyperparameter_names = ("lr", "momentum", "nesterov", "weight_decay")
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__()
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None,
+                 clip_value=None):
+        super().__init__(clip_norm, clip_value)
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
         self._checked()
 
@@ -94,7 +152,7 @@ class SGD(Optimizer):
 
     def __repr__(self):
         return (f"SGD(lr={self.lr!r}, momentum={self.momentum!r}, nesterov={self.nesterov!r}, "
-                f"weight_decay={self.weight_decay!r})")
+                f"weight_decay={self.weight_decay!r}{self._clip_repr()})")
 
 
 class Adam(Optimizer):
@@ -109,6 +167,8 @@ class Adam(Optimizer):
         Added to the denominator, > 0.
     weight_decay : float, default 0.0
         L2 penalty added to the gradient of every weight matrix (not the biases).
+    clip_norm, clip_value : float or None, default None
+        Gradient clipping before the update (see :class:`Optimizer`); > 0.
     """
 
     kind = optim.ADAM
@@ -116,8 +176,9 @@ class Adam(Optimizer):
     hyperparameter_names = ("lr", "betas", "eps", "weight_decay")
     decoupled = False
 
-    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__()
+    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None,
+                 clip_value=None):
+        super().__init__(clip_norm, clip_value)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self._checked()
 
@@ -148,7 +209,7 @@ class Adam(Optimizer):
 
     def __repr__(self):
         return (f"{type(self).__name__}(lr={self.lr!r}, betas={tuple(self.betas)!r}, eps={self.eps!r}, "
-                f"weight_decay={self.weight_decay!r})")
+                f"weight_decay={self.weight_decay!r}{self._clip_repr()})")
 
 
 class AdamW(Adam):
@@ -160,5 +221,7 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, clip_norm=None,
+                 clip_value=None):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         clip_norm=clip_norm, clip_value=clip_value)

@@ -13,7 +13,8 @@ position among all layers: ``layers.{k}.weight`` of shape ``(n_in, pieces * n_ou
 model computes ``x @ W + b``) and ``layers.{k}.bias``; for a layer norm its gain
 ``layers.{k}.weight`` and bias ``layers.{k}.bias``, both ``(n,)`` (PyTorch's names); none
 for a dropout layer.  The metadata holds ``architecture`` (the layers as JSON, as in the
-``.fmlp`` header), ``loss``, ``dtype``, ``seed``, ``dropout_seed`` (with dropout layers),
+``.fmlp`` header), ``loss``, ``dtype``, ``loss_params`` (a loss's parameters other than its defaults), ``seed``,
+``dropout_seed`` (with dropout layers),
 ``optimizer`` (class, hyperparameters and step count, as JSON), ``format_version`` and
 ``fastmlp_version``.  It is a weights file: the optimizer's state
 and the random stream are not kept, so a model read back trains on with a fresh optimizer
@@ -89,6 +90,9 @@ def metadata(model):
     }
     if any(isinstance(layer, Dropout) for layer in model.layers):
         meta["dropout_seed"] = dumps(int(model.dropout_seed))
+    loss_params = model.loss_object.params()
+    if loss_params:  # absent: the loss's defaults
+        meta["loss_params"] = dumps({k: float(v) for k, v in loss_params.items()})
     return meta
 
 
@@ -291,6 +295,10 @@ def model_spec(path, contents):
                    f": this fastmlp reads version {FORMAT_VERSION}")
     layers = io.check_layers(path, _json(check, meta["architecture"], "metadata architecture"))
     loss = check.choice(meta["loss"], "metadata loss", tuple(io.LOSSES))
+    loss_entry = {"loss": loss}
+    if "loss_params" in meta:
+        loss_entry["loss_params"] = _json(check, meta["loss_params"], "metadata loss_params")
+    loss_params = io.check_loss_params(check, loss_entry)
     dtype = check.choice(meta["dtype"], "metadata dtype", tuple(DTYPE_NAMES))
     seed = None
     if "seed" in meta:
@@ -331,5 +339,5 @@ def model_spec(path, contents):
         if not np.isfinite(arr).all():
             check.fail(f"tensor {name} contains NaN or Inf")
         weights.append(arr)
-    spec = io.ModelSpec(layers, loss, dtype, seed, opt_class, hyper, dropout_seed)
+    spec = io.ModelSpec(layers, loss, dtype, seed, opt_class, hyper, dropout_seed, loss_params)
     return spec, weights

@@ -13,10 +13,10 @@ import threading
 
 import numpy as np
 
-from fastmlp import compiled, io, safetensors_io, training
+from fastmlp import compiled, io, losses, safetensors_io, training
 from fastmlp._validation import as_features, as_labels, as_targets, sample_weight_per_row
 from fastmlp.compiled import count_nonfinite
-from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
+from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, HUBER, L1, LOSSES, MSE
 from fastmlp.layers import Dense, Dropout, Layer, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Optimizer
 from fastmlp.threads import get_num_threads, pin_blas
@@ -54,9 +54,13 @@ class Sequential:
         :class:`~fastmlp.LayerNorm` layers anywhere between them (their width is that of
         the layer before them, or for a first layer the next one's ``n_in``).  The last
         layer outputs raw scores: the loss applies softmax or sigmoid itself.
-    loss : str, default "softmax_cross_entropy"
+    loss : str or fastmlp.losses.Loss, default "softmax_cross_entropy"
         ``softmax_cross_entropy`` or ``multiclass_hinge`` (integer class labels),
-        ``binary_cross_entropy`` (0/1 targets, one column per output) or ``mse``.
+        ``binary_cross_entropy`` (0/1 targets, one column per output), or a regression
+        loss: ``mse``, ``huber`` or ``l1``.  A name gives the loss's defaults; an object
+        such as ``SoftmaxCrossEntropy(label_smoothing=0.1)`` or ``Huber(delta=0.5)`` sets
+        its parameters (:mod:`fastmlp.losses`).  ``model.loss`` is then the name and
+        ``model.loss_object`` the object.
     optimizer : Optimizer, optional
         Defaults to ``SGD(lr=0.01)``.  One optimizer object serves one model.
     seed : int or None
@@ -89,9 +93,9 @@ class Sequential:
     def __init__(self, layers, loss="softmax_cross_entropy", optimizer=None, seed=None, dtype=np.float32):
         layers = list(layers)
         widths = _check_layers(layers)
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}")
-        self.loss_code = LOSSES[loss]
+        loss_object = losses.get(loss)
+        loss = loss_object.name
+        self.loss_code = loss_object.code
         n_out = widths[-1] if layers[-1].takes_width else layers[-1].n_out
         if self.is_classifier and self.loss_code != BINARY_CROSS_ENTROPY and n_out < 2:
             raise ValueError(f"loss {loss!r} needs at least 2 classes, but the last layer has "
@@ -111,6 +115,8 @@ class Sequential:
                 layer.set_width(width)
         pin_blas()
         self.loss = loss
+        self.loss_object = loss_object
+        self._loss_params = loss_object.kernel_params()  # float64, or None: see losses.Loss
         self.dtype = dtype
         self.layers = layers
         self.seed = seed
@@ -148,6 +154,9 @@ class Sequential:
         self.history = None  # the History of the last fit
         self._hyper_key = None
         self._hyper = None
+        self._clip_key = None
+        self._clip = None
+        self._no_grad_norms = np.zeros(0)  # stand-in when no gradient is clipped
         # Held while this model trains: one thread at a time may change the parameters
         # (re-entrant: fit's own steps take it again).  Predictions never take it.
         self._training = threading.RLock()
@@ -166,8 +175,8 @@ class Sequential:
 
     @property
     def is_classifier(self):
-        """True for every loss but ``mse``."""
-        return self.loss_code != MSE
+        """True for every loss but the regression ones (``mse``, ``huber``, ``l1``)."""
+        return self.loss_code not in (MSE, HUBER, L1)
 
     @property
     def rng(self):
@@ -179,11 +188,13 @@ class Sequential:
     def uses_labels(self):
         """True when ``y`` is integer class labels (``softmax_cross_entropy``,
         ``multiclass_hinge``); False when it is targets."""
-        return self.loss_code in (LOSSES["softmax_cross_entropy"], MULTICLASS_HINGE)
+        return self.loss_object.uses_labels
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
-        return (f"Sequential([\n    {inner}\n], loss={self.loss!r}, optimizer={self.optimizer!r}, "
+        # The name while the loss has its defaults, else the object with its parameters.
+        loss = self.loss if self.loss_object == losses.get(self.loss) else self.loss_object
+        return (f"Sequential([\n    {inner}\n], loss={loss!r}, optimizer={self.optimizer!r}, "
                 f"dtype={self.dtype.name})")
 
     def __getstate__(self):
@@ -385,13 +396,14 @@ class Sequential:
         return Rows(*self._prepare(X, y), self._no_weights)
 
     def signature(self):
-        """What replicas of this model on other MPI ranks must match (a tuple: dtype, loss,
-        parameter count, architecture, activation parameters, optimizer class,
-        hyperparameters and state shape)."""
+        """What replicas of this model on other MPI ranks must match (a tuple: dtype, loss
+        with its parameters, parameter count, architecture, activation parameters, optimizer
+        class, hyperparameters with the clipping settings, and state shape)."""
         opt = self.optimizer
-        return (self.dtype.name, self.loss, self.params.shape[0], self._arch.tobytes(),
+        return (self.dtype.name, repr(self.loss_object), self.params.shape[0], self._arch.tobytes(),
                 np.asarray(self._act_params).tobytes(), type(opt).__name__,
-                tuple(getattr(opt, name) for name in opt.hyperparameter_names), opt.state.shape)
+                tuple(getattr(opt, name) for name in opt.hyperparameter_names + opt.clip_names),
+                opt.state.shape)
 
     def parameter_spans(self):
         """``[(start, size), ...]``: where each array of :meth:`get_weights` (``W1, b1, ...``)
@@ -420,7 +432,8 @@ class Sequential:
         if ws is None or ws.capacity < rows:
             n_targets = 0 if self.uses_labels else self.n_outputs
             ws = Workspace(self._arch, self._act_params, self.params, rows, n_targets, training=True,
-                           dropout_key=(self.dropout_seed, self.dropout_stream))
+                           dropout_key=(self.dropout_seed, self.dropout_stream),
+                           loss_params=self._loss_params)
             self._train_workspace = ws
         # A resume or an MPI fit may have changed the key since the workspace was built.
         ws.set_dropout_key(self.dropout_seed, self.dropout_stream)
@@ -437,7 +450,7 @@ class Sequential:
         # A fresh one per call: predictions from several threads never share buffers.
         ws = Workspace(self._arch, self._act_params, self.params, min(rows, PREDICT_CHUNK_ROWS),
                        0, training=False, dropout_key=(self.dropout_seed, self.dropout_stream),
-                       masks=training_masks)
+                       masks=training_masks, loss_params=self._loss_params)
         ws.set_dropout_step(self.optimizer.step_count + 1)
         return ws
 
@@ -477,6 +490,16 @@ class Sequential:
         self._hyper = opt.hyperparameters(self.dtype)
         self._hyper_key = [getattr(opt, name) for name in opt.hyperparameter_names]
         return self._hyper
+
+    def _clip_settings(self):
+        # The optimizer's ``clip`` vector for the kernels (None: no clipping), rebuilt only
+        # when ``clip_norm`` or ``clip_value`` changed, so that a step allocates nothing.
+        opt = self.optimizer
+        if self._clip_key is None or self._clip_key[0] != opt.clip_norm \
+                or self._clip_key[1] != opt.clip_value:
+            self._clip = opt.clip_vector()
+            self._clip_key = (opt.clip_norm, opt.clip_value)
+        return self._clip
 
     # ----------------------------------------------------------------- training
     def _claim(self, what):
@@ -549,6 +572,16 @@ class Sequential:
     def apply_gradients(self):
         """One optimizer update from the gradients of the last :meth:`compute_gradients`.
 
+        With ``clip_norm`` or ``clip_value`` set on the optimizer, the gradients are clipped
+        in place first (:meth:`get_gradients` then shows the clipped ones, as PyTorch's
+        ``.grad`` after ``clip_grad_norm_``).
+
+        Returns
+        -------
+        float or None
+            The gradient's global L2 norm before clipping, or None when the optimizer does
+            not clip.
+
         Raises
         ------
         DivergenceError
@@ -559,21 +592,23 @@ class Sequential:
             grads = self.flat_gradients
             opt = self.optimizer
             hyper = self._hyperparameters()
+            clip = self._clip_settings()
             steps_before = self.save_finite_state()
             opt.step_count += 1
             # The update is serial whatever the thread count (kernels/optim.py): None keeps
             # the prange drivers out of its compiled code.
-            compiled.optimizer_update(opt.kind, self.params, grads, opt.state, hyper,
-                                      self._n_weights, opt.step_count, None)
+            norm = compiled.optimizer_update(opt.kind, self.params, grads, opt.state, hyper,
+                                             self._n_weights, opt.step_count, clip, None)
             if count_nonfinite(self.params):
                 self.restore_finite_state(steps_before)
                 raise DivergenceError("the update overflowed to NaN or Inf and was undone; "
                                       "try a smaller learning rate")
+            return None if clip is None else float(norm)
         finally:
             self._training.release()
 
     def train_steps(self, rows, order, batch_size, first, stop, batch_losses, batch_correct,
-                    step_count):
+                    step_count, batch_grad_norms=None):
         """Steps ``first .. stop - 1`` of an epoch in one compiled call (``fit``'s loop).
 
         Parameters
@@ -592,6 +627,9 @@ class Sequential:
         step_count : int
             The optimizer's step count before step 0 of the epoch (the caller adds the
             steps run when the epoch ends).
+        batch_grad_norms : ndarray of float64, shape (n_batches,), optional
+            When the optimizer clips, overwritten: each step's gradient norm before
+            clipping.  Needed then (a ValueError without it).
 
         Returns
         -------
@@ -602,11 +640,17 @@ class Sequential:
         ws = self._training_workspace(batch_size)
         opt = self.optimizer
         hyper = self._hyperparameters()  # a schedule may have changed lr since the last call
+        clip = self._clip_settings()
+        if batch_grad_norms is None:
+            if clip is not None:
+                raise ValueError("the optimizer clips gradients: train_steps needs "
+                                 "batch_grad_norms for their norms")
+            batch_grad_norms = self._no_grad_norms
         return compiled.train_epoch(
             ws.net, self.loss_code, rows.X, rows.labels, rows.targets, rows.weights, order,
             batch_size, ws.x_batch, ws.label_batch, ws.target_batch, ws.weight_batch, opt.kind,
-            opt.state, hyper, self._n_weights, step_count, first, stop, batch_losses,
-            batch_correct, ws.kernel_threads(get_num_threads()))
+            opt.state, hyper, self._n_weights, clip, step_count, first, stop, batch_losses,
+            batch_correct, batch_grad_norms, ws.kernel_threads(get_num_threads()))
 
     def count_correct_last_step(self, y):
         """Rows of the last :meth:`compute_gradients` batch predicted right, from the scores
@@ -772,7 +816,8 @@ class Sequential:
         Returns
         -------
         dict
-            ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for ``mse``).
+            ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for the regression
+            losses ``mse``, ``huber``, ``l1``).
         """
         X, labels, targets = self._prepare(X, y)
         loss, correct = self._evaluate_prepared(X, labels, targets, self._call_workspace(X.shape[0]))
@@ -805,7 +850,8 @@ class Sequential:
             Class labels ``(n_samples,)`` (int64) for ``softmax_cross_entropy`` and
             ``multiclass_hinge``; 0/1 decisions (int64) for ``binary_cross_entropy``,
             ``(n_samples,)`` with one output, else ``(n_samples, n_outputs)``; raw outputs
-            for ``mse``, ``(n_samples,)`` with one output, else ``(n_samples, n_outputs)``.
+            for the regression losses, ``(n_samples,)`` with one output, else
+            ``(n_samples, n_outputs)``.
         """
         if self.uses_labels:
             return self._predict(X, compiled.ARGMAX)[:, 0]
@@ -828,7 +874,8 @@ class Sequential:
 
     def score(self, X, y):
         """Accuracy for the classification losses (subset accuracy for several binary
-        outputs); the coefficient of determination R^2 for ``mse`` (averaged over outputs)."""
+        outputs); the coefficient of determination R^2 for the regression losses (averaged
+        over outputs)."""
         X, labels, targets = self._prepare(X, y)
         ws = self._call_workspace(X.shape[0])
         if self.is_classifier:
@@ -926,7 +973,8 @@ def model_from_spec(path, spec):
                   else LayerNorm(params["eps"]) if kind == "layer_norm"
                   else Maxout(n_in, n_out, pieces)
                   for kind, n_in, n_out, pieces, activation, params in spec.layers]
-        model = Sequential(layers, loss=spec.loss, optimizer=spec.optimizer_class(**spec.hyperparameters),
+        model = Sequential(layers, loss=losses.get(spec.loss, spec.loss_params),
+                           optimizer=spec.optimizer_class(**spec.hyperparameters),
                            seed=spec.seed, dtype=np.dtype(spec.dtype))
     except (TypeError, ValueError) as exc:
         raise io.FormatError(f"{path}: the file describes an invalid model: {exc}") from None

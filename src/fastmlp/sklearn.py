@@ -29,6 +29,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
+from fastmlp import losses
 from fastmlp.callbacks import Callback, ToleranceStopping
 from fastmlp.kernels.activations import ACTIVATIONS
 from fastmlp.layers import Dense, Dropout, Maxout
@@ -100,7 +101,7 @@ class _BaseMLP(BaseEstimator):
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss, optimizer="adam",
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
+                 weight_decay=None, clip_norm=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
                  validation_fraction=0.1, dtype=None, verbose=0, warm_start=False,
                  dropout=0.0):
@@ -114,6 +115,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.weight_decay = weight_decay
+        self.clip_norm = clip_norm
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.shuffle = shuffle
@@ -167,8 +169,7 @@ class _BaseMLP(BaseEstimator):
         if self.activation not in _HIDDEN_ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(_HIDDEN_ACTIVATIONS)}; "
                              f"got {self.activation!r}")
-        if self.loss not in self._losses:
-            raise ValueError(f"loss must be one of {', '.join(self._losses)}; got {self.loss!r}")
+        self._loss_object()
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}; "
                              f"got {self.optimizer!r}")
@@ -204,13 +205,26 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"{exc} (the {self.optimizer!r} optimizer's lr is learning_rate_init, "
                              "its betas are (beta_1, beta_2), its eps is epsilon)") from None
 
+    def _loss_object(self):
+        """``loss`` (a name or a :mod:`fastmlp.losses` object) as a checked loss object."""
+        loss = self.loss
+        name = loss.name if isinstance(loss, losses.Loss) else loss
+        if not isinstance(name, str) or name not in self._losses:
+            raise ValueError(f"loss must be one of {', '.join(self._losses)} or one of their "
+                             f"fastmlp.losses objects; got {loss!r}")
+        return losses.get(loss)
+
+    def _loss_name(self):
+        return self.loss.name if isinstance(self.loss, losses.Loss) else self.loss
+
     def _make_optimizer(self):
         decay = {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
         if self.optimizer == "sgd":
-            return SGD(lr=self.learning_rate_init, momentum=self.momentum, **decay)
+            return SGD(lr=self.learning_rate_init, momentum=self.momentum,
+                       clip_norm=self.clip_norm, **decay)
         cls = Adam if self.optimizer == "adam" else AdamW
         return cls(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                   **decay)
+                   clip_norm=self.clip_norm, **decay)
 
     # ----------------------------------------------------------------- model
     def _layers(self, n_features, n_outputs):
@@ -225,7 +239,7 @@ class _BaseMLP(BaseEstimator):
         return layers
 
     def _build_model(self, n_features, n_outputs, seed, dtype):
-        return Sequential(self._layers(n_features, n_outputs), loss=self.loss,
+        return Sequential(self._layers(n_features, n_outputs), loss=self._loss_object(),
                           optimizer=self._make_optimizer(), seed=seed, dtype=dtype)
 
     def _first_call(self, incremental):
@@ -238,9 +252,9 @@ class _BaseMLP(BaseEstimator):
         model = self.model_
         restart = ("call fit to start afresh" if incremental
                    else "set warm_start=False to start afresh")
-        if self.loss != model.loss:
+        if self._loss_object() != model.loss_object:
             raise ValueError(f"loss is {self.loss!r} but the network was built for "
-                             f"{model.loss!r}; {restart}")
+                             f"{model.loss_object!r}; {restart}")
         if incremental:
             return False
         # warm_start: the same network and optimizer, so that its weights and state carry over.
@@ -460,11 +474,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Width of each hidden layer; ``()`` gives a linear model (softmax regression).
     activation : str, default "relu"
         Hidden activation: ``identity``, ``sigmoid`` (alias ``logistic``), ``tanh``, ``relu``,
-        ``leaky_relu`` (slope 0.01), ``elu`` (alpha 1.0) or ``maxout`` (2 pieces).
-    loss : str, default "softmax_cross_entropy"
+        ``leaky_relu`` (slope 0.01), ``elu`` (alpha 1.0), ``gelu``, ``silu`` or ``maxout``
+        (2 pieces).
+    loss : str or fastmlp.losses.Loss, default "softmax_cross_entropy"
         ``softmax_cross_entropy``; ``multiclass_hinge`` (a multiclass SVM loss: no
         ``predict_proba``); or ``binary_cross_entropy``, one sigmoid per class, which also
-        accepts multilabel targets (a 0/1 indicator matrix).
+        accepts multilabel targets (a 0/1 indicator matrix).  Or one of their objects, e.g.
+        ``SoftmaxCrossEntropy(label_smoothing=0.1)``.
     optimizer : {"adam", "sgd", "adamw"}, default "adam"
         fastmlp's :class:`~fastmlp.Adam`, :class:`~fastmlp.SGD` or :class:`~fastmlp.AdamW`.
     learning_rate_init : float, default 0.001
@@ -478,6 +494,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         for SGD and Adam, decoupled for AdamW); None keeps the optimizer's default (0 for SGD
         and Adam, 0.01 for AdamW).  Not scikit-learn's ``alpha``, which is also scaled by
         the batch size.
+    clip_norm : float or None, default None
+        Clip the gradient's global L2 norm to ``clip_norm`` before each update (the
+        optimizer's ``clip_norm``, as ``torch.nn.utils.clip_grad_norm_``); > 0.
     batch_size : int or "auto", default "auto"
         ``"auto"`` is ``min(200, n_samples)``, as in scikit-learn.
     max_iter : int, default 200
@@ -570,14 +589,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="softmax_cross_entropy",
                  optimizer="adam", learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
+                 epsilon=1e-8, weight_decay=None, clip_norm=None, batch_size="auto", max_iter=200,
+                 shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
                  validation_fraction=0.1, dtype=None, verbose=0, warm_start=False,
                  dropout=0.0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
-                         batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
+                         clip_norm=clip_norm, batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,
@@ -585,12 +605,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_label = self.loss == "binary_cross_entropy"
+        tags.classifier_tags.multi_label = self._loss_name() == "binary_cross_entropy"
         return tags
 
     @property
     def _sigmoid_outputs(self):
-        return self.loss == "binary_cross_entropy"
+        return self._loss_name() == "binary_cross_entropy"
 
     def _validate_Xy(self, X, y, reset):
         X, y = validate_data(self, X, y, reset=reset, dtype=self._input_dtype(reset), order="C",
@@ -738,7 +758,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_[np.argmax(raw, axis=1)]
 
     def _has_proba(self):
-        if self.loss == "multiclass_hinge":
+        if self._loss_name() == "multiclass_hinge":
             raise AttributeError("predict_proba is not available for loss='multiclass_hinge': "
                                  "its scores are not probabilities (use decision_function)")
         return True
@@ -768,11 +788,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multilayer perceptron regressor trained by fastmlp (mean squared error), with
-    scikit-learn's estimator API.
+    """Multilayer perceptron regressor trained by fastmlp (mean squared error by default),
+    with scikit-learn's estimator API.
 
-    Parameters are those of :class:`MLPClassifier`, except ``loss``, which is ``"mse"``
-    (the only choice).  ``y`` may have several columns (multi-output regression);
+    Parameters are those of :class:`MLPClassifier`, except ``loss``: ``"mse"`` (the
+    default), ``"huber"`` or ``"l1"`` (robust to outliers), or one of their
+    :mod:`fastmlp.losses` objects such as ``Huber(delta=0.5)``.  ``y`` may have several columns (multi-output regression);
     predictions are float64 of shape ``(n_samples,)`` for one output, else
     ``(n_samples, n_outputs)``.  ``score`` is R^2, and so is the ``early_stopping``
     validation score (the split is not stratified).  ``sample_weight`` as for
@@ -788,18 +809,18 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         Number of target columns.
     """
 
-    _losses = ("mse",)
+    _losses = ("mse", "huber", "l1")
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="mse", optimizer="adam",
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
+                 weight_decay=None, clip_norm=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
                  validation_fraction=0.1, dtype=None, verbose=0, warm_start=False,
                  dropout=0.0):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
-                         batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
+                         clip_norm=clip_norm, batch_size=batch_size, max_iter=max_iter, shuffle=shuffle,
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,

@@ -7,9 +7,11 @@ batch smaller than the capacity uses contiguous views of the same arrays.
 import numpy as np
 
 from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
-from fastmlp.compiled import (ACT_OFFSET, BLOCK_ALIGN, DENSE, DROPOUT, KEY_ACTIVE, KEY_SEED,
-                              KEY_STEP, KEY_STREAM, KIND, LAYER_NORM, MASK_OFFSET, N_OUT, NORM_OFFSET, PIECES,
-                              RSTD_OFFSET, THRESHOLD, WINNER_OFFSET, Z_OFFSET, NetBuffers)
+from fastmlp.compiled import (ACT_OFFSET, ACTIVATION, BLOCK_ALIGN, DENSE, DROPOUT, KEY_ACTIVE,
+                              KEY_SEED, KEY_STEP, KEY_STREAM, KIND, LAYER_NORM, MASK_OFFSET,
+                              N_OUT, NORM_OFFSET, PIECES, PRE_ACT_OFFSET, RSTD_OFFSET, THRESHOLD,
+                              WINNER_OFFSET, Z_OFFSET, NetBuffers)
+from fastmlp.kernels.activations import FIRST_SMOOTH
 from fastmlp.layers import Dropout, LayerNorm
 
 
@@ -96,17 +98,20 @@ class Workspace:
     masks : bool
         Draw dropout masks even when not ``training`` (a gradient check holds the mask of
         a training step fixed while it evaluates the loss).
+    loss_params : ndarray of float64, shape (n_loss_params,), or None
+        The loss's parameters as the kernels read them (``Loss.kernel_params()``); None for
+        a loss that has none.
     """
 
     def __init__(self, arch, act_params, params, capacity, n_targets, training, dropout_key=None,
-                 masks=False):
+                 masks=False, loss_params=None):
         dtype = params.dtype
         self._parallel_work = has_parallel_work(arch, capacity)
         n_out = arch[:, N_OUT]
         is_maxout = arch[:, PIECES] > 1
         n_in = int(arch[0, 0])
         self.capacity = capacity
-        offsets = np.zeros((len(arch), 6), dtype=np.int64)
+        offsets = np.zeros((len(arch), 7), dtype=np.int64)
         offsets[1:, ACT_OFFSET] = capacity * np.cumsum(n_out)[:-1]
         z_widths = np.where(is_maxout, n_out * arch[:, PIECES], 0)
         offsets[1:, Z_OFFSET] = capacity * np.cumsum(z_widths)[:-1]
@@ -125,6 +130,10 @@ class Workspace:
             seed, stream = dropout_key
             key = np.zeros(4, dtype=np.int64)
             key[KEY_SEED], key[KEY_STREAM], key[KEY_ACTIVE] = seed, stream, draws_masks
+        is_smooth = ((arch[:, KIND] == DENSE) & (arch[:, PIECES] == 1)
+                     & (arch[:, ACTIVATION] >= FIRST_SMOOTH))  # gelu, silu
+        pre_widths = np.where(is_smooth, n_out, 0)
+        offsets[1:, PRE_ACT_OFFSET] = capacity * np.cumsum(pre_widths)[:-1]
         act_size = capacity * int(n_out.sum())
         self.net = NetBuffers(
             arch=arch,
@@ -147,6 +156,11 @@ class Workspace:
             # [(capacity, n_k) then (capacity,)] over the layer-norm layers; or None
             norm_cache=(np.zeros(capacity * int(norm_widths.sum()), dtype=dtype)
                         if is_norm.any() else None),
+            # [(capacity, n_out_k)] over the gelu/silu layers: their pre-activations, which
+            # their derivative needs; None without any, which keeps their kernels out
+            pre_act=(np.zeros(capacity * int(pre_widths.sum()), dtype=dtype)
+                     if is_smooth.any() else None),
+            loss_params=loss_params,
         )
         gather_rows = capacity if training else 0
         self.x_batch = np.zeros((gather_rows, n_in), dtype=dtype)  # (capacity, n_in)

@@ -13,7 +13,8 @@ softmax gradient), and the BLAS blocks likewise.
 from numba import njit, prange
 
 from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS
-from fastmlp.kernels.activations import activation_grad, bias_activation, work_chunks
+from fastmlp.kernels.activations import (activation_grad, bias_activation, bias_smooth_activation,
+                                         work_chunks)
 from fastmlp.kernels.blas import matmul
 
 
@@ -76,6 +77,30 @@ def dense_forward(x, W, b, code, param, out, n_threads):
     """
     matmul(x, False, W, False, out, n_threads)
     bias_activation(out, b, code, param, n_threads)
+
+
+@njit(**TINY_JIT_OPTIONS)
+def dense_smooth_forward(x, W, b, code, out, pre, n_threads):
+    """Fused dense layer ``out = f(x @ W + b)`` for ``gelu``/``silu``, caching ``z = x @ W + b``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, n_in)
+    W : ndarray of shape (n_in, n_out)
+    b : ndarray of shape (n_out,)
+    code : int
+        ``GELU`` or ``SILU`` (see :mod:`fastmlp.kernels.activations`).
+    out : ndarray of shape (batch, n_out), C-contiguous
+        Overwritten with the activation (the next layer's input).
+    pre : ndarray of shape (batch, n_out)
+        Overwritten with the pre-activation ``z``, the cache the backward pass needs
+        (:func:`~fastmlp.kernels.activations.smooth_activation_grad`, then
+        :func:`dense_backward` with the identity code).
+    n_threads : int or None
+        None: the serial build (see :mod:`fastmlp.kernels`).
+    """
+    matmul(x, False, W, False, out, n_threads)
+    bias_smooth_activation(out, b, code, pre, n_threads)
 
 
 @njit(**TINY_JIT_OPTIONS)

@@ -12,9 +12,10 @@ compiled loop can walk it with no Python in between:
     ``params[w:w + n]``, the bias ``params[b:b + n]``, and ``act_params`` holds ``eps``.
     Kind ``DROPOUT`` (``n_in == n_out``, no parameters): ``threshold`` is
     ``ceil(rate * 2**53)`` and ``act_params`` holds ``1 / (1 - rate)``.
-``buffer_offsets`` : int64 array of shape (n_layers, 6)
+``buffer_offsets`` : int64 array of shape (n_layers, 7)
     Per layer the start of its rows in ``acts``/``deltas``, in ``zbuf``, in ``winner``, in
-    ``mask``, and in ``norm_cache`` of its ``xhat`` rows and of its ``rstd`` entries,
+    ``mask``, in ``norm_cache`` of its ``xhat`` rows and of its ``rstd`` entries, and in
+    ``pre_act``,
     computed for ``capacity`` rows.  A batch of ``n <= capacity`` rows uses the first
     ``n * width`` elements from that start: a contiguous view, so the last, smaller batch of
     an epoch needs no other buffer.
@@ -28,7 +29,9 @@ import numpy as np
 from numba import njit
 
 from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS
-from fastmlp.kernels.dense import dense_backward, dense_forward, maxout_backward, maxout_forward
+from fastmlp.kernels.activations import FIRST_SMOOTH, IDENTITY, smooth_activation_grad
+from fastmlp.kernels.dense import (dense_backward, dense_forward, dense_smooth_forward,
+                                   maxout_backward, maxout_forward)
 from fastmlp.kernels.dropout import (KEY_ACTIVE, KEY_SEED, KEY_STEP, KEY_STREAM, copy_rows,
                                      dropout_backward, dropout_forward)
 from fastmlp.kernels.layer_norm import layer_norm_backward, layer_norm_forward
@@ -36,7 +39,8 @@ from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, MSE, loss_and_grad, wei
 from fastmlp.kernels.optim import optimizer_update
 
 N_IN, N_OUT, PIECES, ACTIVATION, W_OFFSET, B_OFFSET, KIND, THRESHOLD = range(8)
-ACT_OFFSET, Z_OFFSET, WINNER_OFFSET, MASK_OFFSET, NORM_OFFSET, RSTD_OFFSET = range(6)
+(ACT_OFFSET, Z_OFFSET, WINNER_OFFSET, MASK_OFFSET, NORM_OFFSET, RSTD_OFFSET,
+ PRE_ACT_OFFSET) = range(7)
 #: Layer kinds (``arch[k, KIND]``).
 DENSE, DROPOUT, LAYER_NORM = range(3)
 
@@ -59,7 +63,7 @@ NetBuffers = namedtuple(
         "zbuf",  # (capacity * sum pieces*n_out over maxout layers,) pre-activations / dL/dz;
                  # None without maxout layers, so that no maxout code is compiled
         "winner",  # int32 (capacity * sum n_out over maxout layers,) winning piece; or None
-        "buffer_offsets",  # int64 (n_layers, 6)
+        "buffer_offsets",  # int64 (n_layers, 7)
         "row_loss",  # float64 (capacity,) per-row losses
         "mask",  # (capacity * sum n over dropout layers,) each dropout layer's mask, cached
                  # for backward; size 0 when the masks are off (inference); None without
@@ -67,6 +71,10 @@ NetBuffers = namedtuple(
         "dropout_key",  # int64 (4,) [seed, step, stream, active], see kernels.dropout; or None
         "norm_cache",  # (capacity * sum (n + 1) over layer-norm layers,) per such layer its
                        # normalised input (capacity, n) then 1/std (capacity,); or None
+        "pre_act",  # (capacity * sum n_out over gelu/silu layers,) their pre-activations z;
+                    # None without such layers, so that none of their code is compiled
+        "loss_params",  # float64 (n_loss_params,): the loss's parameters; None for the
+                        # four first losses at their defaults (see kernels.losses)
     ],
 )
 
@@ -93,11 +101,11 @@ def layer_output(net, k, n_rows):
 
 
 @njit(**JIT_OPTIONS)
-def _layer_forward(net, k, x, zbuf, winner, mask, norm_cache, n_threads):
-    # ``zbuf`` and ``winner`` (``mask``, ``norm_cache``) are ``net``'s fields passed again as
-    # arguments: for a network without maxout (dropout, layer-norm) layers they are None,
-    # and numba then compiles none of that layer kind's code (it prunes a branch on
-    # ``argument is None`` before typing it).
+def _layer_forward(net, k, x, zbuf, winner, mask, norm_cache, pre_act, n_threads):
+    # ``zbuf`` and ``winner`` (``mask``, ``norm_cache``, ``pre_act``) are ``net``'s fields
+    # passed again as arguments: for a network without maxout (dropout, layer-norm,
+    # gelu/silu) layers they are None, and numba then compiles none of that layer kind's
+    # code (it prunes a branch on ``argument is None`` before typing it).
     arch = net.arch
     n_rows = x.shape[0]
     out = layer_output(net, k, n_rows)
@@ -119,7 +127,11 @@ def _layer_forward(net, k, x, zbuf, winner, mask, norm_cache, n_threads):
             return
     W, b = layer_weights(arch, net.params, k)
     if zbuf is None or winner is None or arch[k, PIECES] == 1:
-        dense_forward(x, W, b, arch[k, ACTIVATION], net.act_params[k], out, n_threads)
+        if pre_act is None or arch[k, ACTIVATION] < FIRST_SMOOTH:
+            dense_forward(x, W, b, arch[k, ACTIVATION], net.act_params[k], out, n_threads)
+        else:
+            pre = _rows(pre_act, net.buffer_offsets[k, PRE_ACT_OFFSET], n_rows, arch[k, N_OUT])
+            dense_smooth_forward(x, W, b, arch[k, ACTIVATION], out, pre, n_threads)
     else:
         pieces = arch[k, PIECES]
         n_out = arch[k, N_OUT]
@@ -155,17 +167,17 @@ def forward(net, x, n_threads):
     # Layer 0 reads the caller's array; it is a separate call so that a read-only or
     # differently laid-out input does not have to unify with the workspace views.
     _layer_forward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, net.mask, net.norm_cache,
-                   n_threads)
+                   net.pre_act, n_threads)
     for k in range(1, n_layers):
         _layer_forward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner,
-                       net.mask, net.norm_cache, n_threads)
+                       net.mask, net.norm_cache, net.pre_act, n_threads)
     return layer_output(net, n_layers - 1, x.shape[0])
 
 
 @njit(**JIT_OPTIONS)
-def _layer_backward(net, k, x, zbuf, winner, mask, norm_cache, n_threads):
-    # ``zbuf``/``winner``/``mask``/``norm_cache``: None without such layers, as in
-    # :func:`_layer_forward`.
+def _layer_backward(net, k, x, zbuf, winner, mask, norm_cache, pre_act, n_threads):
+    # ``zbuf``/``winner``/``mask``/``norm_cache``/``pre_act``: None without such layers, as
+    # in :func:`_layer_forward`.
     arch = net.arch
     n_rows = x.shape[0]
     n_in = arch[k, N_IN]
@@ -193,7 +205,12 @@ def _layer_backward(net, k, x, zbuf, winner, mask, norm_cache, n_threads):
     grad_W, grad_b = layer_weights(arch, net.grads, k)
     if zbuf is None or winner is None or arch[k, PIECES] == 1:
         a = layer_output(net, k, n_rows)
-        dense_backward(x, W, a, arch[k, ACTIVATION], net.act_params[k], delta,
+        code = arch[k, ACTIVATION]
+        if pre_act is not None and code >= FIRST_SMOOTH:
+            pre = _rows(pre_act, net.buffer_offsets[k, PRE_ACT_OFFSET], n_rows, n_out)
+            smooth_activation_grad(pre, delta, code, n_threads)
+            code = IDENTITY  # delta is dL/dz now: the rest is a linear layer's backward
+        dense_backward(x, W, a, code, net.act_params[k], delta,
                        grad_W, grad_b, grad_x, compute_grad_x, n_threads)
     else:
         pieces = arch[k, PIECES]
@@ -210,9 +227,9 @@ def backward(net, x, n_threads):
     n_layers = net.arch.shape[0]
     for k in range(n_layers - 1, 0, -1):
         _layer_backward(net, k, layer_output(net, k - 1, x.shape[0]), net.zbuf, net.winner,
-                        net.mask, net.norm_cache, n_threads)
+                        net.mask, net.norm_cache, net.pre_act, n_threads)
     _layer_backward(net, FIRST_LAYER[0], x, net.zbuf, net.winner, net.mask, net.norm_cache,
-                    n_threads)
+                    net.pre_act, n_threads)
 
 
 @njit(**TINY_JIT_OPTIONS)
@@ -249,7 +266,8 @@ def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads
     """
     scores = forward(net, x, n_threads)
     delta = last_delta(net, x.shape[0])
-    loss = loss_and_grad(loss_code, scores, labels, targets, delta, net.row_loss, n_threads)
+    loss = loss_and_grad(loss_code, scores, labels, targets, delta, net.row_loss, n_threads,
+                         net.loss_params)
     if row_weights.shape[0] > 0:
         loss = weight_rows(loss_code, row_weights, delta, net.row_loss)
     backward(net, x, n_threads)
@@ -308,8 +326,9 @@ def count_correct_cached(net, loss_code, labels, targets):
 @njit(**JIT_OPTIONS)
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                 x_batch, label_batch, target_batch, weight_batch,
-                opt_kind, opt_state, opt_hyper, n_weights, first_step, dropout_key,
-                first_batch, stop_batch, batch_losses, batch_correct, n_threads):
+                opt_kind, opt_state, opt_hyper, n_weights, clip, first_step, dropout_key,
+                first_batch, stop_batch, batch_losses, batch_correct, batch_grad_norms,
+                n_threads):
     """Batches ``first_batch`` to ``stop_batch - 1`` of an epoch, compiled whole: no Python
     runs between steps.
 
@@ -334,8 +353,8 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
     label_batch : ndarray of int64, shape (batch_size,)
     target_batch : ndarray of shape (batch_size, n_out) or (0, n_out)
     weight_batch : ndarray of shape (batch_size,)
-    opt_kind, opt_state, opt_hyper, n_weights
-        As in :func:`fastmlp.kernels.optim.optimizer_update`.
+    opt_kind, opt_state, opt_hyper, n_weights, clip
+        As in :func:`fastmlp.kernels.optim.optimizer_update` (``clip`` None: no clipping).
     first_step : int
         Number of optimizer steps taken before batch 0 of this epoch.
     dropout_key : ndarray of int64, shape (4,), or None
@@ -348,7 +367,10 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
         Entry ``s`` is overwritten with batch ``s``'s mean loss.
     batch_correct : ndarray of int64, shape (n_batches,)
         Entry ``s`` is overwritten with the number of batch ``s``'s rows the network
-        predicted right before the step (0 for MSE).
+        predicted right before the step (0 for the regression losses).
+    batch_grad_norms : ndarray of float64, shape (n_batches,) or (0,)
+        With ``clip``, entry ``s`` is overwritten with batch ``s``'s gradient norm before
+        clipping; not touched (and may be empty) without.
     n_threads : int or None
         None: the serial build (see :mod:`fastmlp.kernels`).
 
@@ -389,10 +411,12 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
         batch_losses[s] = loss
         if not np.isfinite(loss):
             return s
-        if loss_code != MSE:
+        if loss_code < MSE:  # MSE, Huber, L1: regression, no accuracy
             batch_correct[s] = count_correct_cached(net, loss_code, lab, tgt)
-        optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
-                         first_step + s + 1, n_threads)
+        norm = optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
+                                first_step + s + 1, clip, n_threads)
+        if clip is not None:
+            batch_grad_norms[s] = norm
     return stop_batch
 
 
@@ -416,8 +440,9 @@ def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads):
         lab = labels[start:stop] if has_labels else labels[:0]
         tgt = targets[start:stop] if targets.shape[0] > 0 else targets[:0]
         loss_sum += (stop - start) * loss_and_grad(loss_code, scores, lab, tgt,
-                                                  last_delta(net, stop - start), net.row_loss, n_threads)
-        if loss_code != MSE:
+                                                  last_delta(net, stop - start), net.row_loss,
+                                                  n_threads, net.loss_params)
+        if loss_code < MSE:  # MSE, Huber, L1: regression
             correct += _count_correct(loss_code, scores, lab, tgt)
     return loss_sum / n, correct
 

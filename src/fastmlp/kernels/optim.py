@@ -114,8 +114,50 @@ def adam_update(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_de
                 step_size, bias_correction2_sqrt, 0, params.shape[0])
 
 
+#: Layout of ``clip`` (float64; 0 turns a kind of clipping off).
+CLIP_NORM, CLIP_VALUE = range(2)
+
+
 @njit(**JIT_OPTIONS)
-def optimizer_update(kind, params, grads, state, hyper, n_weights, step, n_threads):
+def clip_gradients(grads, max_norm, max_value):
+    """Clip ``grads`` in place, as PyTorch's ``clip_grad_norm_`` then ``clip_grad_value_``.
+
+    The global L2 norm is summed in float64; when ``max_norm / (norm + 1e-6) < 1`` every
+    element is scaled by that factor.  Then, with ``max_value > 0``, every element is
+    clamped to ``[-max_value, max_value]``.
+
+    Parameters
+    ----------
+    grads : ndarray of shape (n_params,)
+        The whole network's gradient; clipped in place.
+    max_norm, max_value : float
+        0 for no clipping of that kind.
+
+    Returns
+    -------
+    float
+        The L2 norm of ``grads`` before clipping (float64).
+    """
+    total = 0.0
+    for i in range(grads.shape[0]):
+        g = np.float64(grads[i])
+        total += g * g
+    norm = np.sqrt(total)
+    if max_norm > 0:
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            scale = grads.dtype.type(coef)
+            for i in range(grads.shape[0]):
+                grads[i] *= scale
+    if max_value > 0:
+        high = grads.dtype.type(max_value)
+        for i in range(grads.shape[0]):
+            grads[i] = min(max(grads[i], -high), high)
+    return norm
+
+
+@njit(**JIT_OPTIONS)
+def optimizer_update(kind, params, grads, state, hyper, n_weights, step, clip, n_threads):
     """Dispatch one update of optimizer ``kind`` (so a compiled training loop can call it).
 
     Parameters
@@ -130,8 +172,19 @@ def optimizer_update(kind, params, grads, state, hyper, n_weights, step, n_threa
     n_weights : int
     step : int
         1-based number of this update (for optimizers with bias correction).
+    clip : ndarray of float64, shape (2,), or None
+        ``[max_norm, max_value]`` for :func:`clip_gradients`, applied to ``grads`` (in
+        place) before the update; None for no clipping (and no clipping code compiled).
     n_threads : int
+
+    Returns
+    -------
+    float
+        The gradient's L2 norm before clipping; 0.0 when ``clip`` is None.
     """
+    norm = 0.0
+    if clip is not None:
+        norm = clip_gradients(grads, clip[CLIP_NORM], clip[CLIP_VALUE])
     if kind == SGD:
         sgd_update(params, grads, state[0], n_weights, hyper[SGD_LR], hyper[SGD_MOMENTUM],
                    hyper[SGD_NESTEROV] != 0, hyper[SGD_WEIGHT_DECAY], n_threads)
@@ -139,3 +192,4 @@ def optimizer_update(kind, params, grads, state, hyper, n_weights, step, n_threa
         adam_update(params, grads, state[0], state[1], n_weights, hyper[ADAM_LR], hyper[ADAM_BETA1],
                     hyper[ADAM_BETA2], hyper[ADAM_EPS], hyper[ADAM_WEIGHT_DECAY],
                     hyper[ADAM_DECOUPLED] != 0, step, n_threads)
+    return norm

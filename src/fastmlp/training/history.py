@@ -14,7 +14,9 @@ class History:
         One value per epoch of each metric: ``"loss"`` (mean training loss of the epoch,
         measured during it), ``"accuracy"`` (classifiers: training rows predicted right
         just before their step), ``"lr"`` (learning rate used) and, with validation data,
-        ``"val_loss"`` and ``"val_accuracy"`` (classifiers).
+        ``"val_loss"`` and ``"val_accuracy"`` (classifiers); when the optimizer clips
+        gradients (``clip_norm``/``clip_value``), ``"grad_norm"``: the mean over the epoch's
+        steps of the gradient's global L2 norm before clipping.
     epoch : list of int
         The 1-based epoch numbers of this ``fit`` call.
     """

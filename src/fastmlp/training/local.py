@@ -1,6 +1,7 @@
 """One process: each epoch's steps run as one compiled call (in slices under a progress bar)."""
 
 import contextlib
+import math
 import os
 import signal
 import threading
@@ -81,6 +82,7 @@ class Local(Strategy):
         self.rng = model.rng
         self.batch_losses = np.zeros(n_batches)
         self.batch_correct = np.zeros(n_batches, dtype=np.int64)
+        self.batch_grad_norms = np.zeros(n_batches)  # each step's norm, when clipping
         self.validation_workspace = (None if plan.validation is None else
                                      model.inference_workspace(plan.validation.n))
         return epochs_done
@@ -118,7 +120,7 @@ class Local(Strategy):
             # Ctrl-C the model is exactly that of its last completed step.
             with HeldInterrupt():
                 reached = model.train_steps(rows, order, batch_size, first, stop, batch_losses,
-                                            batch_correct, steps_before)
+                                            batch_correct, steps_before, self.batch_grad_norms)
                 model.optimizer.step_count = steps_before + reached
             return reached
 
@@ -163,6 +165,9 @@ class Local(Strategy):
         logs = {"loss": float(loss_sum / rows)}
         if self.model.is_classifier:
             logs["accuracy"] = int(self.batch_correct[:batches_done].sum()) / rows
+        if "grad_norm" in self.plan.metrics:
+            logs["grad_norm"] = (float(self.batch_grad_norms[:batches_done].mean())
+                                 if self.model.optimizer.clips else math.nan)
         return logs
 
     def epoch_logs(self, epoch, trained):

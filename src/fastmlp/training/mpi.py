@@ -117,7 +117,7 @@ def user_chose_threads():
 
 
 def _hyperparameters(opt):
-    return {name: getattr(opt, name) for name in opt.hyperparameter_names}
+    return {name: getattr(opt, name) for name in opt.hyperparameter_names + opt.clip_names}
 
 
 _SIGNATURE_NAMES = ("dtype", "loss", "parameter count", "architecture", "activation parameters",
@@ -379,6 +379,8 @@ class MPI(Strategy):
         x_batch, y_batch, w_batch = self.x_batch, self.y_batch, self.w_batch
         counts_correct = model.is_classifier
         loss_sum, correct = 0.0, 0
+        # The reduced gradient, so its norm, is the same on every rank: no collective.
+        self.grad_norm_sum, self.grad_norm_steps = 0.0, 0
         for step in range(n_steps):
             b = int(self.rows[step, rank])
             if b:
@@ -414,7 +416,10 @@ class MPI(Strategy):
                     "model keeps the parameters of the last finite step. Try a smaller "
                     "learning rate.")
             try:
-                model.apply_gradients()
+                norm = model.apply_gradients()  # clips the reduced gradient, if asked
+                if norm is not None:
+                    self.grad_norm_sum += norm
+                    self.grad_norm_steps += 1
             except DivergenceError:  # the same update on every rank: all raise, or none
                 raise DivergenceError(
                     f"the update of epoch {epoch}, step {step + 1} of {n_steps} overflowed to "
@@ -442,6 +447,9 @@ class MPI(Strategy):
             logs["val_loss"] = float(sums[2] / sums[4])
             if model.is_classifier:
                 logs["val_accuracy"] = float(sums[3] / sums[4])
+        if "grad_norm" in self.plan.metrics:
+            logs["grad_norm"] = (self.grad_norm_sum / self.grad_norm_steps if self.grad_norm_steps
+                                 else math.nan)
         return logs
 
     def save_checkpoint(self, epoch):

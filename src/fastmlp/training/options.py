@@ -51,12 +51,13 @@ class FitPlan:
         self.__dict__.update(fields)
 
 
-def metric_names(is_classifier, has_validation):
-    """The names an epoch's logs and the History hold, in order."""
+def metric_names(is_classifier, has_validation, clips=False):
+    """The names an epoch's logs and the History hold, in order (``grad_norm`` when the
+    optimizer clips gradients)."""
     metrics = ["loss"] + (["accuracy"] if is_classifier else [])
     if has_validation:
         metrics += ["val_loss"] + (["val_accuracy"] if is_classifier else [])
-    return metrics + ["lr"]
+    return metrics + ["lr"] + (["grad_norm"] if clips else [])
 
 
 def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validation_split,
@@ -101,13 +102,15 @@ def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validat
         raise ValueError("sample_weight and class_weight give every training row the weight 0: "
                          "nothing would be learned")
     callbacks, stateful = check_callbacks(callbacks)
+    model.optimizer.clip_vector()  # clip_norm/clip_value changed since construction: checked now
     plan = FitPlan(epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle),
                    fresh_order=bool(fresh_order), verbose=verbose,
                    train=train, validation=validation, validation_split=float(validation_split),
                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=bool(resume),
                    callbacks=callbacks, stateful=stateful, class_weight=class_weight,
                    sample_weight=sample_weight, unsplit=rows,
-                   metrics=metric_names(model.is_classifier, validation is not None))
+                   metrics=metric_names(model.is_classifier, validation is not None,
+                                        model.optimizer.clips))
     return plan
 
 

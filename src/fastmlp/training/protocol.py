@@ -58,8 +58,9 @@ class Trainable(Protocol):
 
     # ---- one process: an epoch's steps in one compiled call
     def train_steps(self, rows, order, batch_size, first, stop, batch_losses, batch_correct,
-                    step_count):
-        """Run steps ``first .. stop - 1`` of an epoch compiled; return the first not run."""
+                    step_count, batch_grad_norms=None):
+        """Run steps ``first .. stop - 1`` of an epoch compiled; return the first not run
+        (each step's gradient norm into ``batch_grad_norms`` when the optimizer clips)."""
 
     def save_finite_state(self):
         """Remember parameters and optimizer state; return the step count."""
@@ -76,7 +77,8 @@ class Trainable(Protocol):
         """The live gradient vector ``(n_params,)`` that :meth:`apply_gradients` reads."""
 
     def apply_gradients(self):
-        """One optimizer update from :attr:`flat_gradients`."""
+        """One optimizer update from :attr:`flat_gradients` (clipped first when the optimizer
+        clips); returns the norm before clipping, or None without clipping."""
 
     def count_correct_last_step(self, y):
         """Rows of the last :meth:`compute_gradients` batch predicted right (``y``: its
