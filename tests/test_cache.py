@@ -130,6 +130,49 @@ def test_processes_starting_together_compile_once_and_all_load(tmp_path):
     assert all(r["result"] == [[1.5] * 3] * 4 for r in results)
 
 
+STALE_CHILD = r"""
+import json, os, sys
+from numba.core import event
+compiled = []
+class Listener(event.Listener):
+    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
+    def on_end(self, ev): pass
+event.register("numba:compile", Listener())
+import numpy as np
+from fastmlp import jitcache
+from fastmlp.kernels import activations
+# Another fastmlp (other kernel sources) renews the cache while this process runs.
+with open(os.path.join(jitcache.cache_directory(), jitcache.STAMP_NAME), "w") as stamp:
+    stamp.write("the digest of some other version's kernel sources")
+z = np.ones((4, 3))
+activations._bias_activation_parallel(z, np.full(3, 0.5), activations.RELU, 0.0, 2)
+print(json.dumps({"compiled": compiled, "result": z.tolist()}))
+"""
+
+
+def test_a_process_whose_cache_another_version_renewed_compiles_in_memory(tmp_path):
+    # The kernels of another version, loaded into this process, would be called with this
+    # version's arguments (a crash, seen while kernel sources were edited under a running
+    # suite); its own would be stale code for the other version.  So it neither loads
+    # nor saves once the stamp names other sources.
+    env = _env(NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    _child(env)  # fills the cache, with this version's stamp
+    directory, _ = _kernel_files(tmp_path / "cache")
+
+    def kernel_files():
+        return {p.name: p.stat().st_mtime_ns for p in directory.glob("*.nb[ic]")}
+
+    before = kernel_files()
+    assert any(name.startswith("activations._bias_activation_parallel-") for name in before)
+    done = subprocess.run([sys.executable, "-c", STALE_CHILD], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "_bias_activation_parallel" in result["compiled"]  # compiled, not loaded
+    assert result["result"] == [[1.5] * 3] * 4
+    assert kernel_files() == before  # nothing saved or rewritten
+
+
 def _kernel_files(cache_root):
     (directory,) = [d for d in cache_root.iterdir() if d.is_dir()]
     return directory, sorted(directory.glob("activations._bias_activation_parallel-*"))

@@ -10,7 +10,9 @@ guards the cache against what numba itself does not:
   image) still compiles only once; else a directory under the system's temporary one.
 - **Stale code.**  numba checks only the source file that defines a function, not those of
   its callees (numba #1833): the kernels' cache is dropped whenever any kernel source, or
-  ``config.py``, differs from the one that filled it.
+  ``config.py``, differs from the one that filled it.  A process that started before another
+  fastmlp (other kernel sources: an upgrade, an edited checkout) renewed the cache neither
+  loads that one's files nor saves its own there any more: it compiles in memory.
 - **Several processes.**  Compiling and saving happen under an exclusive file lock in the
   cache directory: when several processes (the ranks of an MPI job on one node, a test
   suite's workers) start with an empty cache, one compiles and the others wait, then load
@@ -36,6 +38,7 @@ import time
 
 from numba.core import config as numba_config
 from numba.core import event
+from numba.core.caching import NullCache
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 
@@ -201,12 +204,25 @@ class CacheGuard:
     ----------
     cache_dir : str or None
         None: no cache (then every method does nothing).
+    sources_digest : str or None
+        The digest of this process's kernel sources (what the cache's stamp must say).
     """
 
-    def __init__(self, cache_dir):
+    def __init__(self, cache_dir, sources_digest=None):
         self.cache_dir = cache_dir
+        self.sources_digest = sources_digest
         # (path, size, mtime_ns) -> digest of the files this process checked or recorded
         self._known = {}
+
+    def holds_our_kernels(self):
+        """Whether the cache's stamp still names this process's kernel sources.  Another
+        fastmlp that renewed it since (:func:`drop_stale_cache`) made its files another
+        version's code, which this process must neither run nor add to."""
+        try:
+            with open(os.path.join(self.cache_dir, STAMP_NAME)) as stamp:
+                return stamp.read() == self.sources_digest
+        except OSError:
+            return False
 
     def _manifest(self):
         try:
@@ -320,13 +336,19 @@ def _guarded_compile(dispatcher):
             if outermost:
                 _notice.started = None
                 _notice.what = _describe(dispatcher, sig if isinstance(sig, tuple) else ())
-            _guard.check(prefix)
+            in_cache = _guard.cache_dir is not None and _guard.holds_our_kernels()
+            if in_cache:
+                _guard.check(prefix)
+            elif _guard.cache_dir is not None and not isinstance(dispatcher._cache, NullCache):
+                dispatcher._cache = NullCache()  # compile in memory: neither load nor save
             try:
                 return original(sig)
             finally:
-                _guard.trust(prefix)
+                if in_cache:
+                    _guard.trust(prefix)
                 if outermost:
-                    _guard.record()
+                    if in_cache:
+                        _guard.record()
                     if _notice.started is not None:
                         print(f"fastmlp: compiled in {time.perf_counter() - _notice.started:.1f} s",
                               file=sys.stderr, flush=True)
@@ -357,7 +379,7 @@ def kernel_cache(source_dir=KERNEL_SOURCES):
     root, cache_dir = choose_cache_root(source_dir, numba_config.CACHE_DIR)
     if cache_dir is not None:
         drop_stale_cache(cache_dir, source_dir)
-    _guard = CacheGuard(cache_dir)
+    _guard = CacheGuard(cache_dir, _sources_digest(source_dir))
     saved_root = numba_config.CACHE_DIR
     if root is not None:
         numba_config.CACHE_DIR = root
