@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from fastmlp import compiled, io, training
+from fastmlp import compiled, io, streaming, training
 from fastmlp._validation import as_features, as_labels, as_targets, sample_weight_per_row
 from fastmlp.compiled import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
@@ -244,7 +244,7 @@ class Sequential:
         ValueError, TypeError
             For anything :meth:`fit` refuses in ``X`` or ``y``.
         """
-        return Rows(*self._prepare(X, y), self._no_weights)
+        return Rows(*self._prepare(X, y, stream=True), self._no_weights)
 
     def signature(self):
         """What replicas of this model on other MPI ranks must match (a tuple: dtype, loss,
@@ -266,9 +266,12 @@ class Sequential:
                       (int(arch[compiled.B_OFFSET]), width)]
         return spans
 
-    def _prepare(self, X, y):
-        """Validated ``(X, labels, targets)``; the unused one of labels/targets is empty."""
-        X = as_features(X, self.n_features_in, self.dtype)
+    def _prepare(self, X, y, stream=False):
+        """Validated ``(X, labels, targets)``; the unused one of labels/targets is empty.
+
+        With ``stream``, a memory-mapped or large foreign ``X`` is checked as a stream and
+        kept as it is, for the gathering loops (:mod:`fastmlp.streaming`)."""
+        X = (streaming.features if stream else as_features)(X, self.n_features_in, self.dtype)
         if y is None:
             raise ValueError("y is required")
         if self.uses_labels:
@@ -426,6 +429,7 @@ class Sequential:
             The first step not run: ``stop``, or the step whose loss was not finite
             (the parameters are then those before it).
         """
+        streaming.check_unchanged(rows.X)
         ws = self._training_workspace(batch_size)
         opt = self.optimizer
         hyper = self._hyperparameters()  # a schedule may have changed lr since the last call
@@ -583,7 +587,19 @@ class Sequential:
             self._training.release()
 
     # ----------------------------------------------------------------- inference
+    def _chunk_buffer(self, X, ws):
+        """Scratch rows for the gather kernels, or None when ``X`` goes to the chain as it is."""
+        if not streaming.needs_gather(X, self.dtype):
+            return None
+        streaming.check_unchanged(X)
+        return np.empty((ws.capacity, self.n_features_in), dtype=self.dtype)
+
     def _evaluate_prepared(self, X, labels, targets, ws):
+        x_chunk = self._chunk_buffer(X, ws)
+        if x_chunk is not None:
+            loss, correct = compiled.evaluate_gathered(ws.net, self.loss_code, X, labels, targets,
+                                                       x_chunk, ws.kernel_threads(get_num_threads()))
+            return float(loss), int(correct)
         loss, correct = compiled.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
                                                  ws.capacity, ws.kernel_threads(get_num_threads()))
         return float(loss), int(correct)
@@ -601,22 +617,30 @@ class Sequential:
         dict
             ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for ``mse``).
         """
-        X, labels, targets = self._prepare(X, y)
+        X, labels, targets = self._prepare(X, y, stream=True)
         loss, correct = self._evaluate_prepared(X, labels, targets, self.inference_workspace(X.shape[0]))
         result = {"loss": loss}
         if self.is_classifier:
             result["accuracy"] = correct / X.shape[0]
         return result
 
+    def _predict_into(self, X, transform, out, ws):
+        x_chunk = self._chunk_buffer(X, ws)
+        if x_chunk is not None:
+            compiled.predict_gathered(ws.net, X, transform, x_chunk, out,
+                                      ws.kernel_threads(get_num_threads()))
+        else:
+            compiled.predict_into(ws.net, X, transform, ws.capacity, out,
+                                  ws.kernel_threads(get_num_threads()))
+
     def _predict(self, X, transform):
-        X = as_features(X, self.n_features_in, self.dtype)
+        X = streaming.features(X, self.n_features_in, self.dtype)
         ws = self.inference_workspace(X.shape[0])
         if transform == compiled.ARGMAX:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
             out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        compiled.predict_into(ws.net, X, transform, ws.capacity, out,
-                              ws.kernel_threads(get_num_threads()))
+        self._predict_into(X, transform, out, ws)
         return out
 
     def decision_function(self, X):
@@ -656,13 +680,12 @@ class Sequential:
     def score(self, X, y):
         """Accuracy for the classification losses (subset accuracy for several binary
         outputs); the coefficient of determination R^2 for ``mse`` (averaged over outputs)."""
-        X, labels, targets = self._prepare(X, y)
+        X, labels, targets = self._prepare(X, y, stream=True)
         ws = self.inference_workspace(X.shape[0])
         if self.is_classifier:
             return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
         pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        compiled.predict_into(ws.net, X, compiled.RAW, ws.capacity, pred,
-                              ws.kernel_threads(get_num_threads()))
+        self._predict_into(X, compiled.RAW, pred, ws)
         t = targets.astype(np.float64)
         ss_res = ((t - pred) ** 2).sum(axis=0)
         ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)

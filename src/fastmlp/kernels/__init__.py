@@ -21,7 +21,8 @@ from fastmlp import jitcache
 
 with jitcache.kernel_cache():
     from fastmlp.kernels import activations, blas, checks, dense, losses, network, optim, schedules
+    from fastmlp.kernels import gather
 
-for _module in (activations, blas, checks, dense, losses, network, optim, schedules):
+for _module in (activations, blas, checks, dense, losses, network, optim, schedules, gather):
     jitcache.guard_module(_module)
 del _module
