@@ -9,6 +9,7 @@ from fastmlp.io import FormatError
 from fastmlp.layers import Dense, Layer, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
 from fastmlp.sequential import DivergenceError, History, Sequential, load
+from fastmlp.streaming import ChunkShuffle, DataChangedError
 from fastmlp.threads import get_num_threads, set_num_threads, threads
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam",
     "AdamW",
+    "ChunkShuffle",
+    "DataChangedError",
     "Dense",
     "DivergenceError",
     "FormatError",
