@@ -379,7 +379,10 @@ class MPI(Strategy):
                 if shuffle:
                     idx = order[lo:lo + b]
                     xb, yb = x_batch[:b], y_batch[:b]
-                    np.take(X, idx, axis=0, out=xb)
+                    if X.dtype == xb.dtype:
+                        np.take(X, idx, axis=0, out=xb)
+                    else:  # a float64 memmap for a float32 model: rounds as astype does
+                        xb[...] = X[idx]
                     np.take(y_source, idx, axis=0, out=yb)
                     wb = np.take(weights, idx, out=w_batch[:b]) if w_batch.shape[0] else None
                 else:  # contiguous rows: views, no copy
