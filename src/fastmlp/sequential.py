@@ -473,23 +473,34 @@ class Sequential:
         finally:
             self._training.release()
 
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
+    def fit(self, X, y=None, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None, verbose=0,
             checkpoint=None, checkpoint_every=None, resume=False, comm=None, fresh_order=False):
         """Train by minibatch gradient descent.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a source of chunks
+            A ``numpy.memmap`` (``np.load(path, mmap_mode="r")``) or any float array, C- or
+            F-ordered, in either float dtype, is used in place: checked in one sequential
+            pass, then each batch's rows are gathered and converted inside the compiled
+            loop (docs/large-data.md), so a file larger than memory trains.  Or a source of
+            ``(X_chunk, y_chunk)`` pairs (a callable returning an iterator, or a re-iterable
+            object) with ``y=None``: see docs/large-data.md for its semantics.
         y : array-like
             ``(n_samples,)`` integer class labels for ``softmax_cross_entropy`` and
             ``multiclass_hinge``; ``(n_samples, n_outputs)`` (or ``(n_samples,)`` with one
-            output) targets for ``binary_cross_entropy`` (0/1) and ``mse``.
+            output) targets for ``binary_cross_entropy`` (0/1) and ``mse``.  None with a
+            source of chunks.
         epochs : int, default 1
         batch_size : int, default 32
             The last batch of an epoch is smaller when it does not divide ``n_samples``.
-        shuffle : bool, default True
+        shuffle : bool, "chunks" or ChunkShuffle, default True
             Visit the rows in a new order each epoch, drawn from the model's seeded RNG.
+            ``"chunks"`` (or :class:`~fastmlp.ChunkShuffle` with its sizes) visits
+            contiguous chunks of rows in a random order and shuffles rows within a window
+            of chunks, so that reading a memory-mapped file stays sequential.  With a
+            source of chunks, True shuffles the rows within each chunk.
         validation_data : tuple (X_val, y_val), optional
             Evaluated after every epoch (``val_loss``, and ``val_accuracy`` for classifiers).
         validation_split : float, default 0.0
@@ -609,14 +620,24 @@ class Sequential:
         ``workspace`` from :meth:`inference_workspace`."""
         return self._evaluate_prepared(rows.X, rows.labels, rows.targets, workspace)
 
-    def evaluate(self, X, y):
+    def evaluate(self, X, y=None):
         """Mean data loss on ``(X, y)`` and, for the classification losses, the accuracy.
+
+        ``X`` may also be a source of ``(X_chunk, y_chunk)`` pairs, as :meth:`fit` takes
+        (with ``y=None``): the loss and accuracy are then over all its rows.
 
         Returns
         -------
         dict
             ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for ``mse``).
         """
+        chunked = training.evaluate_chunks(self, X) if y is None else None
+        if chunked is not None:
+            loss, correct, n = chunked
+            result = {"loss": float(loss)}
+            if self.is_classifier:
+                result["accuracy"] = correct / n
+            return result
         X, labels, targets = self._prepare(X, y, stream=True)
         loss, correct = self._evaluate_prepared(X, labels, targets, self.inference_workspace(X.shape[0]))
         result = {"loss": loss}
