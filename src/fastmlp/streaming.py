@@ -132,7 +132,8 @@ def features(X, n_features, dtype, name="X"):
     if bad is not None:
         row, col = bad
         value = X[row, col]
-        after = (f" ({value!r} overflows {np.dtype(dtype).name})" if np.isfinite(value) else "")
+        after = (f" ({float(value)!r} overflows {np.dtype(dtype).name})" if np.isfinite(value)
+                 else "")
         where = f" of {path}" if path is not None else ""
         raise ValueError(f"{name} has a NaN or infinite value in row {row}{where} "
                          f"(column {col}){after}")
