@@ -490,3 +490,22 @@ def test_fit_on_a_mapped_file_takes_memory_that_does_not_grow_with_it(tmp_path):
     bound = n_rows * per_row + 2 * streaming.CHECK_CHUNK_BYTES + (16 << 20)
     assert peak - base < bound, f"RssAnon grew by {(peak - base) / 2**20:.1f} MiB"
     assert bound < n_rows * n_features * 4 / 2  # the bound is tighter than half a copy
+
+
+# ---------------------------------------------------------------- MPI
+def test_mpi_ranks_read_only_their_slice_of_a_mapped_file(tmp_path, data):
+    from test_distributed import MPIEXEC, mpiexec
+
+    if not MPIEXEC.exists():
+        pytest.fail(f"{MPIEXEC} missing: mpich is part of the test extra")
+    X, y = data
+    used = N - 50
+    X = X.copy()
+    X[used + 10, 0] = np.nan  # past every rank's slice: reading it would fail the fit
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "used_rows.txt").write_text(str(used))
+    script = os.path.join(os.path.dirname(__file__), "mpi_large_data.py")
+    run = mpiexec(2, [sys.executable, script, str(tmp_path)], tmp_path / "logs")
+    assert run.returncode == 0, repr(run)
+    assert (tmp_path / "result.txt").read_text() == "ok", repr(run)
