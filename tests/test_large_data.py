@@ -509,3 +509,10 @@ def test_mpi_ranks_read_only_their_slice_of_a_mapped_file(tmp_path, data):
     run = mpiexec(2, [sys.executable, script, str(tmp_path)], tmp_path / "logs")
     assert run.returncode == 0, repr(run)
     assert (tmp_path / "result.txt").read_text() == "ok", repr(run)
+
+
+def test_a_list_of_number_pairs_is_still_data():
+    X = [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)]
+    model = Sequential([Dense(2, 4, activation="tanh"), Dense(4, 2)], seed=0)
+    model.fit(X, [1, 1, 0, 0], epochs=2)
+    assert model.predict(X).shape == (4,)

@@ -27,7 +27,7 @@ def fit(model, X, y, comm=None, **arguments):
     ``comm`` (an mpi4py communicator) this call is one rank of a data-parallel run and
     every rank of ``comm`` must make it.  Returns the :class:`History`.
     """
-    if is_chunk_source(X):
+    if is_chunk_source(X, y):
         if comm is not None:
             raise ValueError("fit with comm= takes arrays (each rank's shard), not a source of "
                              "chunks")

@@ -33,15 +33,18 @@ from fastmlp.training.options import FitPlan, check_callbacks, metric_names
 from fastmlp._validation import check_positive_int
 
 
-def is_chunk_source(X):
-    """Whether ``X`` is a chunk source rather than an array-like."""
-    if isinstance(X, (np.ndarray, str, bytes, tuple)) or hasattr(X, "__array__"):
+def is_chunk_source(X, y=None):
+    """Whether ``X`` (with ``y``) is a chunk source rather than an array-like.
+
+    A list is one only without ``y`` and when it holds ``(X_chunk, y_chunk)`` pairs of
+    arrays: ``[(0, 1), (1, 0)]`` with labels is two rows of data, as it always was."""
+    if isinstance(X, (np.ndarray, str, bytes, tuple, dict)) or hasattr(X, "__array__"):
         return False
     if callable(X):
         return True
     if isinstance(X, list):
-        # A list of (X, y) pairs, not a nested list of numbers.
-        return bool(X) and all(isinstance(p, tuple) and len(p) == 2 for p in X)
+        return y is None and bool(X) and all(
+            isinstance(p, tuple) and len(p) == 2 and not np.isscalar(p[0]) for p in X)
     return hasattr(X, "__iter__")
 
 
