@@ -9,13 +9,14 @@ call, so compilation and first-touch costs are not timed.
 Systems (each optional; one that is not installed is skipped with a note):
 
 - ``fastmlp``: ``Sequential(...).fit(X, y, epochs=E, batch_size=B, shuffle=False)``;
-  also ``predict``.
+  also ``predict``, and the per-call latency of ``predict_proba`` on 1 and 32 rows.
 - ``jax``: a ``jax.jit``-compiled train step (``value_and_grad`` + SGD update) called once
   per batch from a Python loop, ``block_until_ready`` after each step; batches are
   device arrays split before timing.
 - ``torch``: PyTorch eager, ``nn.Sequential`` + ``torch.optim.SGD`` + ``CrossEntropyLoss``,
   the standard ``zero_grad / forward / backward / step`` loop over tensor slices; also
-  ``predict`` under ``torch.inference_mode()``.
+  ``predict`` under ``torch.inference_mode()``, and the per-call latency of a softmax
+  prediction on 1 and 32 rows (numpy in, numpy out, as a server takes a request).
 - ``sklearn``: ``MLPClassifier(solver="sgd", momentum=0, learning_rate_init=0.01,
   alpha=0, shuffle=False, warm_start=True, max_iter=E).fit(X, y)``: one ``fit`` call
   trains E epochs (early stopping disabled), the standard way to train it; warm_start
@@ -76,6 +77,9 @@ DISTRIBUTIONS = ["fastmlp", "numpy", "scipy", "numba", "llvmlite", "threadpoolct
 
 LR = 0.01
 SEED = 0
+#: Rows per call in the per-call latency measurements of ``predict_proba`` (one request at
+#: a time, as a trained model is served).
+LATENCY_ROWS = (1, 32)
 CHILD_MARK = "COMPARE_RESULT "
 CHILD_TIMEOUT_S = 900
 
@@ -200,6 +204,10 @@ def bench_fastmlp(sizes, batch, n, target_s, threads, do_predict):
     out = {"train": calibrated(train, n, target_s)}
     if do_predict:
         out["predict"] = calibrated(lambda k: [model.predict(X) for _ in range(k)], n, target_s)
+        for rows in LATENCY_ROWS:
+            x = X[:rows].copy()
+            out[f"latency{rows}"] = calibrated(
+                lambda k: [model.predict_proba(x) for _ in range(k)], 1, target_s / 4)
     return out
 
 
@@ -281,6 +289,16 @@ def bench_torch(sizes, batch, n, target_s, threads, do_predict):
                     model(Xt).argmax(dim=1)
 
         out["predict"] = calibrated(predict, n, target_s)
+        for rows in LATENCY_ROWS:
+            xt = Xt[:rows].clone()
+
+            def one_call_each(k):
+                for _ in range(k):
+                    # One request as a server takes it: numpy in, numpy out.
+                    with torch.inference_mode():
+                        torch.softmax(model(xt), dim=1).numpy()
+
+            out[f"latency{rows}"] = calibrated(one_call_each, 1, target_s / 4)
     return out
 
 
@@ -623,6 +641,10 @@ def fmt_rate(x):
     return f"{x:.0f}"
 
 
+def fmt_latency(calls_per_s):
+    return f"{1e6 / calls_per_s:.1f}" if calls_per_s else "-"
+
+
 def fmt_ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -661,7 +683,7 @@ def report(threads, systems, runs, notes, args):
                 warn(system, w)
         busiest, noisy = 0.0, []
         for sizes, batch, key in shapes:
-            for kind in ("train", "predict"):
+            for kind in ("train", "predict") + tuple(f"latency{r}" for r in LATENCY_ROWS):
                 ms = measurements(runs, system, key, kind)
                 util = max((m["cpu_util"] for m in ms), default=0.0)
                 # The outside check of the limit: cores kept busy while timed.
@@ -711,6 +733,24 @@ def report(threads, systems, runs, notes, args):
             row = [shape_name(sizes)] + [fmt_rate(med[s]) for s in predictors]
             rows.append(row + ([fmt_ratio(med["fastmlp"], med["torch"])] if len(predictors) == 2 else []))
         lines += ["", f"Predict, samples/s (median of {args.repeats}; whole array per call)", ""]
+        lines += table(cols, rows)
+
+        cols = ["layer sizes", "rows per call"] + [head(s) for s in predictors]
+        cols += ["fastmlp/PyTorch time"] if len(predictors) == 2 else []
+        rows, done = [], set()
+        for sizes, batch, key in shapes:
+            if sizes in done:
+                continue
+            done.add(sizes)
+            for n_rows in LATENCY_ROWS:
+                med = {s: median_rate(runs, s, key, f"latency{n_rows}") for s in predictors}
+                row = [shape_name(sizes), str(n_rows)] + [fmt_latency(med[s]) for s in predictors]
+                if len(predictors) == 2:
+                    row.append(fmt_ratio(med["torch"], med["fastmlp"]).rstrip("x"))
+                rows.append(row)
+        lines += ["", f"Per-call latency of predict_proba (PyTorch: softmax under inference_mode, "
+                      f"numpy in and out), microseconds (median of {args.repeats}; lower is "
+                      "better)", ""]
         lines += table(cols, rows)
 
     rows = []

@@ -257,11 +257,14 @@ def _sklearn():
                         validation_fraction=0.2, n_iter_no_change=3, random_state=0,
                         learning_rate_init=0.05, dtype="float64")
     clf.fit(X, y, sample_weight=rng.uniform(0.5, 1.5, size=80))
+    # float32 explicitly: the runs were recorded when it was the default (now dtype=None
+    # follows the float64 data).
     clf2 = MLPClassifier(hidden_layer_sizes=(5,), optimizer="sgd", random_state=1, batch_size=16,
-                         learning_rate_init=0.1)
+                         learning_rate_init=0.1, dtype="float32")
     for _ in range(3):
         clf2.partial_fit(X, y, classes=[0, 1, 2])
-    reg = MLPRegressor(hidden_layer_sizes=(5,), max_iter=8, random_state=2, tol=0.0)
+    reg = MLPRegressor(hidden_layer_sizes=(5,), max_iter=8, random_state=2, tol=0.0,
+                       dtype="float32")
     reg.fit(X, X[:, 0] - X[:, 1])
     return _hash(*[getattr(m, name) for m in (clf, clf2, reg)
                    for name in ("loss_curve_", "n_iter_", "best_loss_")],

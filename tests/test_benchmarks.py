@@ -89,12 +89,63 @@ def test_asv_runs_and_publishes(tmp_path):
     assert "failed" not in output.lower(), output[-5000:]
     assert "startup.StartUp.timeraw_import_only" in output
     assert "training.TrainStep.time_train_step" in output
-    published = _asv("publish")
+    # benchmarks/publish.py: asv publish, then the pages load the vendored libraries
+    # (tests/test_web.py opens such a dashboard in Chromium).
+    published = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "publish.py")],
+                               capture_output=True, text=True, timeout=600)
     assert published.returncode == 0, published.stdout + published.stderr
-    assert os.path.exists(os.path.join(BENCHMARKS, ".asv", "html", "index.html"))
+    with open(os.path.join(BENCHMARKS, ".asv", "html", "index.html"), encoding="utf-8") as f:
+        index = f.read()
+    assert 'src="vendor/jquery-3.3.1/jquery.min.js"' in index
+    assert "cdn" not in index.lower() and "code.jquery.com" not in index
 
 
 def _head():
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCHMARKS, capture_output=True, text=True)
     assert out.returncode == 0, "the asv test runs from a git checkout"
     return out.stdout.strip()
+
+
+def test_publish_script_rewrites_pages_and_refuses_what_it_cannot_vendor(tmp_path):
+    import publish  # benchmarks/publish.py
+
+    entries = publish.load_manifest()
+    jquery = next(e for e in entries if e["file"].startswith("jquery-"))
+    html = tmp_path / "html"
+    (html / "sub").mkdir(parents=True)
+    page = ('<html><head><script src="{url}" integrity="{sri}" crossorigin="anonymous" '
+            'onerror="js_load_failure()"></script>\n<link rel="stylesheet" href="{css}">'
+            '<link href="asv.css" rel="stylesheet"></head><body>'
+            '<a href="https://github.com/airspeed-velocity/asv/">asv</a></body></html>')
+    css = next(e for e in entries if e["file"].endswith(".css"))["url"]
+    sri = "sha256-FgpCb/KJQlLNfOu91ta32o/NMZxltwRo8QtmkMRdAu8="  # as asv's index.html has it
+    (html / "index.html").write_text(page.format(url=jquery["url"], sri=sri, css=css))
+    (html / "sub" / "page.html").write_text(page.format(url=jquery["url"], sri=sri, css=css))
+    assert publish.main(["--no-publish", "--html-dir", str(html)]) is None
+    index = (html / "index.html").read_text()
+    assert f'<script src="vendor/{jquery["file"]}" onerror="js_load_failure()"></script>' in index
+    assert "integrity" not in index and "crossorigin" not in index
+    assert 'href="asv.css"' in index and 'href="https://github.com/airspeed-velocity/asv/"' in index
+    assert f'src="../vendor/{jquery["file"]}"' in (html / "sub" / "page.html").read_text()
+    assert (html / "vendor" / jquery["file"]).read_bytes() == \
+        open(os.path.join(BENCHMARKS, "vendor", jquery["file"]), "rb").read()
+    # A URL that vendor.json does not provide, or an integrity hash the copy does not
+    # match, is an error that names it.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "a.html").write_text(page.format(url=jquery["url"], sri=sri, css=css))
+    (fresh / "b.html").write_text(page.format(url="https://cdn.example/x.js", sri=sri, css=css))
+    with pytest.raises(publish.PublishError, match=r"b\.html loads https://cdn\.example/x\.js"):
+        publish.make_self_contained(str(fresh))
+    # Refused before anything was written: a.html still as published.
+    assert jquery["url"] in (fresh / "a.html").read_text() and not (fresh / "vendor").exists()
+    (html / "index.html").write_text(page.format(url=jquery["url"], sri="sha256-AAAA", css=css))
+    with pytest.raises(publish.PublishError, match="integrity"):
+        publish.make_self_contained(str(html))
+    # A vendored file that is not the one recorded is refused before any page changes.
+    vendor = tmp_path / "vendor"
+    shutil.copytree(os.path.join(BENCHMARKS, "vendor"), vendor)
+    with open(vendor / jquery["file"], "ab") as f:
+        f.write(b"\n")
+    with pytest.raises(publish.PublishError, match="sha256"):
+        publish.load_manifest(str(vendor))

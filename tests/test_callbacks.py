@@ -112,7 +112,8 @@ def test_hooks_are_called_in_order_with_their_arguments(kind, with_validation):
     assert [c[0] for c in rec.calls] == (["set_model", "on_train_begin"]
                                          + ["on_epoch_begin", "on_epoch_end"] * 3 + ["on_train_end"])
     assert rec.calls[0][1] is model
-    assert rec.calls[1][1] == {"metrics": metrics, "epochs": 3}
+    assert rec.calls[1][1] == {"metrics": metrics, "epochs": 3, "initial_epoch": 0,
+                                 "resume": False}
     begins = [c for c in rec.calls if c[0] == "on_epoch_begin"]
     ends = [c for c in rec.calls if c[0] == "on_epoch_end"]
     assert [c[1] for c in begins] == [1, 2, 3] and [c[1] for c in ends] == [1, 2, 3]

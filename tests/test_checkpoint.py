@@ -349,7 +349,7 @@ def test_killed_mid_save_keeps_the_last_checkpoint_and_rerun_ends_identical(work
     proc = _start(workdir, ck, out, mode="hang-save", at=1)  # this run's first save hangs half-written
     _wait_for(proc, "MID-SAVE")
     _kill(proc)
-    temporaries = [p for p in workdir.iterdir() if p.name.startswith(f".{ck.name}.") and p.suffix == ".tmp"]
+    temporaries = [p for p in workdir.iterdir() if p.name.startswith(f".{ck.name}.fastmlp-tmp-")]
     assert len(temporaries) == 1  # the half-written file, beside the intact checkpoint
     with pytest.raises(FormatError, match="truncated"):
         fastmlp.load(temporaries[0])
@@ -360,6 +360,8 @@ def test_killed_mid_save_keeps_the_last_checkpoint_and_rerun_ends_identical(work
     first = 1 if before is None else 2 * (at - 1) + 1
     assert _run(workdir, ck, out) == f"[{first}] {EPOCHS - first + 1}"
     assert _same_model(out, reference)
+    # The rerun's first save removed the killed process's temporary file.
+    assert not temporaries[0].exists()
 
 
 @posix_only

@@ -377,7 +377,7 @@ def test_killed_job_resumes_bit_identical(dtype, tmp_path):
         assert resumed["history"][key] == values[5:]  # bitwise, as the state
     # The final checkpoints (every rank's row order and streams included) are the same bytes.
     assert ck.read_bytes() == reference_ck.read_bytes()
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+    assert [p.name for p in tmp_path.iterdir() if ".fastmlp-tmp-" in p.name] == []
     # Rerunning the finished job trains nothing and changes nothing.
     run, again = resume_run(2, tmp_path, dtype, ck)
     assert run.returncode == 0, run

@@ -67,7 +67,8 @@ def test_api_reference_documents_the_public_api(site):
     expected = ["Sequential", "Sequential.fit", "Sequential.predict", "History", "DivergenceError",
                 "Dense", "Maxout", "SGD", "Adam", "AdamW", "load", "FormatError",
                 "gradcheck.gradcheck", "random_search", "set_num_threads", "threads.threads",
-                "get_num_threads"]
+                "get_num_threads", "Sequential.export", "Sequential.summary",
+                "Sequential.count_params"]
     assert {f"fastmlp.{name}" for name in expected} <= ids
     assert "fastmlp.datasets.make_spiral" in anchors(site, "api/datasets")
     assert {"fastmlp.sklearn.MLPClassifier", "fastmlp.sklearn.MLPRegressor"} <= anchors(site, "api/sklearn")
@@ -79,7 +80,7 @@ def test_api_reference_documents_the_public_api(site):
         assert f"fastmlp.kernels.{name}" in kernels
     callbacks = anchors(site, "api/callbacks")
     for name in ["Callback", "StepDecay", "ExponentialDecay", "CosineAnnealing",
-                 "ReduceLROnPlateau", "EarlyStopping"]:
+                 "ReduceLROnPlateau", "EarlyStopping", "CSVLogger"]:
         assert f"fastmlp.callbacks.{name}" in callbacks
     assert "for whatever reason" in " ".join(page_text(site, "api/callbacks").split())
 
@@ -96,7 +97,11 @@ def test_docstring_markup_is_rendered(site):
 def test_user_guide_has_the_math(site):
     raw = (site / "user-guide/index.html").read_text(encoding="utf-8")
     assert 'class="arithmatex"' in raw
-    assert "mathjax" in raw.lower()
+    # MathJax comes with the site (docs/javascripts/mathjax/), not from a CDN: the formulas
+    # render offline (tests/test_web.py checks that in Chromium).
+    assert '<script src="../javascripts/mathjax/tex-chtml.js"></script>' in raw
+    assert not re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="https?://', raw)
+    assert (site / "javascripts/mathjax/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff").is_file()
     text = page_text(site, "user-guide")
     assert r"s = xW + b" in text
     assert r"y_k = f_k\left(y_{k-1} W_k + b_k\right)" in text
@@ -109,8 +114,18 @@ def test_user_guide_has_the_math(site):
 
 def test_cli_and_other_pages(site):
     text = page_text(site, "cli")
-    for command in ["train", "predict", "evaluate", "demo", "bench"]:
+    for command in ["train", "predict", "evaluate", "demo", "bench", "info", "export"]:
         assert f"fastmlp {command}" in text
     for page in ["quickstart", "performance", "file-format", "architecture", "examples",
                  "distributed", "sklearn", "compare-results"]:
         assert (site / page / "index.html").is_file(), page
+
+
+def test_deployment_page_and_interop_api(site):
+    ids = anchors(site, "api/fastmlp")
+    assert {"fastmlp.Sequential.export", "fastmlp.Sequential.to_torch", "fastmlp.from_torch"} <= ids
+    assert "fastmlp export" in page_text(site, "cli")
+    text = page_text(site, "deployment")
+    for phrase in ["Serving a fastmlp model with ONNX Runtime", "InferenceSession",
+                   "A PyTorch network in fastmlp", "from_torch", "opset 18"]:
+        assert phrase in text

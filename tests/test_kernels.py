@@ -225,7 +225,8 @@ def test_input_checks_see_nan_and_inf_despite_fastmath():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("transpose_a", [False, True])
 @pytest.mark.parametrize("transpose_b", [False, True])
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 1, 5), (7, 9, 2), (33, 17, 65)])
+# One row of output takes the gemv path: (1, k, n) with k and n above 1.
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 9, 13), (1, 70, 3), (3, 1, 5), (7, 9, 2), (33, 17, 65)])
 def test_gemm_on_views_with_transposes_and_accumulation(rng, dtype, transpose_a, transpose_b, m, k, n):
     # Operands are column blocks of wider arrays: strided rows, unit inner stride.
     a_full = rng.normal(size=(k, m + 3) if transpose_a else (m, k + 3)).astype(dtype)

@@ -285,6 +285,7 @@ def test_copies_keep_layers_tied_to_the_parameter_vector(rng, how):
     y = rng.integers(0, 3, size=12)
     model = _model(seed=6)
     model.fit(X, y, epochs=2, batch_size=4)
+    model.decision_function(X)  # the model now keeps a workspace tied to its parameters
     twin = pickle.loads(pickle.dumps(model)) if how == "pickle" else copy.deepcopy(model)
     # The same weights bit for bit, the same kernels and shapes: bitwise.
     np.testing.assert_array_equal(twin.decision_function(X), model.decision_function(X))
@@ -294,3 +295,28 @@ def test_copies_keep_layers_tied_to_the_parameter_vector(rng, how):
     twin.set_weights([np.zeros_like(w) for w in twin.get_weights()])
     assert not twin.decision_function(X).any()  # set_weights reaches the model
     assert model.decision_function(X).any()  # and not the original
+
+
+def test_kept_inference_workspaces_are_few_and_small(rng, monkeypatch):
+    from fastmlp import sequential
+
+    model = Sequential([Dense(4, 16, activation="relu"), Dense(16, 3)], seed=0)
+    X = rng.normal(size=(300, 4))
+    expected = model.predict_proba(X)
+    for n in range(1, 3 * sequential.KEPT_WORKSPACES_PER_THREAD):
+        model.predict_proba(X[:n])
+    kept = model._kept_workspaces.by_capacity
+    assert len(kept) == sequential.KEPT_WORKSPACES_PER_THREAD
+    # The most recent sizes stay; a size called again comes back to the same buffers.
+    last = 3 * sequential.KEPT_WORKSPACES_PER_THREAD - 1
+    assert list(kept) == list(range(last - sequential.KEPT_WORKSPACES_PER_THREAD + 1, last + 1))
+    before = kept[last]
+    model.predict_proba(X[:last])
+    assert model._kept_workspaces.by_capacity[last] is before
+    # Over the size limit, a workspace serves its call and is dropped.
+    monkeypatch.setattr(sequential, "KEPT_WORKSPACE_BYTES", before.nbytes - 1)
+    np.testing.assert_array_equal(model.predict_proba(X), expected)  # same kernels, same rows
+    assert X.shape[0] not in model._kept_workspaces.by_capacity
+    # A kept workspace reads the model's current parameters.
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    np.testing.assert_array_equal(model.predict_proba(X[:last]), np.full((last, 3), 1 / 3, np.float32))

@@ -1,5 +1,7 @@
 """fastmlp.sklearn: the scikit-learn estimators (skipped when scikit-learn is not installed)."""
 
+import json
+import os
 import pickle
 import subprocess
 import sys
@@ -27,13 +29,15 @@ from fastmlp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 SMALL = dict(hidden_layer_sizes=(16,), max_iter=30, learning_rate_init=0.01, random_state=0)
 
 
+# An explicit dtype on each: the checks' data is mostly float64, which dtype=None (the
+# default, tested on its own by test_check_estimator_on_defaults) would follow.
 ESTIMATORS = [
-    MLPClassifier(**SMALL),
-    MLPClassifier(loss="multiclass_hinge", **SMALL),
-    MLPClassifier(loss="binary_cross_entropy", **SMALL),
+    MLPClassifier(dtype="float32", **SMALL),
+    MLPClassifier(loss="multiclass_hinge", dtype="float32", **SMALL),
+    MLPClassifier(loss="binary_cross_entropy", dtype="float32", **SMALL),
     MLPClassifier(optimizer="sgd", activation="maxout", dtype="float64",
                   **dict(SMALL, learning_rate_init=0.005)),
-    MLPRegressor(**SMALL),
+    MLPRegressor(dtype="float32", **SMALL),
     MLPRegressor(optimizer="adamw", activation="tanh", dtype="float64", **SMALL),
 ]
 
@@ -258,7 +262,8 @@ def test_params_checked_at_fit_not_init(spiral):
            dict(early_stopping=None), dict(validation_fraction=0.0),
            dict(validation_fraction=1.0), dict(validation_fraction=-0.1),
            dict(validation_fraction=1.5), dict(validation_fraction=True),
-           dict(validation_fraction="0.1"), dict(validation_fraction=np.nan)]
+           dict(validation_fraction="0.1"), dict(validation_fraction=np.nan),
+           dict(warm_start=1), dict(warm_start="yes"), dict(dtype="int32")]
     for params in bad:
         clf = MLPClassifier(**params)  # no error yet
         with pytest.raises(ValueError, match=list(params)[0].replace("learning_rate_init", "lr")):
@@ -468,7 +473,8 @@ def test_early_stopping_verbose_and_weighted_score(spiral, monkeypatch, capsys):
     w = np.where(np.arange(len(y)) % 4 == 0, 3.0, 1.0)
     spy = SplitSpy(monkeypatch)
     clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=4, early_stopping=True,
-                                  verbose=1, random_state=0), X, y, sample_weight=w)
+                                  verbose=1, random_state=0, dtype="float32"), X, y,
+                    sample_weight=w)
     assert capsys.readouterr().out.count("Validation score: ") == 4
     # The validation score is weighted by the held-out rows' weights, as scikit-learn's is.
     call = spy.calls[0]
@@ -541,12 +547,15 @@ def test_sample_weight_equivalence_float32(estimator):
 def test_sample_weight_all_ones_is_no_weight_bit_for_bit(spiral):
     X, y = spiral
     ones = np.ones(len(y))
+    # float32, as these were written for: in float64 the parameters are bitwise the same
+    # too, but the reported loss of an epoch can differ in its last bit.
     for estimator, target in [(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, batch_size=32,
-                                             random_state=0), y),
+                                             random_state=0, dtype="float32"), y),
                               (MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, batch_size=32,
-                                            random_state=0), X[:, 0] * X[:, 1]),
+                                            random_state=0, dtype="float32"), X[:, 0] * X[:, 1]),
                               (MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, batch_size=32,
-                                             early_stopping=True, random_state=0), y)]:
+                                             early_stopping=True, random_state=0,
+                                             dtype="float32"), y)]:
         plain = fit_quiet(clone(estimator), X, target)
         weighted = fit_quiet(clone(estimator), X, target, sample_weight=ones)
         # Bitwise: a weight of 1.0 (the mean-1 rescaling of all ones) multiplies exactly.
@@ -657,3 +666,210 @@ def test_sample_weight_validation(spiral, monkeypatch):
     with pytest.raises(ValueError, match="zero on every row of the training part left by "
                                          "early_stopping"):
         reg.fit(X[:6], X[:6, 0], sample_weight=held_out.astype(float))
+
+
+# ----------------------------------------------------------------- check_estimator on defaults
+# scikit-learn's check_estimator, as a user runs it: default arguments (every check,
+# legacy ones included, raising on the first failure), on estimators with their default
+# parameters.  In a fresh interpreter with SCIPY_ARRAY_API=1, which scipy reads when it is
+# imported: without it scikit-learn skips check_array_api_input (it checks that array-API
+# dispatch with numpy inputs changes nothing), and here every check must run.
+CHECK_DEFAULTS = r"""
+import json, sys, warnings
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import check_estimator
+from fastmlp.sklearn import MLPClassifier, MLPRegressor
+warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter=200 on tiny data, by design
+statuses = []
+def record(estimator, check_name, exception, status, expected_to_fail, expected_to_fail_reason):
+    statuses.append([type(estimator).__name__, check_name, status, repr(exception)[:2000]])
+for estimator in (MLPClassifier(), MLPRegressor()):
+    check_estimator(estimator, on_fail=None, callback=record)  # every check, then report
+json.dump(statuses, sys.stdout)
+"""
+
+
+def test_check_estimator_on_defaults():
+    env = dict(os.environ, SCIPY_ARRAY_API="1")
+    out = subprocess.run([sys.executable, "-c", CHECK_DEFAULTS], capture_output=True, text=True,
+                         env=env, timeout=1200)
+    assert out.returncode == 0, out.stderr[-5000:]
+    statuses = json.loads(out.stdout)
+    for name in ("MLPClassifier", "MLPRegressor"):
+        checks = {check: (status, error) for estimator, check, status, error in statuses
+                  if estimator == name}
+        assert len(checks) > 50, checks  # 62 and 60 with scikit-learn 1.9
+        failed = {check: result for check, result in checks.items() if result[0] != "passed"}
+        assert not failed, failed
+        assert {"check_sample_weight_equivalence_on_dense_data", "check_array_api_input",
+                "check_readonly_memmap_input", "check_estimators_dtypes",
+                "check_fit_idempotent"} <= set(checks)
+
+
+# ----------------------------------------------------------------- dtype follows the input
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_dtype_none_follows_the_input(spiral, Estimator):
+    X, y = spiral
+    small = dict(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    for X_fit, expected in [(X.astype(np.float32), np.float32), (X.astype(np.float64), np.float64),
+                            (np.round(X * 10).astype(np.int64), np.float64),  # as scikit-learn
+                            (X.tolist(), np.float64)]:
+        est = fit_quiet(Estimator(**small), X_fit, y)
+        assert est.model_.dtype == expected
+        # Later calls convert X to the network's dtype, whatever they are given.
+        assert est.predict(X.astype(np.float32)).shape == y.shape
+        est.partial_fit(X.astype(np.float32 if expected == np.float64 else np.float64), y)
+        assert est.model_.dtype == expected
+    # An explicit dtype wins over the input's.
+    for dtype, X_fit in [("float32", X.astype(np.float64)), ("float64", X.astype(np.float32)),
+                         (np.float32, X.astype(np.float64))]:
+        assert fit_quiet(Estimator(dtype=dtype, **small), X_fit, y).model_.dtype == np.dtype(dtype)
+    assert Estimator().get_params()["dtype"] is None
+
+
+def test_dtype_none_trains_the_explicit_dtypes_model_bit_for_bit(spiral):
+    X, y = spiral
+    for dtype in (np.float32, np.float64):
+        following = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0),
+                              X.astype(dtype), y)
+        explicit = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0,
+                                           dtype=dtype), X.astype(dtype), y)
+        # Bitwise: the same network, data and seed.
+        np.testing.assert_array_equal(following.model_.params, explicit.model_.params)
+
+
+def test_read_only_inputs_and_memory_mapped_estimators(spiral, tmp_path):
+    joblib = pytest.importorskip("joblib")  # a scikit-learn dependency
+    X, y = spiral
+    X_read_only = X.copy()
+    X_read_only.flags.writeable = False
+    clf = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
+                    X_read_only, y)
+    twin = fit_quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0), X, y)
+    # Bitwise: a read-only X trains and predicts exactly as a writable one.
+    np.testing.assert_array_equal(clf.model_.params, twin.model_.params)
+    np.testing.assert_array_equal(clf.decision_function(X_read_only), twin.decision_function(X))
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    mapped = joblib.load(tmp_path / "clf.joblib", mmap_mode="r")
+    # The network owns writable arrays again (its layers view them), and keeps training.
+    assert mapped.model_.params.flags.writeable and mapped.model_.optimizer.state.flags.writeable
+    assert np.shares_memory(mapped.model_.layers[0].W, mapped.model_.params)
+    np.testing.assert_array_equal(mapped.predict_proba(X), clf.predict_proba(X))
+    mapped.partial_fit(X, y)
+    clf.partial_fit(X, y)
+    np.testing.assert_array_equal(mapped.model_.params, clf.model_.params)
+
+
+# ----------------------------------------------------------------- warm_start
+WARM = dict(hidden_layer_sizes=(8,), learning_rate_init=0.01, tol=0.0, random_state=0)
+
+
+@pytest.mark.parametrize("Estimator,optimizer", [(MLPClassifier, "adam"), (MLPClassifier, "sgd"),
+                                                 (MLPRegressor, "adam")])
+def test_warm_start_continues_weights_and_optimizer_state(spiral, Estimator, optimizer):
+    X, y = spiral
+    if Estimator is MLPRegressor:
+        y = X[:, 0] * X[:, 1]
+    params = dict(WARM, optimizer=optimizer, shuffle=False, batch_size=32)
+    warm = fit_quiet(Estimator(warm_start=True, max_iter=4, **params), X, y)
+    step_count = warm.model_.optimizer.step_count
+    model = warm.model_
+    fit_quiet(warm, X, y)
+    assert warm.model_ is model and warm.n_iter_ == len(warm.loss_curve_) == 8
+    assert warm.model_.optimizer.step_count == 2 * step_count  # 4 epochs of 6 batches, twice
+    once = fit_quiet(Estimator(max_iter=8, **params), X, y)
+    # Bitwise: the same 8 epochs in the same order, the optimizer's state carried over
+    # (scikit-learn's MLP would restart Adam's moments and bias correction here).
+    np.testing.assert_array_equal(warm.model_.params, once.model_.params)
+    np.testing.assert_array_equal(warm.model_.optimizer.state, once.model_.optimizer.state)
+    assert warm.loss_curve_ == once.loss_curve_
+    # A fresh optimizer after 4 epochs (scikit-learn's warm start) trains another model.
+    restarted = fit_quiet(Estimator(max_iter=4, **params), X, y)
+    restarted.model_.optimizer.state[...] = 0
+    restarted.model_.optimizer.step_count = 0
+    restarted.partial_fit(X, y)
+    once_more = fit_quiet(Estimator(max_iter=5, **params), X, y)
+    assert not np.array_equal(restarted.model_.params, once_more.model_.params)
+
+
+def test_warm_start_with_shuffling_matches_one_long_fit(spiral):
+    X, y = spiral
+    warm = fit_quiet(MLPClassifier(warm_start=True, max_iter=3, **WARM), X, y)
+    fit_quiet(warm, X, y)
+    once = fit_quiet(MLPClassifier(max_iter=6, **WARM), X, y)
+    # Bitwise: fresh_order makes each epoch's order depend on the model's RNG only, which
+    # carries over with the network.
+    np.testing.assert_array_equal(warm.model_.params, once.model_.params)
+
+
+def test_warm_start_false_starts_afresh_and_new_hyperparameters_apply(spiral):
+    X, y = spiral
+    cold = fit_quiet(MLPClassifier(max_iter=3, **WARM), X, y)
+    first = cold.model_
+    fit_quiet(cold, X, y)
+    assert cold.model_ is not first and cold.n_iter_ == 3
+    np.testing.assert_array_equal(cold.model_.params, first.params)  # same seed, same data
+    warm = fit_quiet(MLPClassifier(warm_start=True, max_iter=3, **WARM), X, y)
+    before = warm.model_.params.copy()
+    steps = warm.model_.optimizer.step_count
+    fit_quiet(warm.set_params(learning_rate_init=0.0), X, y)  # lr 0 freezes the weights
+    # Bitwise: Adam's update is lr times a finite number.
+    np.testing.assert_array_equal(warm.model_.params, before)
+    assert warm.model_.optimizer.lr == 0.0 and warm.model_.optimizer.step_count > steps
+    # n_iter_, loss_curve_ and the stopping rule's best loss go on from the first fit.
+    assert warm.n_iter_ == len(warm.loss_curve_) == 6 and warm.best_loss_ == min(warm.loss_curve_)
+
+
+def test_warm_start_refuses_a_different_network_before_changing_anything(spiral):
+    X, y = spiral
+    clf = fit_quiet(MLPClassifier(warm_start=True, max_iter=2, **WARM), X, y)
+    state = training_state_of(clf)
+    for params, match in [(dict(hidden_layer_sizes=(9,)), "hidden_layer_sizes"),
+                          (dict(activation="tanh"), "activation"),
+                          (dict(optimizer="sgd"), "optimizer='sgd'"),
+                          (dict(dtype="float32"), "dtype='float32'"),
+                          (dict(loss="multiclass_hinge"), "loss")]:
+        with pytest.raises(ValueError, match=match):
+            fit_quiet(clf.set_params(**params), X, y)
+        clf.set_params(**MLPClassifier(warm_start=True, max_iter=2, **WARM).get_params())
+        assert training_state_of(clf) == state
+    with pytest.raises(ValueError, match="same classes"):
+        fit_quiet(clf, X[y < 2], y[y < 2])
+    with pytest.raises(ValueError, match="features"):
+        fit_quiet(clf, np.hstack([X, X]), y)
+    assert training_state_of(clf) == state
+    regressor = fit_quiet(MLPRegressor(warm_start=True, max_iter=2, **WARM), X, y.astype(float))
+    with pytest.raises(ValueError, match="target columns"):
+        fit_quiet(regressor, X, np.c_[y, y].astype(float))
+    # explicit float64, as the fitted network: accepted
+    fit_quiet(clf.set_params(dtype="float64"), X, y)
+    assert clf.n_iter_ == 4
+
+
+def test_warm_start_stopping_rule_goes_on_as_scikit_learns(spiral):
+    X, y = spiral
+    # tol=10: only the first epoch improves (on inf); the 4th is the third without.
+    clf = fit_quiet(MLPClassifier(warm_start=True, n_iter_no_change=2, max_iter=50,
+                                  **dict(WARM, tol=10.0)), X, y)
+    assert clf.n_iter_ == 4
+    fit_quiet(clf, X, y)  # the count goes on: a fourth epoch without improvement stops it
+    assert clf.n_iter_ == 5
+
+
+def training_state_of(estimator):
+    model = estimator.model_
+    return (model.params.tobytes(), model.optimizer.state.tobytes(), model.optimizer.step_count,
+            estimator.n_iter_, list(estimator.loss_curve_))
+
+
+def test_warm_start_with_early_stopping(spiral):
+    X, y = spiral
+    clf = fit_quiet(MLPClassifier(warm_start=True, early_stopping=True, max_iter=5,
+                                  n_iter_no_change=100, **WARM), X, y)
+    fit_quiet(clf, X, y)
+    assert clf.n_iter_ == len(clf.validation_scores_) == 10
+    # The best of the second fit's epochs, whose parameters the network has.
+    assert clf.best_validation_score_ == max(clf.validation_scores_[5:])
+    plain = fit_quiet(MLPClassifier(warm_start=True, max_iter=2, **WARM), X, y)
+    fit_quiet(plain.set_params(early_stopping=True), X, y)
+    assert len(plain.validation_scores_) == 2 and plain.n_iter_ == 4

@@ -116,6 +116,20 @@ def test_predict_from_several_threads_while_another_model_trains():
         np.testing.assert_array_equal(result, expected)
 
 
+def test_threads_predicting_rows_of_many_sizes_at_once_never_share_buffers():
+    # Each thread keeps its own inference workspaces between calls: if two threads shared
+    # one, a call would read rows another call wrote and its result would differ.
+    rng = np.random.default_rng(3)
+    model = _small_model(2)
+    inputs = [rng.normal(size=(n, 8)) for n in (1, 2, 3, 5, 32, 33, 200) * 6]
+    expected = [model.predict_proba(x) for x in inputs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(model.predict_proba, inputs))
+    # The same serial kernels on the same shapes as the calls above: bitwise.
+    for result, want in zip(results, expected):
+        np.testing.assert_array_equal(result, want)
+
+
 def _wide_model():
     return Sequential([Dense(8, WIDE, activation="tanh"), Dense(WIDE, 4)], seed=0)
 

@@ -139,3 +139,23 @@ class Predict:
         return len(self.X) / min(timeit.repeat(self.time_predict, number=1, repeat=3))
 
     track_samples_per_second.unit = "samples/s"
+
+
+class PredictLatency:
+    """One ``predict_proba``/``predict``/``decision_function`` call on 1 or 32 rows, input
+    checks included: a model serving one request at a time.  The harness
+    (benchmarks/compare.py) sets the same calls beside PyTorch's."""
+
+    params = ([name for name in NAMES if not name.endswith("/b128")], [1, 32],
+              ["predict_proba", "predict", "decision_function"])
+    param_names = ["network", "rows", "method"]
+
+    def setup(self, name, rows, method):
+        use_threads(1)
+        model, X, _, _ = network(name, n_batches=1)
+        self.call = getattr(model, method)
+        self.x = np.random.default_rng(2).normal(size=(rows, X.shape[1])).astype(X.dtype)
+        self.time_call(name, rows, method)
+
+    def time_call(self, *params):
+        self.call(self.x)

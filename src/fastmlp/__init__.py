@@ -8,7 +8,7 @@ from fastmlp.gradcheck import gradcheck
 from fastmlp.io import FormatError
 from fastmlp.layers import Dense, Layer, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
-from fastmlp.sequential import DivergenceError, History, Sequential, load
+from fastmlp.sequential import DivergenceError, History, Sequential, from_torch, load
 from fastmlp.streaming import ChunkShuffle, DataChangedError
 from fastmlp.threads import get_num_threads, set_num_threads, threads
 
@@ -28,6 +28,7 @@ __all__ = [
     "Optimizer",
     "SGD",
     "Sequential",
+    "from_torch",
     "get_num_threads",
     "gradcheck",
     "load",

@@ -19,11 +19,13 @@ after every step would cost more than a small network's step.
 The learning-rate schedules (:class:`StepDecay`, :class:`ExponentialDecay`,
 :class:`CosineAnnealing`, :class:`ReduceLROnPlateau`), :class:`EarlyStopping` and
 :class:`ToleranceStopping` (scikit-learn's ``tol`` rule) are callbacks; the rates themselves
-come from :mod:`fastmlp.kernels.schedules`.
+come from :mod:`fastmlp.kernels.schedules`.  :class:`CSVLogger` writes each epoch's metrics
+to a CSV file.
 """
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -53,7 +55,10 @@ class Callback:
         ----------
         logs : dict
             ``"metrics"``: the names the epoch logs will hold (e.g. ``["loss", "accuracy",
-            "val_loss", "val_accuracy", "lr"]``); ``"epochs"``: the last epoch number.
+            "val_loss", "val_accuracy", "lr"]``); ``"epochs"``: the last epoch number;
+            ``"initial_epoch"``: the epochs already done (those of the checkpoint a resumed
+            run continues, else 0: the first epoch will be ``initial_epoch + 1``);
+            ``"resume"``: whether ``fit`` was called with ``resume=True``.
             Raising here (e.g. ``ValueError`` for a metric that will not exist) stops
             ``fit`` before any parameter changes.
         """
@@ -581,3 +586,173 @@ class ToleranceStopping(_RestoresBestParams):
         if "best_params" in arrays:
             np.copyto(self._best_params, arrays["best_params"])
 
+
+
+class CSVLogger(Callback):
+    """Write one row per epoch to a CSV file: the epoch number and every metric of the
+    History (Keras's ``CSVLogger``).
+
+    The first row is the header, ``epoch`` then the metric names in alphabetical order
+    (``accuracy, loss, lr, val_accuracy, val_loss``, as Keras orders them); epochs are
+    numbered from 1, as in :attr:`History.epoch <fastmlp.History.epoch>`.  Each row is
+    flushed and fsynced when its epoch ends, so a process killed later loses no row
+    already written; a row cut short by a kill is dropped by the next run that appends.
+
+    Parameters
+    ----------
+    filename : str or os.PathLike
+    separator : str, default ","
+        A single character between the fields.
+    append : bool, default False
+        False: the file is overwritten when the first epoch begins (a fit refused before
+        that, by bad arguments or another callback, leaves it as it was; a file that does
+        not exist is created when training begins).  True: rows are added to what
+        the file holds (a header is written only if it is empty); its header must then
+        name the same columns.  With ``fit(..., checkpoint=..., resume=True)`` the rows of
+        epochs past the checkpoint's (those a killed run logged after its last checkpoint,
+        or all of them when there was no checkpoint yet and the run starts afresh) are
+        removed first, so that after any number of kills and resumes the file holds each
+        epoch exactly once.
+
+    Notes
+    -----
+    It keeps no state in checkpoints, so it may be added to or left out of a resumed run.
+    Under ``fit(comm=...)`` give it on one rank only (rank 0): every rank sees the same logs.
+
+    Raises
+    ------
+    OSError
+        From :meth:`on_train_begin` (before any parameter changes) when the file cannot be
+        opened, and from :meth:`on_epoch_end` when a row cannot be written (a full disk):
+        the message names the file, and the half-written row is removed.
+    ValueError
+        From :meth:`on_train_begin`, when ``append=True`` and the file's header names other
+        columns, or a row's epoch is not a number (then the file is left as it was).
+
+    Examples
+    --------
+    >>> from fastmlp.callbacks import CSVLogger
+    >>> logger = CSVLogger("training.csv", append=True)
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        from fastmlp.io import check_path
+
+        self.filename = check_path(filename, "filename")
+        if not isinstance(separator, str) or len(separator) != 1 or separator in "\r\n\"":
+            raise ValueError(f"separator must be one character other than a quote or a line "
+                             f"break, got {separator!r}")
+        if not isinstance(append, (bool, np.bool_)):
+            raise ValueError(f"append must be True or False, got {append!r}")
+        self.separator = separator
+        self.append = bool(append)
+        self.columns = None
+        self._kept = None
+        self._fd = None
+
+    def _line(self, fields):
+        import csv
+        import io as text_io
+
+        buffer = text_io.StringIO()
+        csv.writer(buffer, delimiter=self.separator, lineterminator="\n").writerow(fields)
+        return buffer.getvalue().encode("utf-8")
+
+    def _kept_bytes(self, data, resume, initial_epoch):
+        """How many leading bytes of the existing file to keep: whole lines only, and with
+        ``resume`` only rows of epochs up to ``initial_epoch``; None when nothing is kept."""
+        import csv
+
+        lines = data.split(b"\n")
+        # The last piece is empty after a final newline, else a row cut short by a kill.
+        complete = lines[:-1]
+        if not complete:
+            return None
+        header = self._line(self.columns)[:-1]
+        if complete[0].rstrip(b"\r") != header:
+            raise ValueError(f"CSVLogger: {self.filename} has the header "
+                             f"{complete[0][:200].decode('utf-8', 'replace')!r}, but this fit "
+                             f"logs {header.decode()!r}; log to another file, or pass "
+                             "append=False to overwrite it")
+        kept = len(complete[0]) + 1
+        for number, line in enumerate(complete[1:], start=2):
+            if not line.strip():
+                kept += len(line) + 1
+                continue
+            try:
+                first = next(csv.reader([line.decode("utf-8")], delimiter=self.separator))[0]
+                epoch = int(first)
+            except (UnicodeDecodeError, ValueError, IndexError, StopIteration):
+                raise ValueError(f"CSVLogger: line {number} of {self.filename} does not start "
+                                 "with an epoch number; it was not written by CSVLogger (pass "
+                                 "append=False to overwrite it)") from None
+            if resume and epoch > initial_epoch:
+                break
+            kept += len(line) + 1
+        return kept
+
+    def _open(self, action):
+        from fastmlp.atomicfile import describe_os_error
+
+        try:
+            # Never O_TRUNC here: what is cut, and when, is decided below.
+            return os.open(self.filename, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0),
+                           0o666)
+        except OSError as exc:
+            raise describe_os_error(exc, os.path.abspath(self.filename), action) from exc
+
+    def on_train_begin(self, logs):
+        # Only checks: a later callback may still refuse the fit (and then no on_train_end
+        # follows), so the file is neither cut nor held open until the first epoch begins.
+        self.columns = ["epoch"] + sorted(logs["metrics"])
+        self._kept = None  # bytes of the file to keep; None: rewrite it from the header on
+        fd = self._open("open the CSV log")
+        try:
+            if self.append:
+                with open(fd, "rb", closefd=False) as f:
+                    data = f.read()
+                self._kept = self._kept_bytes(data, logs.get("resume", False),
+                                              logs.get("initial_epoch", 0))
+        finally:
+            os.close(fd)
+
+    def on_epoch_begin(self, epoch, logs):
+        if self._fd is not None:
+            return
+        fd = self._open("open the CSV log")
+        try:
+            if os.fstat(fd).st_size != (self._kept or 0):
+                os.ftruncate(fd, self._kept or 0)
+            os.lseek(fd, 0, os.SEEK_END)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        if self._kept is None:
+            self._write(self._line(self.columns))
+
+    def _write(self, data):
+        from fastmlp.atomicfile import RawWriter, describe_os_error
+
+        fd = self._fd
+        before = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            RawWriter(fd).write(data)
+            os.fsync(fd)
+        except OSError as exc:
+            try:  # no half-written row: the file keeps the rows before this one
+                os.ftruncate(fd, before)
+            except OSError:
+                pass
+            raise describe_os_error(exc, os.path.abspath(self.filename),
+                                    "write the CSV log") from exc
+
+    def on_epoch_end(self, epoch, logs):
+        if self._fd is None:  # hooks called by hand, without on_epoch_begin
+            self.on_epoch_begin(epoch, logs)
+        self._write(self._line([epoch] + [logs.get(name, "") for name in self.columns[1:]]))
+
+    def on_train_end(self, logs):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,4 +1,5 @@
-"""The ``fastmlp`` command line: ``train``, ``predict``, ``evaluate``, ``demo``, ``bench``.
+"""The ``fastmlp`` command line: ``train``, ``predict``, ``evaluate``, ``demo``, ``bench``,
+``compile``, ``info``, ``export``.
 
 Every expected failure (a bad file, a missing column, bad hyperparameters, a model file
 that does not load) is printed as one ``fastmlp: error: ...`` line with exit status 1;
@@ -117,7 +118,41 @@ def build_parser():
                           help="serial: small layers or one thread; parallel: layers large "
                                "enough to split over threads (default: both)")
     _threads_argument(compile_)
+    _info_and_export_parsers(commands)
     return parser
+
+
+def _info_and_export_parsers(commands):
+    from fastmlp.exporters import EXPORT_FORMATS
+
+    info = commands.add_parser("info", help="a model file's metadata and layer summary",
+                               description="Print MODEL's format, dtype, loss, optimizer and step "
+                                           "count, training progress (checkpoints) and its layer "
+                                           "table. MODEL is a fastmlp file or a safetensors "
+                                           "file with fastmlp's metadata.")
+    info.add_argument("model", metavar="MODEL")
+    export = commands.add_parser("export", help="write a saved model in another format",
+                                 description="Load MODEL (a file written by train --out or "
+                                             "model.save) and write it to FILE in --format, as "
+                                             "Sequential.export does: onnx, a standard ONNX "
+                                             "graph (needs fastmlp[onnx]); safetensors, the "
+                                             "weights with fastmlp's metadata.")
+    export.add_argument("model", metavar="MODEL")
+    export.add_argument("--format", required=True, choices=list(EXPORT_FORMATS),
+                        help="the format to write")
+    export.add_argument("--out", metavar="FILE", required=True, help="the file to write")
+    for parser in (info, export):  # they run no kernel: no --threads
+        parser.set_defaults(threads=None)
+
+
+def _info(args):
+    from fastmlp.fileinfo import describe
+
+    try:
+        lines = describe(args.model)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{args.model}: {exc}") from None
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def _version():
@@ -309,6 +344,15 @@ def _evaluate(args):
         print(f"{key} {value:.6f}")
 
 
+def _export(args):
+    model = _load_model(args.model)
+    try:
+        model.export(args.out, format=args.format)
+    except (ImportError, OSError) as exc:
+        raise CommandError(f"{args.out}: {exc}") from None
+    print(f"exported {args.model} as {args.format} to {args.out}")
+
+
 def _bench(args):
     from fastmlp.bench import run_bench
 
@@ -328,7 +372,7 @@ def _run(args):
         run_demo(seed=args.seed)
     else:
         {"train": _train, "predict": _predict, "evaluate": _evaluate, "bench": _bench,
-         "compile": _compile}[args.command](args)
+         "compile": _compile, "info": _info, "export": _export}[args.command](args)
 
 
 def main(argv=None):

@@ -17,22 +17,21 @@ little-endian; see ``docs/file-format.md``)::
 Nothing here unpickles, evaluates or imports anything named in a file.  :func:`read` (which
 :func:`fastmlp.load` calls) checks the header's claims against the file's real size before it allocates, verifies the
 checksum, and checks every field against the architecture; whatever it refuses raises
-:class:`FormatError` naming the problem.  Writes go to a temporary file in the same
-directory, are flushed and fsynced, and replace the target in one ``os.replace``, so a
-crash during a save leaves the previous file intact.
+:class:`FormatError` naming the problem.  Writes go through :mod:`fastmlp.atomicfile`: a
+temporary file in the same directory, flushed, fsynced and renamed over the target, so a
+crash or a full disk during a save leaves the previous file intact.
 """
 
-import errno
 import hashlib
 import json
 import math
 import os
-import secrets
 import stat
 from collections import namedtuple
 
 import numpy as np
 
+from fastmlp import atomicfile
 from fastmlp.kernels.activations import ACTIVATIONS
 from fastmlp.kernels.losses import LOSSES
 from fastmlp.layers import Dense, Maxout
@@ -93,41 +92,12 @@ def _write_all(f, chunks):
         f.write(chunk)
 
 
-def _fsync_directory(directory):
-    if os.name != "posix":
-        return  # Windows cannot open a directory; os.replace is what it offers
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems cannot sync a directory; nothing to do then
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path, chunks):
     """Write ``chunks`` (bytes-like) to ``path`` so that ``path`` is always either the old
-    file or the complete new one: temporary file in the same directory, flush, fsync,
-    ``os.replace``, fsync of the directory."""
-    path = os.path.abspath(os.fspath(path))
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never follow or reuse an existing file; 0o666 lets the umask decide the mode.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_all(f, chunks)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
+    file or the complete new one, and a failure leaves no temporary file and raises an
+    ``OSError`` naming the path (:func:`fastmlp.atomicfile.atomic_write`)."""
+    # _write_all is looked up at call time, so that a test's replacement takes effect.
+    atomicfile.atomic_write(path, lambda f: _write_all(f, chunks))
 
 
 def _layer_entry(layer):
@@ -789,3 +759,41 @@ def apply_checkpoint(model, contents, order):
     apply_checkpoint_model(model, contents)
     np.copyto(order, contents.tensors["shuffle_order"])
 
+
+
+# ----------------------------------------------------------------------------- shared with other formats
+# What fastmlp.safetensors_io reuses, so that a model is described and checked the same way
+# whatever file holds it.
+
+def layer_entries(model):
+    """The header's ``model.layers`` entries of ``model``'s layers (JSON-ready dicts)."""
+    return [_layer_entry(layer) for layer in model.layers]
+
+
+def optimizer_entry(optimizer):
+    """The header's ``optimizer`` entry: class, hyperparameters and step count."""
+    return _optimizer_entry(optimizer)
+
+
+def parse_json(text):
+    """``json.loads`` as the header reader uses it: duplicate keys, NaN, Infinity and
+    overflowing numbers refused (``ValueError``)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_finite_float,
+                      parse_constant=_no_constant)
+
+
+def check_layers(path, layers):
+    """Check ``model.layers`` entries as :func:`read` does; return them as the
+    ``ModelSpec.layers`` tuples.  Raises :class:`FormatError` naming ``path``."""
+    return _check_layers(_Checker(path), layers)
+
+
+def hyperparameters_from_json(hyperparameters):
+    """The optimizer's constructor arguments from its header entry's ``hyperparameters``."""
+    return {key: _hyper_from_json(value) for key, value in hyperparameters.items()}
+
+
+#: Field checks that name the file and the offending field in their FormatError.
+Checker = _Checker
+short = _short
+is_int = _is_int

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from fastmlp import compiled, io, streaming, training
+from fastmlp import compiled, io, safetensors_io, streaming, training
 from fastmlp._validation import as_features, as_labels, as_targets, sample_weight_per_row
 from fastmlp.compiled import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES, MSE, MULTICLASS_HINGE
@@ -23,10 +23,24 @@ from fastmlp.threads import get_num_threads, pin_blas
 from fastmlp.training import DivergenceError, History, Rows
 from fastmlp.workspace import Workspace, layer_table
 
-__all__ = ["DivergenceError", "History", "Sequential", "load"]
+__all__ = ["DivergenceError", "History", "Sequential", "from_torch", "load"]
 
 #: Rows per chunk when predicting or evaluating: bounds the inference workspace.
 PREDICT_CHUNK_ROWS = 1024
+
+#: Each thread keeps the inference workspaces of its last few ``predict``-family calls, by
+#: capacity, when they are at most this large: building one costs about 25 us of Python, more
+#: than a small network's whole forward pass, while a large one costs little next to its work.
+KEPT_WORKSPACE_BYTES = 4 << 20
+KEPT_WORKSPACES_PER_THREAD = 4
+
+
+class _ThreadWorkspaces(threading.local):
+    """One thread's kept inference workspaces, ``{capacity: Workspace}``, least recently
+    used first.  Per thread, so that concurrent predictions never share buffers."""
+
+    def __init__(self):
+        self.by_capacity = {}
 
 
 class Sequential:
@@ -114,6 +128,7 @@ class Sequential:
         # Held while this model trains: one thread at a time may change the parameters
         # (re-entrant: fit's own steps take it again).  Predictions never take it.
         self._training = threading.RLock()
+        self._kept_workspaces = _ThreadWorkspaces()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -150,7 +165,8 @@ class Sequential:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        del state["_training"]  # a lock belongs to this process and this object
+        # A lock belongs to this process and this object; kept workspaces are a cache.
+        del state["_training"], state["_kept_workspaces"]
         return state
 
     def __setstate__(self, state):
@@ -158,8 +174,25 @@ class Sequential:
         # copies views): point them back into the parameter vector.
         self.__dict__.update(state)
         self._training = threading.RLock()
+        self._kept_workspaces = _ThreadWorkspaces()
+        self._own_read_only_arrays()
         for k, layer in enumerate(self.layers):
             layer.W, layer.b = self._layer_views(self.params, k)
+
+    def _own_read_only_arrays(self):
+        """Writable copies of the arrays that came back read-only: ``joblib.load(path,
+        mmap_mode="r")`` restores them as read-only memory maps.  Training writes to them,
+        and numba would compile every kernel a second time for read-only array types."""
+        for owner in (self, self.optimizer):
+            for name, value in list(vars(owner).items()):
+                if isinstance(value, np.ndarray) and not value.flags.writeable:
+                    setattr(owner, name, value.copy())
+        ws = self._train_workspace
+        if ws is not None and ws.net.params is not self.params:  # it held the read-only ones
+            fresh = Workspace(self._arch, self._act_params, self.params, ws.capacity,
+                              0 if self.uses_labels else self.n_outputs, training=True)
+            fresh.net.grads[...] = ws.net.grads  # for get_gradients
+            self._train_workspace = fresh
 
     # ----------------------------------------------------------------- weights
     def _layer_views(self, flat, k):
@@ -228,6 +261,82 @@ class Sequential:
         """
         io.save(self, path)
 
+    def export(self, path, format, **options):
+        """Write the model to ``path`` in another format, for other tools and runtimes
+        (Keras 3's ``export``).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        format : str
+            ``"onnx"``: a standard ONNX graph (opset 18; needs ``pip install
+            'fastmlp[onnx]'``) with outputs ``scores``, and for the classification losses
+            ``label`` and, where :meth:`predict_proba` is defined, ``probabilities``
+            (docs/deployment.md).
+            ``"safetensors"``: the weights as tensors ``layers.{k}.weight`` (shape
+            ``(n_in, n_out)``; ``(n_in, pieces * n_out)`` for :class:`~fastmlp.Maxout`) and
+            ``layers.{k}.bias``, with the architecture, loss, dtype and optimizer
+            hyperparameters as JSON in ``__metadata__`` (``docs/file-format.md``).
+            :func:`fastmlp.load` reads it back (weights only: the optimizer starts afresh).
+        **options
+            Options of the format (neither takes any yet).
+
+        Raises
+        ------
+        ValueError
+            For an unknown format (the message lists the valid ones), a layer the format
+            cannot express, or weights that are NaN or Inf.
+        OSError
+            When the file cannot be written; as :meth:`save`, the write is atomic and the
+            previous file at ``path`` (if any) is left as it was.
+        """
+        from fastmlp import exporters
+
+        exporters.export(self, path, format, **options)
+
+    def count_params(self):
+        """The number of parameters (weights and biases of every layer), as Keras counts them."""
+        return int(self.params.shape[0])
+
+    def summary(self, print_fn=None, line_length=None):
+        """Print a table of the layers, their output widths and parameter counts (Keras's
+        ``model.summary()``), with the totals at the end.
+
+        Parameters
+        ----------
+        print_fn : callable, optional
+            Called with each line of the table (default: ``print``).  To get the table as
+            a string: ``lines = []; model.summary(print_fn=lines.append);
+            "\\n".join(lines)``.
+        line_length : int, optional
+            Total width of the table (default 65, widened to fit long entries).
+
+        Returns
+        -------
+        None
+        """
+        from fastmlp.summary import summary_lines
+
+        for line in summary_lines(self, line_length):
+            (print if print_fn is None else print_fn)(line)
+
+    def to_torch(self):
+        """The model as a PyTorch ``torch.nn.Sequential`` computing :meth:`decision_function`.
+
+        Each :class:`~fastmlp.Dense` layer becomes an ``nn.Linear`` (``weight = W.T``,
+        ``bias = b``) followed by its activation's module (none for identity), in the
+        model's dtype; :func:`fastmlp.from_torch` goes back.  Needs torch.
+
+        Raises
+        ------
+        ValueError
+            For a layer PyTorch has no module for (:class:`~fastmlp.Maxout`); nothing is
+            built then.
+        """
+        from fastmlp.torch_interop import to_torch
+
+        return to_torch(self)
+
     # ----------------------------------------------------------------- input handling
     def rows(self, X, y):
         """``(X, y)`` validated and converted, as :class:`~fastmlp.training.Rows` without
@@ -294,6 +403,23 @@ class Sequential:
         # A fresh one per call: predictions from several threads never share buffers.
         return Workspace(self._arch, self._act_params, self.params, min(rows, PREDICT_CHUNK_ROWS),
                          0, training=False)
+
+    def _call_workspace(self, rows):
+        """An inference workspace for one ``predict``/``evaluate``/``score`` call on ``rows``
+        rows: this thread's kept one of the same capacity if there is one, else a new one
+        (kept for the next calls when small).  Not for callers that hold on to it across
+        calls: those take :meth:`inference_workspace`."""
+        capacity = min(rows, PREDICT_CHUNK_ROWS)
+        kept = self._kept_workspaces.by_capacity
+        ws = kept.pop(capacity, None)
+        if ws is None:
+            ws = self.inference_workspace(rows)
+            if ws.nbytes > KEPT_WORKSPACE_BYTES:
+                return ws
+            if len(kept) >= KEPT_WORKSPACES_PER_THREAD:
+                del kept[next(iter(kept))]
+        kept[capacity] = ws  # (re)inserted last: the most recently used
+        return ws
 
     def _hyperparameters(self):
         # Rebuilt only when a hyperparameter changed (a user may lower lr between calls).
@@ -639,7 +765,7 @@ class Sequential:
                 result["accuracy"] = correct / n
             return result
         X, labels, targets = self._prepare(X, y, stream=True)
-        loss, correct = self._evaluate_prepared(X, labels, targets, self.inference_workspace(X.shape[0]))
+        loss, correct = self._evaluate_prepared(X, labels, targets, self._call_workspace(X.shape[0]))
         result = {"loss": loss}
         if self.is_classifier:
             result["accuracy"] = correct / X.shape[0]
@@ -656,7 +782,7 @@ class Sequential:
 
     def _predict(self, X, transform):
         X = streaming.features(X, self.n_features_in, self.dtype)
-        ws = self.inference_workspace(X.shape[0])
+        ws = self._call_workspace(X.shape[0])
         if transform == compiled.ARGMAX:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
@@ -702,7 +828,7 @@ class Sequential:
         """Accuracy for the classification losses (subset accuracy for several binary
         outputs); the coefficient of determination R^2 for ``mse`` (averaged over outputs)."""
         X, labels, targets = self._prepare(X, y, stream=True)
-        ws = self.inference_workspace(X.shape[0])
+        ws = self._call_workspace(X.shape[0])
         if self.is_classifier:
             return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
         pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
@@ -734,13 +860,18 @@ def _check_layers(layers):
 
 
 def load(path):
-    """Load a model saved by :meth:`Sequential.save` (or a ``fit`` checkpoint).
+    """Load a model saved by :meth:`Sequential.save` (or a ``fit`` checkpoint), or a
+    safetensors file written by :meth:`Sequential.export` (or by the ``safetensors``
+    package, with fastmlp's metadata).  The format is told from the file's first bytes,
+    never from its name.
 
     The file is checked completely (magic, format version, sizes against the real file
     size, SHA-256 checksum, every header field against the architecture) before anything
     is built; nothing in it can run code.  The model comes back with its weights, loss,
     dtype, optimizer (hyperparameters, state, step count) and RNG state, so training goes
-    on exactly as it would have without the save.
+    on exactly as it would have without the save.  A safetensors file holds weights only:
+    its model comes back with those weights and a fresh optimizer of the class and
+    hyperparameters its metadata names (SGD's defaults when it names none).
 
     Parameters
     ----------
@@ -753,12 +884,24 @@ def load(path):
     Raises
     ------
     FormatError
-        When the file is not an intact fastmlp file of a supported version; the message
-        names the problem.
+        When the file is not an intact fastmlp file of a supported version, or a
+        safetensors file that breaks the format's rules or lacks fastmlp's metadata; the
+        message names the problem.
     """
     path = io.check_path(path)
+    if safetensors_io.sniff(path):
+        spec, weights = safetensors_io.model_spec(path, safetensors_io.read(path))
+        model = model_from_spec(path, spec)
+        model.set_weights(weights)
+        return model
     contents = io.read(path)
-    spec = io.model_spec(path, contents)
+    model = model_from_spec(path, io.model_spec(path, contents))
+    io.apply_checkpoint_model(model, contents)
+    return model
+
+
+def model_from_spec(path, spec):
+    """The ``Sequential`` that ``spec`` (:class:`fastmlp.io.ModelSpec`) describes."""
     try:
         layers = [Dense(n_in, n_out, activation, **params) if kind == "dense"
                   else Maxout(n_in, n_out, pieces)
@@ -767,5 +910,52 @@ def load(path):
                            seed=spec.seed, dtype=np.dtype(spec.dtype))
     except (TypeError, ValueError) as exc:
         raise io.FormatError(f"{path}: the file describes an invalid model: {exc}") from None
-    io.apply_checkpoint_model(model, contents)
+    return model
+
+
+def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
+    """A fastmlp model computing what a PyTorch ``nn.Sequential`` computes.
+
+    Each ``nn.Linear`` becomes a :class:`~fastmlp.Dense` layer with ``W = weight.T`` and
+    ``b = bias``; the activation module right after it (``ReLU``, ``Tanh``, ``Sigmoid``,
+    ``LeakyReLU(negative_slope)`` with a slope in ``[0, 1]``, ``ELU(alpha)``) becomes that
+    layer's activation, and a ``Linear`` followed directly by another ``Linear`` (or by
+    nothing) gets the identity.  ``nn.Identity`` is skipped anywhere.  A ``Linear`` without
+    bias (``bias=False``) becomes a layer whose bias starts at zero, so the outputs agree;
+    training then updates that bias like any other (fastmlp layers always have one).
+
+    ``decision_function(X)`` of the result equals ``module(X)``: the loss applies softmax or
+    sigmoid on top, so leave out a final ``Softmax`` or ``Sigmoid`` that belongs to the loss.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        On any device; its parameters are copied.  float32 or float64 (all alike), which
+        becomes the model's dtype.
+    loss : str, default "softmax_cross_entropy"
+        As :class:`~fastmlp.Sequential` takes it.
+    optimizer : Optimizer, optional
+        Defaults to ``SGD(lr=0.01)``.
+    seed : int or None
+        Seeds the per-epoch shuffle of later training (the weights come from ``module``).
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    TypeError
+        When ``module`` is not an ``nn.Sequential``.
+    ValueError
+        For a module fastmlp has no layer for (``Conv2d``, a nested ``nn.Sequential``, ...),
+        an activation that does not follow a ``Linear``, widths that do not chain, or
+        parameters that are neither float32 nor float64; the message names the module and
+        its position.
+    """
+    from fastmlp.torch_interop import layers_from_torch
+
+    layers, weights, dtype = layers_from_torch(module)
+    model = Sequential(layers, loss=loss, optimizer=optimizer, seed=seed, dtype=dtype)
+    model.set_weights(weights)
     return model

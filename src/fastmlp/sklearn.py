@@ -73,6 +73,11 @@ def _unit_mean(sample_weight, rows):
     return sample_weight * (sample_weight.shape[0] / total)
 
 
+def _writable(array):
+    """``array``, or a copy of it when it is read-only."""
+    return array if array.flags.writeable else array.copy()
+
+
 class _Record(Callback):
     """Each epoch's training loss into the estimator's ``loss_curve_`` and ``n_iter_`` (and
     printed with ``verbose``), as the epoch ends."""
@@ -97,7 +102,7 @@ class _BaseMLP(BaseEstimator):
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype="float32", verbose=0):
+                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.loss = loss
@@ -118,16 +123,31 @@ class _BaseMLP(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.dtype = dtype
         self.verbose = verbose
+        self.warm_start = warm_start
 
     # ----------------------------------------------------------------- validation
     def _np_dtype(self):
+        """The network's precision asked for: ``np.float32``, ``np.float64``, or None to
+        follow ``X`` (see :meth:`_input_dtype`)."""
+        if self.dtype is None:
+            return None
         try:
             dtype = np.dtype(self.dtype)
         except TypeError:
             dtype = None
         if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+            raise ValueError(f"dtype must be None, 'float32' or 'float64', got {self.dtype!r}")
         return dtype
+
+    def _input_dtype(self, first_call):
+        """What ``validate_data`` converts ``X`` to: the fitted network's dtype once there is
+        one; else ``dtype``; else, with ``dtype=None``, ``X``'s own when it is float32 or
+        float64 and float64 for anything else (scikit-learn's MLP:
+        ``dtype=(np.float64, np.float32)``)."""
+        if not first_call:
+            return self.model_.dtype
+        dtype = self._np_dtype()
+        return (np.float64, np.float32) if dtype is None else dtype
 
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
@@ -168,6 +188,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if isinstance(self.verbose, bool) or not isinstance(self.verbose, numbers.Integral):
             raise ValueError(f"verbose must be an integer, got {self.verbose!r}")
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise ValueError(f"warm_start must be True or False, got {self.warm_start!r}")
         self._hidden_sizes()
         self._np_dtype()
         try:
@@ -185,14 +207,56 @@ class _BaseMLP(BaseEstimator):
                    **decay)
 
     # ----------------------------------------------------------------- model
-    def _build_model(self, n_features, n_outputs, seed):
+    def _layers(self, n_features, n_outputs):
         activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
         widths = [n_features] + self._hidden_sizes()
         layers = [Maxout(a, b) if activation == "maxout" else Dense(a, b, activation=activation)
                   for a, b in zip(widths[:-1], widths[1:])]
         layers.append(Dense(widths[-1], n_outputs))
-        return Sequential(layers, loss=self.loss, optimizer=self._make_optimizer(), seed=seed,
-                          dtype=self._np_dtype())
+        return layers
+
+    def _build_model(self, n_features, n_outputs, seed, dtype):
+        return Sequential(self._layers(n_features, n_outputs), loss=self.loss,
+                          optimizer=self._make_optimizer(), seed=seed, dtype=dtype)
+
+    def _first_call(self, incremental):
+        """Whether this call builds a new network (``fit`` without ``warm_start``, or no
+        network yet).  When it continues the fitted one (``partial_fit``, or ``fit`` with
+        ``warm_start``), the parameters that the network was built from must not have
+        changed: checked here, before anything changes."""
+        if not hasattr(self, "model_") or not (incremental or self.warm_start):
+            return True
+        model = self.model_
+        restart = ("call fit to start afresh" if incremental
+                   else "set warm_start=False to start afresh")
+        if self.loss != model.loss:
+            raise ValueError(f"loss is {self.loss!r} but the network was built for "
+                             f"{model.loss!r}; {restart}")
+        if incremental:
+            return False
+        # warm_start: the same network and optimizer, so that its weights and state carry over.
+        wanted = [repr(layer) for layer in self._layers(model.layers[0].n_in, model.n_outputs)]
+        built = [repr(layer) for layer in model.layers]
+        if wanted != built:
+            raise ValueError(f"warm_start=True, but hidden_layer_sizes={self.hidden_layer_sizes!r} "
+                             f"and activation={self.activation!r} give the layers {wanted}, and "
+                             f"the fitted network has {built}; {restart}")
+        dtype = self._np_dtype()
+        if dtype is not None and dtype != model.dtype:
+            raise ValueError(f"warm_start=True, but dtype={self.dtype!r} differs from the fitted "
+                             f"network's {model.dtype.name}; {restart}")
+        if type(self._make_optimizer()) is not type(model.optimizer):
+            raise ValueError(f"warm_start=True keeps the optimizer's state, but optimizer="
+                             f"{self.optimizer!r} differs from the fitted network's "
+                             f"{type(model.optimizer).__name__}; {restart}")
+        return False
+
+    def _update_optimizer(self):
+        """``warm_start``: the current hyperparameters (``learning_rate_init``, ...) on the
+        kept optimizer, whose state (moments, step count) carries over."""
+        fresh, kept = self._make_optimizer(), self.model_.optimizer
+        for name in fresh.hyperparameter_names:
+            setattr(kept, name, getattr(fresh, name))
 
     def _check_weights(self, sample_weight, X):
         """``sample_weight`` as float64 ``(n_samples,)``, finite, >= 0, not all 0; or None."""
@@ -253,17 +317,21 @@ class _BaseMLP(BaseEstimator):
         ``best_*`` and count, which it hands back however the epochs end."""
         rng = check_random_state(self.random_state)
         # Sequential wants a non-negative int seed; an int random_state maps to a fixed one.
-        # Drawn before the split, as scikit-learn draws its initial weights first.
-        seed = int(rng.randint(np.iinfo(np.int32).max)) if first_call else None
+        # Drawn before the split, as scikit-learn draws its initial weights first, and drawn
+        # on a warm start too, so that an int random_state holds out the same rows.
+        seed = int(rng.randint(np.iinfo(np.int32).max)) if first_call or not incremental else None
         validation = None
         if self.early_stopping:  # fit only: _check_params refuses it for partial_fit
             X, targets, sample_weight, validation = self._hold_out(X, y, targets, sample_weight,
                                                                    rng)
+        # A read-only X or y (a memory map) would make numba compile the training kernels a
+        # second time, for read-only array types: one copy costs less.
+        X, targets = _writable(X), _writable(targets)
         if sample_weight is not None:
             sample_weight = _unit_mean(sample_weight, "the training part left by "
                                        "early_stopping" if validation else "X")
         if first_call:  # built only once the split and the weights are accepted
-            self.model_ = self._build_model(X.shape[1], self.n_outputs_, seed)
+            self.model_ = self._build_model(X.shape[1], self.n_outputs_, seed, X.dtype)
             self.loss_curve_ = []
             self.n_iter_ = 0
             self._no_improvement_count = 0
@@ -275,8 +343,19 @@ class _BaseMLP(BaseEstimator):
                 self.best_loss_ = np.inf
                 self.validation_scores_ = None
                 self.best_validation_score_ = None
-        elif self.best_loss_ is None:  # partial_fit after a fit with early stopping
-            self.best_loss_ = np.inf
+        else:
+            if not incremental:  # warm_start
+                self._update_optimizer()
+                if self.early_stopping:
+                    # The best epoch is looked for among this fit's epochs: the parameters
+                    # of an earlier fit's best epoch are not kept.
+                    if self.validation_scores_ is None:
+                        self.validation_scores_ = []
+                    self.best_validation_score_ = -np.inf
+                    self._no_improvement_count = 0
+            if validation is None and self.best_loss_ is None:
+                # after a fit with early stopping
+                self.best_loss_ = np.inf
         if validation is None:
             rule = ToleranceStopping("loss", self.tol, self.n_iter_no_change, mode="min",
                                      best=self.best_loss_,
@@ -347,13 +426,14 @@ class _BaseMLP(BaseEstimator):
         """
         n, block = X.shape[0], _PREDICT_BLOCK
         out = np.empty((n, self.model_.n_outputs), dtype=np.float64)
-        padded = np.zeros((block, X.shape[1]), dtype=X.dtype)
+        # Every block is copied into this buffer, so that the kernels always see a writable
+        # array: a read-only X (a memory map) would compile them again.
+        rows = np.zeros((block, X.shape[1]), dtype=X.dtype)
         for start in range(0, n, block):
-            rows = X[start:start + block]
-            m = rows.shape[0]
+            m = min(block, n - start)
+            rows[:m] = X[start:start + m]
             if m < block:
-                padded[:m] = rows
-                rows = padded
+                rows[m:] = 0
             out[start:start + m] = self.model_.decision_function(rows)[:m]
         return out
 
@@ -413,10 +493,28 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     validation_fraction : float, default 0.1
         In (0, 1): the share of the rows held out by ``early_stopping``; at least 2 rows
         (and, stratified, one per class) must come out.
-    dtype : {"float32", "float64"}, default "float32"
-        Precision of the network.  Probabilities and scores are returned as float64.
+    dtype : {None, "float32", "float64"}, default None
+        Precision of the network.  None follows ``X`` in ``fit``, as scikit-learn's MLP
+        does: float32 data trains a float32 network, float64 data a float64 one, and any
+        other data (integers, ...) is converted to float64.  Later calls (``predict``,
+        ``partial_fit``, a warm start) convert ``X`` to the fitted network's dtype.
+        Probabilities and scores are returned as float64.
     verbose : int, default 0
         Print the loss (and validation score) after each epoch.
+    warm_start : bool, default False
+        ``fit`` continues from the fitted network instead of building a new one, as in
+        scikit-learn: ``max_iter`` more epochs, with ``n_iter_`` and ``loss_curve_``
+        carrying on and the stopping rule starting from the previous ``best_loss_`` and
+        its count.  Unlike scikit-learn's MLP, which starts a new optimizer, the
+        optimizer's state (momentum or Adam's moments, and its step count) carries over
+        too (and the random generator that shuffles the rows), so that ``fit`` twice with
+        ``max_iter=k`` trains bit for bit as ``fit`` once with ``2k`` epochs would, unless
+        the stopping rule ends either earlier.
+        Hyperparameters changed with ``set_params`` (``learning_rate_init``, ``tol``,
+        ...) apply; ``hidden_layer_sizes``, ``activation``, ``loss``, ``optimizer``, an
+        explicit ``dtype``, the number of features and (classifier) the set of classes
+        must stay the same, else ``ValueError``.  With ``early_stopping`` the best epoch
+        is looked for among this ``fit``'s epochs.
 
     Notes
     -----
@@ -461,7 +559,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  optimizer="adam", learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype="float32", verbose=0):
+                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
@@ -469,7 +567,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,
-                         verbose=verbose)
+                         verbose=verbose, warm_start=warm_start)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -481,8 +579,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.loss == "binary_cross_entropy"
 
     def _validate_Xy(self, X, y, reset):
-        dtype = self._np_dtype() if reset else self.model_.dtype
-        X, y = validate_data(self, X, y, reset=reset, dtype=dtype, order="C", multi_output=True)
+        X, y = validate_data(self, X, y, reset=reset, dtype=self._input_dtype(reset), order="C",
+                             multi_output=True)
         if not self._sigmoid_outputs and y.ndim == 2 and y.shape[1] > 1:
             raise ValueError(f"y has shape {y.shape}: multilabel targets (a 0/1 indicator matrix) "
                              "need loss='binary_cross_entropy'")
@@ -527,10 +625,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _fit(self, X, y, sample_weight, classes, incremental):
         self._check_params(incremental)
-        first_call = not (incremental and hasattr(self, "model_"))
-        if not first_call and self.loss != self.model_.loss:
-            raise ValueError(f"loss is {self.loss!r} but the network was built for "
-                             f"{self.model_.loss!r}; call fit to start afresh")
+        first_call = self._first_call(incremental)
         if (not first_call and classes is not None
                 and not np.array_equal(np.unique(classes), self.classes_)):
             raise ValueError(f"classes={classes!r} differs from classes_={self.classes_!r} set by "
@@ -539,6 +634,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if (incremental and first_call and classes is None
                 and not type_of_target(y).startswith("multilabel")):
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if not (first_call or incremental or type_of_target(y).startswith("multilabel")):
+            seen = np.unique(y)
+            if not np.array_equal(seen, self.classes_):  # scikit-learn's rule and message
+                raise ValueError("warm_start can only be used where `y` has the same classes as "
+                                 f"in the previous call to fit. Previously got {self.classes_}, "
+                                 f"`y` has {seen}")
         sample_weight = self._check_weights(sample_weight, X)
         targets = self._encode(y, classes, first_call)
         if first_call:
@@ -679,7 +780,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=None, batch_size="auto", max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, dtype="float32", verbose=0):
+                 validation_fraction=0.1, dtype=None, verbose=0, warm_start=False):
         super().__init__(hidden_layer_sizes, activation, loss=loss, optimizer=optimizer,
                          learning_rate_init=learning_rate_init, momentum=momentum, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
@@ -687,7 +788,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                          random_state=random_state, tol=tol, n_iter_no_change=n_iter_no_change,
                          early_stopping=early_stopping,
                          validation_fraction=validation_fraction, dtype=dtype,
-                         verbose=verbose)
+                         verbose=verbose, warm_start=warm_start)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -696,10 +797,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _fit(self, X, y, sample_weight, incremental):
         self._check_params(incremental)
-        first_call = not (incremental and hasattr(self, "model_"))
-        dtype = self._np_dtype() if first_call else self.model_.dtype
-        X, y = validate_data(self, X, y, reset=first_call, dtype=dtype, order="C",
-                             multi_output=True, y_numeric=True)
+        first_call = self._first_call(incremental)
+        X, y = validate_data(self, X, y, reset=first_call, dtype=self._input_dtype(first_call),
+                             order="C", multi_output=True, y_numeric=True)
         targets = y.reshape(-1, 1) if y.ndim == 1 else y
         if first_call:
             self.n_outputs_ = targets.shape[1]

@@ -31,6 +31,11 @@ _XXGEMM = types.ExternalFunction(
                types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,
                types.voidptr, types.voidptr, types.intp))
 
+_XXGEMV = types.ExternalFunction(
+    "numba_xxgemv",
+    types.intc(types.char, types.char, types.intp, types.intp, types.voidptr, types.voidptr,
+               types.intp, types.voidptr, types.voidptr, types.voidptr))
+
 _NO_TRANSPOSE = 78  # ord("N")
 _TRANSPOSE = 84  # ord("T")
 
@@ -84,6 +89,20 @@ def gemm(a, transpose_a, b, transpose_b, c, accumulate):
             c[:, :] = 0
         return
     kind = 115 if c.itemsize == 4 else 100  # ord("s"), ord("d")
+    if m == 1 and not transpose_a:
+        # One row of output (a one-row batch): OpenBLAS's gemm runs a 1 x k by k x n product
+        # through its packing path, 13x slower than gemv here (4.7 ms against 0.35 ms for
+        # 2048 x 2048 in float32).  ``c[0] = a[0] @ op(b)``: in BLAS's column-major terms
+        # ``b`` is the n x k matrix ``b.T`` (``op(b) = b``) or the k x n matrix ``b.T``
+        # (``op(b) = b.T``), and ``a[0]`` and ``c[0]`` are vectors of unit stride.
+        ld_b = _leading_dimension(b)
+        if transpose_b:
+            _XXGEMV(kind, _TRANSPOSE, k, n, _pointer_to(one), b.ctypes, ld_b, a.ctypes,
+                    _pointer_to(beta), c.ctypes)
+        else:
+            _XXGEMV(kind, _NO_TRANSPOSE, n, k, _pointer_to(one), b.ctypes, ld_b, a.ctypes,
+                    _pointer_to(beta), c.ctypes)
+        return
     _XXGEMM(kind,
             _TRANSPOSE if transpose_b else _NO_TRANSPOSE,
             _TRANSPOSE if transpose_a else _NO_TRANSPOSE,

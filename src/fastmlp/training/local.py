@@ -73,7 +73,7 @@ class Local(Strategy):
                                                       batch_size, plan.shuffle_key, n,
                                                       callbacks=plan.stateful)
         states = io.callback_states(resumed) if resumed is not None else []
-        begin_callbacks(model, plan, states)
+        begin_callbacks(model, plan, states, epochs_done)
         self.order = np.arange(n, dtype=np.int64)  # shuffled in place: each epoch's order depends on it
         if resumed is not None:
             io.apply_checkpoint(model, resumed, self.order)

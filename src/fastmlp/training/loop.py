@@ -130,15 +130,17 @@ def run_epochs(model, plan, strategy, epochs_done):
     return history
 
 
-def begin_callbacks(model, plan, states):
+def begin_callbacks(model, plan, states, epochs_done=0):
     """``set_model`` and ``on_train_begin`` on every callback, then each stateful one checks
     the state a checkpoint saved for it (``states``: ``(fields, arrays)`` per stateful
-    callback, or empty).  A refusal raises before anything in the model has changed."""
+    callback, or empty).  ``epochs_done``: the epochs a resumed checkpoint completed.  A
+    refusal raises before anything in the model has changed."""
     model.stop_training = False
     for callback in plan.callbacks:
         callback.set_model(model)
     for callback in plan.callbacks:  # may refuse the setup: nothing has changed yet
-        callback.on_train_begin({"metrics": list(plan.metrics), "epochs": plan.epochs})
+        callback.on_train_begin({"metrics": list(plan.metrics), "epochs": plan.epochs,
+                                 "initial_epoch": epochs_done, "resume": plan.resume})
     for callback, (fields, arrays) in zip(plan.stateful, states):
         try:
             callback.check_state(fields, arrays)

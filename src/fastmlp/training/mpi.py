@@ -224,7 +224,7 @@ class MPI(Strategy):
         comm, model, rank = self.comm, self.model, self.rank
         self.plan = plan
         # Rank 0 decides (file there or not), reads and checks; all agree.
-        resumed, states, found = None, [], False
+        resumed, states, found, done = None, [], False, 0
         if plan.resume:
             error = None
             if rank == 0 and os.path.exists(plan.checkpoint):
@@ -238,7 +238,8 @@ class MPI(Strategy):
                 except (ValueError, OSError) as exc:  # FormatError is a ValueError
                     error = exc
             agree(comm, error)
-            found = comm.bcast(resumed is not None, root=0)
+            found, done = comm.bcast((resumed is not None,
+                                      0 if resumed is None else resumed[1]), root=0)
             if found and plan.stateful:
                 states = comm.bcast(states, root=0)
         # The callbacks' setup, on every rank; any refusal is every rank's.
@@ -246,7 +247,7 @@ class MPI(Strategy):
         if plan.hooks:
             error = None
             try:
-                begin_callbacks(model, plan, states)
+                begin_callbacks(model, plan, states, done)
             except Exception as exc:
                 error = exc
             agree(comm, error)
