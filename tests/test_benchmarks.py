@@ -25,7 +25,7 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
-from benchmarks import kernels, startup, training  # noqa: E402  (benchmarks/benchmarks/)
+from benchmarks import kernels, large_data, startup, training  # noqa: E402  (benchmarks/benchmarks/)
 
 METHOD_PREFIXES = ("time_", "track_", "mem_", "peakmem_")
 
@@ -40,7 +40,7 @@ def _parameter_sets(cls):
 
 
 def _cases():
-    for module in (kernels, training, startup):
+    for module in (kernels, training, startup, large_data):
         for name, cls in sorted(vars(module).items()):
             if not inspect.isclass(cls) or cls.__module__ != module.__name__:
                 continue

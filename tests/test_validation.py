@@ -80,7 +80,7 @@ def test_bad_targets(loss, y, match):
     (dict(epochs=2.5), "epochs must be a positive integer"),
     (dict(batch_size=0), "batch_size must be a positive integer"),
     (dict(batch_size=True), "batch_size must be a positive integer"),
-    (dict(shuffle="yes"), "shuffle must be True or False"),
+    (dict(shuffle="yes"), "shuffle must be True, False, 'chunks'"),
     (dict(validation_data=(X_OK,)), "validation_data must be a pair"),
     (dict(validation_data=(X_OK[:, :3], Y_OK)), "validation_data: X has 3 features"),
 ])

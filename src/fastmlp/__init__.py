@@ -11,6 +11,7 @@ from fastmlp.losses import (MSE, L1, BinaryCrossEntropy, Huber, Loss, Multiclass
                             SoftmaxCrossEntropy)
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
 from fastmlp.sequential import DivergenceError, History, Sequential, from_torch, load
+from fastmlp.streaming import ChunkShuffle, DataChangedError
 from fastmlp.threads import get_num_threads, set_num_threads, threads
 
 __version__ = "0.1.0"
@@ -19,6 +20,8 @@ __all__ = [
     "Adam",
     "AdamW",
     "BinaryCrossEntropy",
+    "ChunkShuffle",
+    "DataChangedError",
     "Dense",
     "DivergenceError",
     "Dropout",

@@ -273,7 +273,15 @@ def _train(args):
     model = Sequential(layers, loss=loss, optimizer=optimizer, seed=args.seed,
                        dtype=getattr(np, args.dtype))
     validation = None
-    if args.val_split > 0:
+    if args.val_split > 0 and isinstance(X, np.memmap):
+        # A memory-mapped .npy: the last rows as given are held out (views, no copy), as
+        # fit's validation_split does; a random hold-out would copy the whole file.
+        n_val = max(1, int(round(len(X) * args.val_split)))
+        if n_val >= len(X):
+            raise CommandError("--val-split leaves no training data")
+        validation = (X[len(X) - n_val:], y[len(X) - n_val:])
+        X, y = X[:len(X) - n_val], y[:len(X) - n_val]
+    elif args.val_split > 0:
         order = np.random.default_rng(args.seed).permutation(len(X))
         n_val = max(1, int(round(len(X) * args.val_split)))
         if n_val >= len(X):
@@ -283,8 +291,9 @@ def _train(args):
         X, y = X[keep], y[keep]
     n_total = len(X)
     if comm is not None:
-        # Every rank read the whole file; each keeps a contiguous slice of the rows (and of
-        # the validation rows).  fit_distributed weighs the ranks' losses by their rows.
+        # Every rank read the whole file (a .npy is only mapped: each rank then reads just
+        # its slice); each keeps a contiguous slice of the rows (and of the validation
+        # rows).  fit_distributed weighs the ranks' losses by their rows.
         size = comm.Get_size()
         rows = slice(rank * len(X) // size, (rank + 1) * len(X) // size)
         X, y = X[rows], y[rows]

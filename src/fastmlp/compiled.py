@@ -6,7 +6,7 @@ in one file.  Nothing here validates or allocates: the callers (:class:`~fastmlp
 :mod:`fastmlp.workspace`, :func:`~fastmlp.gradcheck`) own every array and check it first.
 """
 
-from fastmlp.kernels import blas, network
+from fastmlp.kernels import blas, gather, network
 from fastmlp.kernels.checks import count_nonfinite
 
 # Column names of the ``arch`` table and of ``buffer_offsets``, and the prediction
@@ -27,7 +27,8 @@ NetBuffers = network.NetBuffers
 BLOCK_ALIGN = blas.BLOCK_ALIGN
 
 __all__ = ["count_nonfinite", "train_epoch", "compute_gradients", "optimizer_update",
-           "count_correct_cached", "evaluate_chunked", "predict_into"]
+           "count_correct_cached", "evaluate_chunked", "predict_into", "evaluate_gathered",
+           "predict_gathered"]
 
 
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, x_batch,
@@ -69,3 +70,14 @@ def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads):
 def predict_into(net, X, transform, chunk_rows, out, n_threads):
     """Scores of ``X`` after ``transform`` (``RAW``, ``SOFTMAX``, ...) written into ``out``."""
     network.predict_into(net, X, transform, chunk_rows, out, n_threads)
+
+
+def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
+    """:func:`evaluate_chunked` for an ``X`` of another dtype or layout (a memory-mapped
+    file, say), gathered ``x_chunk.shape[0]`` rows at a time into ``x_chunk``."""
+    return gather.evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads)
+
+
+def predict_gathered(net, X, transform, x_chunk, out, n_threads):
+    """:func:`predict_into` for an ``X`` of another dtype or layout, gathered into ``x_chunk``."""
+    gather.predict_gathered(net, X, transform, x_chunk, out, n_threads)

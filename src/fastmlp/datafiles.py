@@ -34,6 +34,8 @@ def load_data(path, label=None, n_features=None):
     Returns
     -------
     X : ndarray of float64, shape (n_samples, n_features)
+        From a ``.npy`` file of floats: a read-only ``numpy.memmap`` of it (float32 or
+        float64, as stored), so that a file larger than memory can be trained on.
     y : ndarray or None
         ``None`` when the file has no labels.
     """
@@ -64,7 +66,8 @@ def _must_exist(path):
 def _read_npy(path, ndim):
     _must_exist(path)
     try:
-        arr = np.load(path, allow_pickle=False)
+        # Mapped, not read: fit, evaluate and predict stream a float memmap batch by batch.
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataFileError(f"{path}: not a readable .npy file ({exc})") from None
     return _numeric(arr, path, ndim)

@@ -62,6 +62,21 @@ TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "int64"
 _TOP_KEYS = {"format", "format_version", "fastmlp_version", "checksum", "model", "optimizer",
              "rng", "training", "tensors"}
 _TRAINING_KEYS = {"epochs_completed", "epochs", "batch_size", "shuffle", "n_samples"}
+
+
+def _shuffle_fields(shuffle):
+    """The checkpoint's ``shuffle`` entries for fit's shuffle setting: True/False, or
+    ``(chunk_rows, window)`` for a chunk shuffle (then ``shuffle_chunks`` is added)."""
+    if isinstance(shuffle, tuple):
+        return {"shuffle": True, "shuffle_chunks": [int(shuffle[0]), int(shuffle[1])]}
+    return {"shuffle": bool(shuffle)}
+
+
+def _describe_shuffle(fields):
+    chunks = fields.get("shuffle_chunks")
+    if chunks is None:
+        return repr(fields["shuffle"])
+    return f"ChunkShuffle(chunk_rows={chunks[0]}, window={chunks[1]})"
 #: Per-rank entries of a checkpoint written by fit_distributed (``training.ranks``).
 _RANK_KEYS = {"n_samples", "rng", "shuffle_rng"}
 
@@ -225,7 +240,7 @@ def save_checkpoint(model, path, order, epochs_completed, epochs, batch_size, sh
     what each of ``callbacks`` (those that keep state) returns from ``get_state()``
     (``training.callbacks``; its arrays become tensors ``callbacks.K.NAME``)."""
     training = {"epochs_completed": int(epochs_completed), "epochs": int(epochs),
-                "batch_size": int(batch_size), "shuffle": bool(shuffle),
+                "batch_size": int(batch_size), **_shuffle_fields(shuffle),
                 "n_samples": int(order.shape[0])}
     extra = _add_callback_states(training, callbacks)
     atomic_write(path, _encode(model, training, order, extra))
@@ -266,7 +281,7 @@ def save_distributed_checkpoint(model, path, rank_states, epochs_completed, epoc
     ranks = [{"n_samples": n, "shuffle_rng": shuffle_rng, "rng": rng}
              for n, (_, shuffle_rng, rng) in zip(lengths, rank_states)]
     training = {"epochs_completed": int(epochs_completed), "epochs": int(epochs),
-                "batch_size": int(batch_size), "shuffle": bool(shuffle),
+                "batch_size": int(batch_size), **_shuffle_fields(shuffle),
                 "n_samples": int(sum(lengths)), "ranks": ranks}
     extra = _add_callback_states(training, callbacks)
     atomic_write(path, _encode(model, training, order, extra))
@@ -560,13 +575,19 @@ def _check_header(check, header, table):
                 "optimizer_state": (dtype, (opt_class.n_slots, n_params))}
     training = header["training"]
     if training is not None:
-        check.keys(training, "training", _TRAINING_KEYS, ("ranks", "callbacks"))
+        check.keys(training, "training", _TRAINING_KEYS, ("ranks", "callbacks", "shuffle_chunks"))
         n_samples = check.int(training["n_samples"], "training n_samples", 1, 1 << 62)
         check.int(training["epochs"], "training epochs", 1, 1 << 62)
         check.int(training["epochs_completed"], "training epochs_completed", 1, training["epochs"])
         check.int(training["batch_size"], "training batch_size", 1, n_samples)
         if not isinstance(training["shuffle"], bool):
             check.fail("training shuffle must be true or false")
+        if "shuffle_chunks" in training:
+            chunks = training["shuffle_chunks"]
+            if not (isinstance(chunks, list) and len(chunks) == 2 and training["shuffle"]):
+                check.fail("training shuffle_chunks must be [chunk_rows, window], with shuffle true")
+            check.int(chunks[0], "training shuffle_chunks chunk_rows", 1, 1 << 62)
+            check.int(chunks[1], "training shuffle_chunks window", 1, 1 << 62)
         if "ranks" in training:
             _check_ranks(check, training["ranks"], n_samples)
         expected["shuffle_order"] = ("int64", (n_samples,))
@@ -764,7 +785,14 @@ def read_checkpoint(model, path, epochs, batch_size, shuffle, n_samples, lengths
                              f"(rank 0, 1, ...), this job's shards have {_short(list(lengths))}; "
                              "resuming would not continue that run (pass resume=False to start "
                              "afresh)")
-    for key, value in (("n_samples", n_samples), ("batch_size", batch_size), ("shuffle", shuffle)):
+    theirs, mine = ({k: training[k] for k in ("shuffle", "shuffle_chunks") if k in training},
+                    _shuffle_fields(shuffle))
+    if theirs != mine:
+        raise ValueError(f"checkpoint {path} was written by fit with "
+                         f"shuffle={_describe_shuffle(theirs)}, this call has "
+                         f"shuffle={_describe_shuffle(mine)}; resuming would not continue that "
+                         "run (pass resume=False to start afresh)")
+    for key, value in (("n_samples", n_samples), ("batch_size", batch_size)):
         if training[key] != value:
             raise ValueError(f"checkpoint {path} was written by fit with {key}={training[key]!r}, "
                              f"this call has {key}={value!r}; resuming would not continue that run "

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from fastmlp import compiled, io, losses, safetensors_io, training
+from fastmlp import compiled, io, losses, safetensors_io, streaming, training
 from fastmlp._validation import as_features, as_labels, as_targets, sample_weight_per_row
 from fastmlp.compiled import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, HUBER, L1, LOSSES, MSE
@@ -393,7 +393,7 @@ class Sequential:
         ValueError, TypeError
             For anything :meth:`fit` refuses in ``X`` or ``y``.
         """
-        return Rows(*self._prepare(X, y), self._no_weights)
+        return Rows(*self._prepare(X, y, stream=True), self._no_weights)
 
     def signature(self):
         """What replicas of this model on other MPI ranks must match (a tuple: dtype, loss
@@ -416,9 +416,12 @@ class Sequential:
                           (int(arch[compiled.B_OFFSET]), math.prod(layer.bias_shape))]
         return spans
 
-    def _prepare(self, X, y):
-        """Validated ``(X, labels, targets)``; the unused one of labels/targets is empty."""
-        X = as_features(X, self.n_features_in, self.dtype)
+    def _prepare(self, X, y, stream=False):
+        """Validated ``(X, labels, targets)``; the unused one of labels/targets is empty.
+
+        With ``stream``, a memory-mapped or large foreign ``X`` is checked as a stream and
+        kept as it is, for the gathering loops (:mod:`fastmlp.streaming`)."""
+        X = (streaming.features if stream else as_features)(X, self.n_features_in, self.dtype)
         if y is None:
             raise ValueError("y is required")
         if self.uses_labels:
@@ -637,6 +640,7 @@ class Sequential:
             The first step not run: ``stop``, or the step whose loss was not finite
             (the parameters are then those before it).
         """
+        streaming.check_unchanged(rows.X)
         ws = self._training_workspace(batch_size)
         opt = self.optimizer
         hyper = self._hyperparameters()  # a schedule may have changed lr since the last call
@@ -686,23 +690,34 @@ class Sequential:
         finally:
             self._training.release()
 
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
+    def fit(self, X, y=None, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, sample_weight=None, class_weight=None, callbacks=None, verbose=0,
             checkpoint=None, checkpoint_every=None, resume=False, comm=None, fresh_order=False):
         """Train by minibatch gradient descent.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a source of chunks
+            A ``numpy.memmap`` (``np.load(path, mmap_mode="r")``) or any float array, C- or
+            F-ordered, in either float dtype, is used in place: checked in one sequential
+            pass, then each batch's rows are gathered and converted inside the compiled
+            loop (docs/large-data.md), so a file larger than memory trains.  Or a source of
+            ``(X_chunk, y_chunk)`` pairs (a callable returning an iterator, or a re-iterable
+            object) with ``y=None``: see docs/large-data.md for its semantics.
         y : array-like
             ``(n_samples,)`` integer class labels for ``softmax_cross_entropy`` and
             ``multiclass_hinge``; ``(n_samples, n_outputs)`` (or ``(n_samples,)`` with one
-            output) targets for ``binary_cross_entropy`` (0/1) and ``mse``.
+            output) targets for ``binary_cross_entropy`` (0/1) and ``mse``.  None with a
+            source of chunks.
         epochs : int, default 1
         batch_size : int, default 32
             The last batch of an epoch is smaller when it does not divide ``n_samples``.
-        shuffle : bool, default True
+        shuffle : bool, "chunks" or ChunkShuffle, default True
             Visit the rows in a new order each epoch, drawn from the model's seeded RNG.
+            ``"chunks"`` (or :class:`~fastmlp.ChunkShuffle` with its sizes) visits
+            contiguous chunks of rows in a random order and shuffles rows within a window
+            of chunks, so that reading a memory-mapped file stays sequential.  With a
+            source of chunks, True shuffles the rows within each chunk.
         validation_data : tuple (X_val, y_val), optional
             Evaluated after every epoch (``val_loss``, and ``val_accuracy`` for classifiers).
         validation_split : float, default 0.0
@@ -800,7 +815,19 @@ class Sequential:
             self._training.release()
 
     # ----------------------------------------------------------------- inference
+    def _chunk_buffer(self, X, ws):
+        """Scratch rows for the gather kernels, or None when ``X`` goes to the chain as it is."""
+        if not streaming.needs_gather(X, self.dtype):
+            return None
+        streaming.check_unchanged(X)
+        return np.empty((ws.capacity, self.n_features_in), dtype=self.dtype)
+
     def _evaluate_prepared(self, X, labels, targets, ws):
+        x_chunk = self._chunk_buffer(X, ws)
+        if x_chunk is not None:
+            loss, correct = compiled.evaluate_gathered(ws.net, self.loss_code, X, labels, targets,
+                                                       x_chunk, ws.kernel_threads(get_num_threads()))
+            return float(loss), int(correct)
         loss, correct = compiled.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
                                                  ws.capacity, ws.kernel_threads(get_num_threads()))
         return float(loss), int(correct)
@@ -810,8 +837,11 @@ class Sequential:
         ``workspace`` from :meth:`inference_workspace`."""
         return self._evaluate_prepared(rows.X, rows.labels, rows.targets, workspace)
 
-    def evaluate(self, X, y):
+    def evaluate(self, X, y=None):
         """Mean data loss on ``(X, y)`` and, for the classification losses, the accuracy.
+
+        ``X`` may also be a source of ``(X_chunk, y_chunk)`` pairs, as :meth:`fit` takes
+        (with ``y=None``): the loss and accuracy are then over all its rows.
 
         Returns
         -------
@@ -819,22 +849,37 @@ class Sequential:
             ``{"loss": float, "accuracy": float}`` (no ``"accuracy"`` for the regression
             losses ``mse``, ``huber``, ``l1``).
         """
-        X, labels, targets = self._prepare(X, y)
+        chunked = training.evaluate_chunks(self, X) if y is None else None
+        if chunked is not None:
+            loss, correct, n = chunked
+            result = {"loss": float(loss)}
+            if self.is_classifier:
+                result["accuracy"] = correct / n
+            return result
+        X, labels, targets = self._prepare(X, y, stream=True)
         loss, correct = self._evaluate_prepared(X, labels, targets, self._call_workspace(X.shape[0]))
         result = {"loss": loss}
         if self.is_classifier:
             result["accuracy"] = correct / X.shape[0]
         return result
 
+    def _predict_into(self, X, transform, out, ws):
+        x_chunk = self._chunk_buffer(X, ws)
+        if x_chunk is not None:
+            compiled.predict_gathered(ws.net, X, transform, x_chunk, out,
+                                      ws.kernel_threads(get_num_threads()))
+        else:
+            compiled.predict_into(ws.net, X, transform, ws.capacity, out,
+                                  ws.kernel_threads(get_num_threads()))
+
     def _predict(self, X, transform):
-        X = as_features(X, self.n_features_in, self.dtype)
+        X = streaming.features(X, self.n_features_in, self.dtype)
         ws = self._call_workspace(X.shape[0])
         if transform == compiled.ARGMAX:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
             out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        compiled.predict_into(ws.net, X, transform, ws.capacity, out,
-                              ws.kernel_threads(get_num_threads()))
+        self._predict_into(X, transform, out, ws)
         return out
 
     def decision_function(self, X):
@@ -876,13 +921,12 @@ class Sequential:
         """Accuracy for the classification losses (subset accuracy for several binary
         outputs); the coefficient of determination R^2 for the regression losses (averaged
         over outputs)."""
-        X, labels, targets = self._prepare(X, y)
+        X, labels, targets = self._prepare(X, y, stream=True)
         ws = self._call_workspace(X.shape[0])
         if self.is_classifier:
             return self._evaluate_prepared(X, labels, targets, ws)[1] / X.shape[0]
         pred = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        compiled.predict_into(ws.net, X, compiled.RAW, ws.capacity, pred,
-                              ws.kernel_threads(get_num_threads()))
+        self._predict_into(X, compiled.RAW, pred, ws)
         t = targets.astype(np.float64)
         ss_res = ((t - pred) ** 2).sum(axis=0)
         ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)

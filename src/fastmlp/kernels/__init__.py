@@ -20,10 +20,10 @@ time.
 from fastmlp import jitcache
 
 with jitcache.kernel_cache():
-    from fastmlp.kernels import (activations, blas, checks, dense, dropout, layer_norm, losses,
-                                 network, optim, schedules)
+    from fastmlp.kernels import (activations, blas, checks, dense, dropout, gather, layer_norm,
+                                 losses, network, optim, schedules)
 
-for _module in (activations, blas, checks, dense, dropout, layer_norm, losses, network, optim,
-                schedules):
+for _module in (activations, blas, checks, dense, dropout, gather, layer_norm, losses, network,
+                optim, schedules):
     jitcache.guard_module(_module)
 del _module

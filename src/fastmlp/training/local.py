@@ -71,7 +71,7 @@ class Local(Strategy):
         if plan.resume and os.path.exists(plan.checkpoint):
             # Read and checked in full before the model changes.
             resumed, epochs_done = io.read_checkpoint(model, plan.checkpoint, plan.epochs,
-                                                      batch_size, plan.shuffle, n,
+                                                      batch_size, plan.shuffle_key, n,
                                                       callbacks=plan.stateful)
         states = io.callback_states(resumed) if resumed is not None else []
         begin_callbacks(model, plan, states, epochs_done)
@@ -182,7 +182,7 @@ class Local(Strategy):
     def save_checkpoint(self, epoch):
         plan = self.plan
         io.save_checkpoint(self.model, plan.checkpoint, self.order, epoch, plan.epochs,
-                           self.batch_size, plan.shuffle, plan.stateful)
+                           self.batch_size, plan.shuffle_key, plan.stateful)
 
     def end(self, error):
         end_callbacks(self.model, self.plan.callbacks, error)

@@ -98,7 +98,9 @@ def run_epochs(model, plan, strategy, epochs_done):
             for epoch in range(epochs_done + 1, plan.epochs + 1):
                 strategy.hooks("on_epoch_begin", epoch, {})
                 started = time.perf_counter()
-                if plan.shuffle:
+                if plan.chunk_shuffle is not None:
+                    plan.chunk_shuffle.fill_order(strategy.rng, strategy.order)
+                elif plan.shuffle:
                     if plan.fresh_order:
                         strategy.order[:] = np.arange(strategy.order.shape[0])
                     strategy.rng.shuffle(strategy.order)

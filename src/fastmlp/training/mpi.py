@@ -176,7 +176,7 @@ class MPI(Strategy):
         # Settings that shape the schedule and the collectives: a rank that ran another
         # number of epochs or steps, or saved when the others did not, would leave them
         # waiting.
-        settings = comm.allgather((plan.epochs, plan.batch_size, plan.shuffle,
+        settings = comm.allgather((plan.epochs, plan.batch_size, plan.shuffle_key,
                                    checkpoint is not None, plan.checkpoint_every, plan.resume,
                                    plan.validation_split, class_key,
                                    [type(c).__name__ for c in plan.stateful]))
@@ -230,7 +230,7 @@ class MPI(Strategy):
             if rank == 0 and os.path.exists(plan.checkpoint):
                 try:
                     resumed = io.read_checkpoint(model, plan.checkpoint, plan.epochs,
-                                                 plan.batch_size, plan.shuffle,
+                                                 plan.batch_size, plan.shuffle_key,
                                                  int(self.lengths.sum()),
                                                  lengths=self.lengths.tolist(),
                                                  callbacks=plan.stateful)
@@ -388,7 +388,10 @@ class MPI(Strategy):
                 if shuffle:
                     idx = order[lo:lo + b]
                     xb, yb = x_batch[:b], y_batch[:b]
-                    np.take(X, idx, axis=0, out=xb)
+                    if X.dtype == xb.dtype:
+                        np.take(X, idx, axis=0, out=xb)
+                    else:  # a float64 memmap for a float32 model: rounds as astype does
+                        xb[...] = X[idx]
                     np.take(y_source, idx, axis=0, out=yb)
                     wb = np.take(weights, idx, out=w_batch[:b]) if w_batch.shape[0] else None
                 else:  # contiguous rows: views, no copy
@@ -464,7 +467,7 @@ class MPI(Strategy):
         if self.rank == 0:
             try:
                 io.save_distributed_checkpoint(self.model, plan.checkpoint, states, epoch,
-                                               plan.epochs, plan.batch_size, plan.shuffle,
+                                               plan.epochs, plan.batch_size, plan.shuffle_key,
                                                plan.stateful)
             except (OSError, ValueError) as exc:
                 error = (type(exc).__name__, f"could not write checkpoint {plan.checkpoint}: {exc}")

@@ -13,6 +13,7 @@ import numpy as np
 from fastmlp import io
 from fastmlp._validation import check_positive_int, class_weight_per_row, sample_weight_per_row
 from fastmlp.callbacks import Callback, LearningRateSchedule, ReduceLROnPlateau
+from fastmlp.streaming import check_shuffle
 
 
 class FitPlan:
@@ -23,6 +24,11 @@ class FitPlan:
     epochs, batch_size : int
         ``batch_size`` as given (the loop caps it at the rows available).
     shuffle : bool
+        Whether the rows are reordered each epoch.
+    chunk_shuffle : ChunkShuffle or None
+        How, when it is a chunk shuffle (``shuffle="chunks"``); None for the full shuffle.
+    shuffle_key
+        What checkpoints record and ranks compare: the bool, or ``(chunk_rows, window)``.
     fresh_order : bool
         Each epoch shuffles ``0 .. n-1`` afresh instead of the previous epoch's order.
     verbose : {0, 1, 2}
@@ -76,8 +82,7 @@ def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validat
         raise ValueError("give validation_data or validation_split, not both")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
+    shuffle, chunk_shuffle = check_shuffle(shuffle)
     if not isinstance(fresh_order, (bool, np.bool_)):
         raise ValueError(f"fresh_order must be True or False, got {fresh_order!r}")
     if fresh_order and checkpoint is not None:
@@ -103,7 +108,10 @@ def check_fit(model, X, y, epochs, batch_size, shuffle, validation_data, validat
                          "nothing would be learned")
     callbacks, stateful = check_callbacks(callbacks)
     model.optimizer.clip_vector()  # clip_norm/clip_value changed since construction: checked now
+    shuffle_key = (shuffle if chunk_shuffle is None
+                   else (chunk_shuffle.chunk_rows, chunk_shuffle.window))
     plan = FitPlan(epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle),
+                   chunk_shuffle=chunk_shuffle, shuffle_key=shuffle_key,
                    fresh_order=bool(fresh_order), verbose=verbose,
                    train=train, validation=validation, validation_split=float(validation_split),
                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=bool(resume),
