@@ -323,6 +323,18 @@ def test_chunk_source_trains_as_arrays_when_chunks_hold_whole_batches(data):
     assert a.history.history["accuracy"] == b.history.history["accuracy"]
 
 
+def test_chunk_source_with_clipping_records_the_gradient_norm(data):
+    X, y = data
+    a, b = make_model(), make_model()
+    a.optimizer.clip_norm = b.optimizer.clip_norm = 0.5
+    a.fit(X, y, epochs=2, batch_size=30, shuffle=False)
+    b.fit(chunks_of(X, y, 120), epochs=2, batch_size=30, shuffle=False)
+    assert np.array_equal(a.params, b.params)  # the same clipped steps in the same order
+    # The mean of the same per-step norms, summed per chunk instead of at once (float64).
+    np.testing.assert_allclose(a.history.history["grad_norm"], b.history.history["grad_norm"],
+                               rtol=N * np.finfo(np.float64).eps)
+
+
 def test_chunk_source_list_and_shuffle_within_chunks(data):
     X, y = data
     pairs = [(X[:300], y[:300]), (X[300:], y[300:])]
@@ -434,6 +446,7 @@ RSS_PROBE = textwrap.dedent("""
     import sys, threading, time
     import numpy as np
     from fastmlp import Sequential, Dense, SGD
+    from fastmlp.sequential import PREDICT_CHUNK_ROWS
 
     def rss_anon():
         with open("/proc/self/status") as f:
@@ -446,9 +459,13 @@ RSS_PROBE = textwrap.dedent("""
                        optimizer=SGD(lr=0.01), seed=0)
     X = np.load(path, mmap_mode="r")
     y = np.zeros(X.shape[0], dtype=np.int64)
-    # Compile everything on a few rows first: the compiler's memory is not the data's.
-    model.fit(X[:256], y[:256], epochs=1, batch_size=256, validation_data=(X[:256], y[:256]))
-    model.predict_proba(X[:256])
+    # Compile everything on a few rows first: the compiler's memory is not the data's.  Over
+    # more rows than one prediction chunk, so that evaluation and prediction compile the
+    # build (serial or parallel) that the whole file's chunks then use.
+    few = 2 * PREDICT_CHUNK_ROWS
+    model.fit(X[:few], y[:few], epochs=1, batch_size=256, shuffle="chunks",
+              validation_data=(X[:few], y[:few]))
+    model.predict_proba(X[:few])
     base = rss_anon()
     peak = [base]
     done = threading.Event()

@@ -145,7 +145,8 @@ class Chunked(Local):
                        validation=validation, validation_split=0.0, checkpoint=None,
                        checkpoint_every=None, resume=False, callbacks=callbacks,
                        stateful=stateful, class_weight=None, sample_weight=None, unsplit=None,
-                       metrics=metric_names(model.is_classifier, validation is not None))
+                       metrics=metric_names(model.is_classifier, validation is not None,
+                                            model.optimizer.clips))
 
     def start(self, plan):
         self.plan = plan
@@ -160,6 +161,7 @@ class Chunked(Local):
     def run_steps(self, epoch, progress):
         model, plan = self.model, self.plan
         loss_sum, correct, rows_seen = 0.0, 0, 0
+        norm_sum, steps = 0.0, 0  # the gradient norms, when the optimizer clips
         for k, first_row, rows in plan.source.rows(model, f"epoch {epoch}"):
             n = rows.n
             batch_size = min(plan.batch_size, n)
@@ -169,10 +171,11 @@ class Chunked(Local):
                 self.rng.shuffle(order)
             batch_losses = np.zeros(n_batches)
             batch_correct = np.zeros(n_batches, dtype=np.int64)
+            batch_grad_norms = np.zeros(n_batches)
             steps_before = model.save_finite_state()
             with HeldInterrupt():
                 reached = model.train_steps(rows, order, batch_size, 0, n_batches, batch_losses,
-                                            batch_correct, steps_before)
+                                            batch_correct, steps_before, batch_grad_norms)
                 model.optimizer.step_count = steps_before + reached
             params_finite = count_nonfinite(model.params) == 0
             if reached < n_batches or not params_finite:
@@ -188,12 +191,16 @@ class Chunked(Local):
             last_rows = n - (n_batches - 1) * batch_size
             loss_sum += (batch_losses[:-1].sum() * batch_size + batch_losses[-1] * last_rows)
             correct += int(batch_correct.sum())
+            norm_sum += float(batch_grad_norms.sum())
+            steps += n_batches
             rows_seen += n
         if rows_seen == 0:
             raise ValueError(f"the chunk source yielded no chunks in epoch {epoch}")
         logs = {"loss": float(loss_sum / rows_seen)}
         if model.is_classifier:
             logs["accuracy"] = correct / rows_seen
+        if "grad_norm" in plan.metrics:  # the mean over the epoch's steps, as fit records it
+            logs["grad_norm"] = norm_sum / steps
         return logs
 
     def epoch_logs(self, epoch, trained):
