@@ -2,6 +2,7 @@
 gets fastmlp's outputs, to the dtype's rounding (tolerances.py's forward-chain bounds, with
 runtime_bounds.py's allowance for ONNX Runtime's elementary functions)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -12,9 +13,11 @@ import onnxruntime as ort
 import pytest
 
 import runtime_bounds
-from fastmlp import Dense, Layer, Maxout, Sequential
+from fastmlp import Dense, Dropout, Layer, LayerNorm, Maxout, Sequential
+from fastmlp.losses import Huber, SoftmaxCrossEntropy
 from fastmlp.cli import main
-from runtime_bounds import FOREIGN_ACTIVATION_ROUNDINGS, agreement_bound, unambiguous_argmax
+from runtime_bounds import (FOREIGN_ACTIVATION_ROUNDINGS, agreement_bound, gated_cancellation,
+                            unambiguous_argmax)
 from tolerances import ELEMENTARY_ROUNDINGS, assert_within, unit_roundoff
 
 DTYPES = [np.float32, np.float64]
@@ -25,9 +28,13 @@ BATCHES = [1, 17]
 # (in float64 the exporter then spells the activation out with a float64 constant).
 ACTIVATION_CASES = [("identity", {}), ("sigmoid", {}), ("tanh", {}), ("relu", {}),
                     ("leaky_relu", {"negative_slope": 0.25}), ("leaky_relu", {"negative_slope": 0.01}),
-                    ("elu", {"alpha": 1.0}), ("elu", {"alpha": 0.3})]
+                    ("elu", {"alpha": 1.0}), ("elu", {"alpha": 0.3}), ("gelu", {}), ("silu", {})]
+# Every loss's head; a label-smoothed cross-entropy and a Huber loss with its parameter
+# export as their plain forms (the parameters change training, not the outputs).
 LOSS_CASES = [("softmax_cross_entropy", 4), ("multiclass_hinge", 4),
-              ("binary_cross_entropy", 1), ("binary_cross_entropy", 3), ("mse", 1), ("mse", 2)]
+              ("binary_cross_entropy", 1), ("binary_cross_entropy", 3), ("mse", 1), ("mse", 2),
+              ("huber", 1), ("huber", 3), ("l1", 1), ("l1", 2),
+              (SoftmaxCrossEntropy(label_smoothing=0.1), 4), (Huber(delta=0.3), 2)]
 
 
 def with_random_weights(model, seed=0):
@@ -101,6 +108,13 @@ def test_every_activation_matches_fastmlp(tmp_path, activation, params, dtype):
         check_outputs(model, X, got)
     ops = [node.op_type for node in proto.graph.node]
     assert ops.count("Gemm") == 3
+    if activation == "gelu":
+        # float32: the Erf operator; float64: Cody's rational erfc, since ONNX Runtime's CPU
+        # provider has no float64 Erf kernel (an Erf node would not load there).
+        assert ops.count("Erf") == (2 if dtype == np.float32 else 0)
+        assert "Gelu" not in ops  # opset 20's operator, not in opset 18
+    if activation == "silu":
+        assert ops.count("Sigmoid") == 2 and "Swish" not in ops
     operator = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "leaky_relu": "LeakyRelu",
                 "elu": "Elu"}.get(activation)
     exact_attribute = float(np.float32(next(iter(params.values()), 0.0))) == next(iter(params.values()), 0.0)
@@ -122,6 +136,50 @@ def test_maxout_is_gemm_reshape_reducemax(tmp_path, dtype):
     ops = [node.op_type for node in proto.graph.node]
     assert ops[:3] == ["Gemm", "Reshape", "ReduceMax"]
     assert ops.count("ReduceMax") == 2
+
+
+# eps 1e-5 (the default) is not a float32 number, 2**-10 is: a float64 graph spells the
+# former out with a float64 constant and takes the operator for the latter.
+@pytest.mark.parametrize("eps", [1e-5, 2.0 ** -10])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_and_dropout_match_fastmlp(tmp_path, dtype, eps):
+    layers = [LayerNorm(eps=eps), Dense(5, 7, "gelu"), Dropout(0.3), LayerNorm(eps=eps),
+              Dense(7, 6, "silu"), Dropout(0.5), LayerNorm(), Dense(6, 3)]
+    model = with_random_weights(Sequential(layers, loss="softmax_cross_entropy", dtype=dtype), seed=5)
+    # Gains and biases are off their initial 1 and 0 (a swapped gain and bias would show).
+    assert not np.allclose(model.layers[0].gain, 1) and not np.allclose(model.layers[0].bias, 0)
+    rng = np.random.default_rng(5)
+    for batch in BATCHES:
+        X = 2 + rng.normal(scale=1.5, size=(batch, 5))  # rows with a mean to subtract
+        proto, got = export_and_run(model, X, tmp_path)
+        check_outputs(model, X, got)
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("Gemm") == 3 and "Dropout" not in ops
+    # float64: the layer norms with eps 1e-5 (the third always) are spelled out.
+    spelled_out = 0 if dtype == np.float32 else (3 if eps == 1e-5 else 1)
+    assert ops.count("LayerNormalization") == 3 - spelled_out
+    assert ops.count("ReduceMean") == 2 * spelled_out  # the mean and the variance
+    eps_constants = [t for t in proto.graph.initializer if t.name.endswith(".eps")]
+    assert [onnx.numpy_helper.to_array(t).item() for t in eps_constants] == [1e-5] * spelled_out
+    assert all(t.data_type == onnx.TensorProto.DOUBLE for t in eps_constants)
+    # The gains and biases are the model's, bit for bit, under the layer's names.
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for k in (0, 3, 6):
+        np.testing.assert_array_equal(weights[f"layers.{k}.weight"], model.layers[k].gain)
+        np.testing.assert_array_equal(weights[f"layers.{k}.bias"], model.layers[k].bias)
+    # Dropout exports as nothing: the same graph as without the dropout layers.
+    plain = Sequential([layer.unbuilt_copy() for layer in layers if not isinstance(layer, Dropout)],
+                       loss="softmax_cross_entropy", dtype=dtype)
+    plain.set_weights(model.get_weights())
+    assert [node.op_type for node in _proto(plain, tmp_path).graph.node] == ops
+    _, got_plain = export_and_run(plain, X, tmp_path)
+    np.testing.assert_array_equal(got_plain["scores"], got["scores"])  # the same graph, bitwise
+
+
+def _proto(model, tmp_path):
+    path = tmp_path / "plain.onnx"
+    model.export(path, format="onnx")
+    return onnx.load(str(path))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -228,6 +286,8 @@ def test_onnxruntime_activation_accuracy_assumption(dtype):
     cases = {"Sigmoid": ({}, 1 / (1 + np.exp(-exact))), "Tanh": ({}, np.tanh(exact)),
              "Elu": ({"alpha": alpha}, np.where(exact > 0, exact, alpha * np.expm1(exact)))}
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    if dtype == np.float32:  # the exporter's float64 gelu does not use Erf (see below)
+        cases["Erf"] = ({}, np.array([math.erf(v) for v in z.astype(float)]))
     for op, (attributes, want) in cases.items():
         graph = helper.make_graph(
             [helper.make_node(op, ["z"], ["a"], **attributes)], op,
@@ -237,6 +297,33 @@ def test_onnxruntime_activation_accuracy_assumption(dtype):
         got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
         bound = FOREIGN_ACTIVATION_ROUNDINGS * unit_roundoff(dtype) * (np.abs(want.astype(float)) + 1 + alpha)
         assert_within(got, want.astype(float), bound, f"ONNX Runtime {op} ({np.dtype(dtype).name})")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_exported_gated_activation_accuracy(tmp_path, activation, dtype):
+    """The exporter's gelu (float32: Erf; float64: Cody's erfc, spelled out) and silu graphs,
+    through ONNX Runtime, are within the bound runtime_bounds charges a foreign gated
+    activation (FOREIGN_ACTIVATION_ROUNDINGS of u (|f| + 1), plus the cancellation term
+    gated_cancellation), against 40-digit references (mpmath, which torch's sympy
+    dependency installs), on a grid over all of Cody's intervals (|z / sqrt 2| up to 0.47,
+    4 and beyond) and into the saturation either side."""
+    import mpmath
+
+    mpmath.mp.dps = 40
+    # A 1x1 identity Gemm (W = 1, b = 0) hands the activation z exactly.
+    model = Sequential([Dense(1, 1, activation)], loss="mse", dtype=dtype)
+    model.set_weights([np.ones((1, 1)), np.zeros(1)])
+    z = np.concatenate([np.linspace(-40, 40, 16001), np.linspace(-1e-3, 1e-3, 201),
+                        np.sqrt(2) * np.array([-4.0, -0.46875, 0.46875, 4.0])]).astype(dtype)
+    _, got = export_and_run(model, z[:, None], tmp_path)
+    def exact(v):
+        v = mpmath.mpf(float(v))
+        return v * mpmath.ncdf(v) if activation == "gelu" else v / (1 + mpmath.exp(-v))
+    want = np.array([float(exact(v)) for v in z])
+    bound = (FOREIGN_ACTIVATION_ROUNDINGS * unit_roundoff(dtype) * (np.abs(want) + 1)
+             + gated_cancellation(z.astype(float), FOREIGN_ACTIVATION_ROUNDINGS, dtype))
+    assert_within(got["scores"][:, 0], want, bound, f"exported {activation} ({np.dtype(dtype).name})")
 
 
 def test_import_fastmlp_imports_neither_torch_nor_onnx():
@@ -258,9 +345,19 @@ class Recorder(event.Listener):
 event.register("numba:compile", Recorder())
 import torch, fastmlp
 from fastmlp import Dense, Maxout, Sequential
+from fastmlp import Dropout, LayerNorm
 model = Sequential([Maxout(4, 5), Dense(5, 6, "elu"), Dense(6, 3)], seed=0)
 model.export({str(tmp_path / "m.onnx")!r}, format="onnx")
 net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+fastmlp.from_torch(net).to_torch()
+for dtype in ("float32", "float64"):
+    model = Sequential([LayerNorm(), Dense(4, 6, "gelu"), Dropout(0.5), Dense(6, 5, "silu"),
+                        LayerNorm(), Dense(5, 3)], seed=0, dtype=dtype)
+    model.export({str(tmp_path / "n.onnx")!r}, format="onnx")
+    model.to_torch()
+net = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 6), torch.nn.GELU(),
+                          torch.nn.Dropout(0.2), torch.nn.Linear(6, 5), torch.nn.SiLU(),
+                          torch.nn.LayerNorm(5), torch.nn.Linear(5, 2))
 fastmlp.from_torch(net).to_torch()
 print(compiled)
 """

@@ -11,9 +11,9 @@ import torch  # the test extra installs torch==2.13.0: a missing torch fails, no
 from torch import nn
 
 import fastmlp
-from fastmlp import SGD, Adam, Dense, Maxout, Sequential
-from runtime_bounds import (FOREIGN_ACTIVATION_ROUNDINGS, agreement_bound, softmax_bound,
-                            unambiguous_argmax)
+from fastmlp import SGD, Adam, Dense, Dropout, LayerNorm, Maxout, Sequential
+from runtime_bounds import (FOREIGN_ACTIVATION_ROUNDINGS, agreement_bound, gated_cancellation,
+                            softmax_bound, unambiguous_argmax)
 from tolerances import ELEMENTARY_ROUNDINGS, assert_within, unit_roundoff
 
 TORCH_DTYPES = {np.float32: torch.float32, np.float64: torch.float64}
@@ -28,6 +28,9 @@ ACTIVATION_MODULES = [
     (lambda: nn.LeakyReLU(0.3), "leaky_relu", {"negative_slope": 0.3}),
     (lambda: nn.ELU(), "elu", {"alpha": 1.0}),
     (lambda: nn.ELU(alpha=0.4), "elu", {"alpha": 0.4}),
+    (lambda: nn.GELU(), "gelu", {}),
+    (lambda: nn.GELU(approximate="none"), "gelu", {}),
+    (lambda: nn.SiLU(), "silu", {}),
 ]
 
 
@@ -47,10 +50,16 @@ def random_torch_net(make_activation, dtype, seed=0):
 
 
 def assert_same_outputs(model, module, X):
-    """fastmlp's scores and PyTorch's are each within their bound of the exact scores."""
+    """fastmlp's scores and PyTorch's (in eval mode: dropout inactive, as in fastmlp's
+    inference) are each within their bound of the exact scores."""
     _, E_fm, E_torch = agreement_bound(model, X)
-    assert_within(model.decision_function(X), torch_output(module, X, model.dtype), E_fm + E_torch,
-                  "fastmlp vs PyTorch")
+    was_training = module.training
+    module.eval()
+    try:
+        assert_within(model.decision_function(X), torch_output(module, X, model.dtype),
+                      E_fm + E_torch, "fastmlp vs PyTorch")
+    finally:
+        module.train(was_training)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -82,6 +91,75 @@ def test_from_torch_computes_what_the_module_computes(make_activation, name, par
     for mine, theirs in zip(back, net):
         for attribute in ("negative_slope", "alpha"):
             assert getattr(mine, attribute, None) == getattr(theirs, attribute, None)
+    np.testing.assert_array_equal(torch_output(back, X, dtype), torch_output(net, X, dtype))
+
+
+def random_normalised_net(dtype, seed=0):
+    """Layer norms (first in the list, and between layers) and dropout around gelu and silu,
+    every parameter of order 1 (gains and biases off their initial 1 and 0)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.LayerNorm(5), nn.Dropout(0.2), nn.Linear(5, 8), nn.GELU(),
+                        nn.LayerNorm(8, eps=1e-3), nn.Dropout(0.5), nn.Linear(8, 6), nn.SiLU(),
+                        nn.LayerNorm(6, eps=2.0 ** -10), nn.Linear(6, 3)).to(TORCH_DTYPES[dtype])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.8)
+    return net
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_and_dropout_round_trip(dtype):
+    net = random_normalised_net(dtype)
+    assert net.training  # as built: from_torch reads the modules, not the mode
+    model = fastmlp.from_torch(net, loss="softmax_cross_entropy")
+    assert [type(layer) for layer in model.layers] == [LayerNorm, Dropout, Dense, LayerNorm,
+                                                       Dropout, Dense, LayerNorm, Dense]
+    assert [layer.activation for layer in model.layers if isinstance(layer, Dense)] == [
+        "gelu", "silu", "identity"]
+    assert [layer.eps for layer in model.layers if isinstance(layer, LayerNorm)] == [1e-5, 1e-3, 2.0 ** -10]
+    assert [layer.rate for layer in model.layers if isinstance(layer, Dropout)] == [0.2, 0.5]
+    for layer, ln in zip(model.layers[::3], (net[0], net[4], net[8])):
+        np.testing.assert_array_equal(layer.gain, ln.weight.detach().numpy())
+        np.testing.assert_array_equal(layer.bias, ln.bias.detach().numpy())
+    X = 1 + np.random.default_rng(1).normal(scale=1.5, size=(23, 5))
+    assert_same_outputs(model, net, X)
+    assert_same_outputs(model, net, X[:1])
+
+    back = model.to_torch()
+    assert not back.training  # eval mode: it computes decision_function, dropout inactive
+    assert [type(m) for m in back] == [type(m) for m in net]
+    for mine, theirs in zip(back.state_dict().items(), net.state_dict().items()):
+        assert mine[0] == theirs[0] and mine[1].dtype == theirs[1].dtype
+        assert torch.equal(mine[1], theirs[1])
+    for mine, theirs in zip(back, net):
+        for attribute in ("p", "eps", "normalized_shape", "elementwise_affine", "approximate"):
+            assert getattr(mine, attribute, None) == getattr(theirs, attribute, None)
+    net.eval()
+    np.testing.assert_array_equal(torch_output(back, X, dtype), torch_output(net, X, dtype))
+    back.train()  # and in training mode the dropout modules are active again
+    assert not np.array_equal(torch_output(back, X, dtype), torch_output(net, X, dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_without_affine_parameters(dtype):
+    """elementwise_affine=False (no gain, no bias) and bias=False (no bias): fastmlp's
+    layer norm always has both, so they become a gain of 1 and a bias of 0."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.LayerNorm(6, elementwise_affine=False),
+                        nn.Linear(6, 5), nn.LayerNorm(5, bias=False), nn.Linear(5, 2)).to(TORCH_DTYPES[dtype])
+    with torch.no_grad():
+        net[4].weight.normal_(0.0, 0.8)
+    model = fastmlp.from_torch(net, loss="mse")
+    gain0, bias0, gain1, bias1 = (model.get_weights()[k] for k in (2, 3, 6, 7))
+    np.testing.assert_array_equal(gain0, np.ones(6, dtype))
+    np.testing.assert_array_equal(bias0, np.zeros(6, dtype))
+    np.testing.assert_array_equal(gain1, net[4].weight.detach().numpy())
+    np.testing.assert_array_equal(bias1, np.zeros(5, dtype))
+    X = np.random.default_rng(3).normal(size=(9, 4))
+    assert_same_outputs(model, net, X)
+    # to_torch gives the affine form, with that gain and bias: the same outputs.
+    back = model.to_torch()
+    assert back[2].elementwise_affine and back[4].bias is not None
     np.testing.assert_array_equal(torch_output(back, X, dtype), torch_output(net, X, dtype))
 
 
@@ -162,6 +240,24 @@ def test_bias_free_linear_and_identity_modules():
     (lambda: [nn.Linear(2, 3).half()], r"parameters are torch.float16; fastmlp models are float32"),
     (lambda: [nn.Linear(2, 3), nn.Linear(3, 2).double()], r"parameters mix dtypes"),
     (lambda: [nn.Identity()], r"has no Linear module"),
+    (lambda: [nn.Linear(2, 3), nn.GELU(approximate="tanh")],
+     r"module 1 \(GELU\(approximate='tanh'\)\): approximate='tanh' is not supported: fastmlp's gelu is the exact erf form"),
+    (lambda: [nn.Linear(2, 3), nn.Dropout(1.0)],
+     r"module 1 \(Dropout\(p=1.0, .*\)\): dropout rate must be in \[0, 1\), got 1.0"),
+    (lambda: [nn.Linear(2, 3), nn.AlphaDropout(0.1)],
+     r"module 1 \(AlphaDropout\(.*\)\): fastmlp has no layer for it; supported modules: .*Dropout, LayerNorm"),
+    (lambda: [nn.Linear(2, 3), nn.Dropout(0.5), nn.ReLU()],
+     r"module 2 \(ReLU\(\)\): an activation after module 1 \(Dropout\(p=0.5, .*\)\), not after a Linear"),
+    (lambda: [nn.Linear(2, 3), nn.LayerNorm(3), nn.ReLU()],
+     r"module 2 \(ReLU\(\)\): an activation after module 1 \(LayerNorm\(\(3,\), .*\)\), not after a Linear"),
+    (lambda: [nn.Linear(2, 6), nn.LayerNorm((2, 3))],
+     r"module 1 \(LayerNorm\(\(2, 3\), .*\)\): normalized_shape \(2, 3\) normalises over more than the last axis"),
+    (lambda: [nn.Linear(2, 3), nn.LayerNorm(4)],
+     r"module 1 \(LayerNorm\(\(4,\), .*\)\) takes 4 inputs, but module 0 \(Linear\(in_features=2, .*\)\) before it outputs 3"),
+    (lambda: [nn.LayerNorm(3), nn.Linear(2, 3)],
+     r"module 1 \(Linear\(in_features=2, .*\)\) takes 2 inputs, but module 0 \(LayerNorm\(\(3,\), .*\)\) before it outputs 3"),
+    (lambda: [nn.Linear(2, 3), nn.LayerNorm(3, eps=0.0)],
+     r"module 1 \(LayerNorm\(.*eps=0.0.*\)\): LayerNorm eps must be a positive finite number"),
     (lambda: [], r"is empty"),
 ])
 def test_unsupported_modules_are_named(modules, message):
@@ -191,6 +287,17 @@ def test_torch_activation_accuracy_assumption(dtype):
     for name, (module, want) in cases.items():
         want = want.astype(float)
         bound = FOREIGN_ACTIVATION_ROUNDINGS * unit_roundoff(dtype) * (np.abs(want) + 1 + alpha)
+        assert_within(torch_output(module, z, dtype), want, bound, f"PyTorch {name} ({np.dtype(dtype).name})")
+    # gelu and silu, z s(z), get runtime_bounds' cancellation term on top (its docstring).
+    from scipy.special import ndtr
+    gated = {"GELU": (nn.GELU(), z.astype(float) * ndtr(z.astype(float))),
+             "SiLU": (nn.SiLU(), (exact / (1 + np.exp(-exact))).astype(float))}
+    for name, (module, want) in gated.items():
+        # The reference: scipy's ndtr is accurate to a few float64 ulps, far below float32's;
+        # in float64 its own error (<= 4 u |f|, Cephes' stated accuracy) is added.
+        bound = (FOREIGN_ACTIVATION_ROUNDINGS * unit_roundoff(dtype) * (np.abs(want) + 1)
+                 + gated_cancellation(z.astype(float), FOREIGN_ACTIVATION_ROUNDINGS, dtype)
+                 + 4 * unit_roundoff(np.float64) * np.abs(want))
         assert_within(torch_output(module, z, dtype), want, bound, f"PyTorch {name} ({np.dtype(dtype).name})")
 
 

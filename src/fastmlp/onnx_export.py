@@ -5,9 +5,16 @@ runtime has (ONNX Runtime, Triton's ONNX backend, OpenVINO, TensorRT):
 
 - one ``Gemm`` per layer (``x @ W + b``: fastmlp's ``W`` already has shape ``(n_in, n_out)``,
   so no transpose), then the activation's operator (``Sigmoid``, ``Tanh``, ``Relu``,
-  ``LeakyRelu``, ``Elu``; nothing for identity);
+  ``LeakyRelu``, ``Elu``; nothing for identity), ``gelu`` as ``0.5 z (1 + Erf(z / sqrt 2))``
+  (opset 18 has no ``Gelu``: it arrived in opset 20; in float64 ``1 + erf`` is W. J.
+  Cody's rational approximation, spelled out, since ONNX Runtime has no float64 ``Erf``) and ``silu`` as ``z Sigmoid(z)``, with
+  their constants in the model's dtype;
 - a maxout layer as ``Gemm -> Reshape (batch, pieces, n_out) -> ReduceMax(axis 1)``, since
   piece ``k`` owns columns ``k * n_out : (k + 1) * n_out`` of ``W``;
+- a layer norm as ``LayerNormalization(axis=-1, epsilon)`` with its gain and bias, except in
+  a float64 graph whose ``eps`` float32 cannot hold (the default ``1e-5``): ONNX float
+  attributes are 32-bit, so there it is spelled out with a float64 ``eps`` constant;
+- a dropout layer as nothing: it is the identity at inference;
 - outputs ``scores`` (:meth:`~fastmlp.Sequential.decision_function`), and for the
   classification losses ``label`` (:meth:`~fastmlp.Sequential.predict`) and, where
   :meth:`~fastmlp.Sequential.predict_proba` is defined, ``probabilities``.
@@ -29,7 +36,7 @@ import numpy as np
 
 from fastmlp import __version__, io
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, LOSSES
-from fastmlp.layers import Dense, Maxout
+from fastmlp.layers import Dense, Dropout, LayerNorm, Maxout
 
 #: The ONNX operator set the graphs use (default domain).
 OPSET = 18
@@ -107,6 +114,87 @@ def _elu(graph, x, layer):
     return graph.node("Where", [positive, x, negative])
 
 
+# W. J. Cody's rational Chebyshev approximations of erf and erfc ("Rational Chebyshev
+# approximations for the error function", Math. Comp. 23, 1969, 631-638; the coefficients of
+# netlib's specfun CALERF, highest power last as there): accurate beyond float64 precision.
+_CODY_ERF_A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
+               3.20937758913846947e03, 1.85777706184603153e-1)
+_CODY_ERF_B = (2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
+               2.84423683343917062e03)
+_CODY_ERFC_C = (5.64188496988670089e-1, 8.88314979438837594e00, 6.61191906371416295e01,
+                2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03,
+                2.05107837782607147e03, 1.23033935479799725e03, 2.15311535474403846e-8)
+_CODY_ERFC_D = (1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
+                1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03,
+                3.43936767414372164e03, 1.23033935480374942e03)
+_CODY_ERFC_P = (3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1,
+                1.60837851487422766e-2, 6.58749161529837803e-4, 1.63153871373020978e-2)
+_CODY_ERFC_Q = (2.56852019228982242e00, 1.87295284992346047e00, 5.27905102951428412e-1,
+                6.05183413124413191e-2, 2.33520497626869185e-3)
+_ONE_OVER_SQRT_PI = 5.6418958354775628695e-1
+
+
+def _horner(graph, y, numerator, denominator):
+    """``N(y) / D(y)`` in Cody's form: ``N`` starts from ``numerator[-1] * y``, ``D`` from
+    ``y`` (a monic denominator), then ``(. + c_i) * y`` for the middle coefficients and
+    ``+ c_last`` for the final ones (``numerator[-2]``, ``denominator[-1]``)."""
+    def c(value):
+        return graph.constant("cody", np.array(value, graph.dtype))
+    num = graph.node("Mul", [c(numerator[-1]), y])
+    den = y
+    for a, b in zip(numerator[:-2], denominator[:-1]):
+        num = graph.node("Mul", [graph.node("Add", [num, c(a)]), y])
+        den = graph.node("Mul", [graph.node("Add", [den, c(b)]), y])
+    return graph.node("Div", [graph.node("Add", [num, c(numerator[-2])]),
+                              graph.node("Add", [den, c(denominator[-1])])])
+
+
+def _one_plus_erf(graph, t):
+    """``1 + erf(t)`` (that is ``erfc(-t)``) from Cody's three intervals, without ``Erf``:
+    ONNX Runtime's CPU provider has no float64 ``Erf`` kernel.  ``|t| <= 0.46875``:
+    ``1 + t A(t^2) / B(t^2)``; above, ``E = erfc(|t|)`` (``C(y) / D(y)`` up to 4, ``(1 /
+    sqrt(pi) - y^-2 P(y^-2) / Q(y^-2)) / y`` beyond, times ``exp(-y^2)`` split as Cody
+    splits it, ``exp(-s^2) exp(-(y - s)(y + s))`` with ``s = floor(16 y) / 16``, so that
+    the rounding of ``y^2`` does not enter the exponent), and ``1 + erf(t)`` is ``E`` for
+    ``t < 0`` and ``2 - E`` for ``t > 0``.  Every branch is evaluated and ``Where`` picks
+    one (the others may overflow to inf or NaN, which ``Where`` does not pass on)."""
+    def c(value):
+        return graph.constant("cody", np.array(value, graph.dtype))
+    y = graph.node("Abs", [t])
+    y2 = graph.node("Mul", [y, y])
+    near_zero = graph.node("Add", [c(1.0), graph.node("Mul", [t, _horner(graph, y2, _CODY_ERF_A, _CODY_ERF_B)])])
+    middle = _horner(graph, y, _CODY_ERFC_C, _CODY_ERFC_D)
+    inv_y2 = graph.node("Div", [c(1.0), y2])
+    tail = graph.node("Div", [graph.node("Sub", [c(_ONE_OVER_SQRT_PI), graph.node(
+        "Mul", [inv_y2, _horner(graph, inv_y2, _CODY_ERFC_P, _CODY_ERFC_Q)])]), y])
+    ratio = graph.node("Where", [graph.node("LessOrEqual", [y, c(4.0)]), middle, tail])
+    s = graph.node("Div", [graph.node("Floor", [graph.node("Mul", [y, c(16.0)])]), c(16.0)])
+    split = graph.node("Mul", [graph.node("Sub", [y, s]), graph.node("Add", [y, s])])
+    gauss = graph.node("Mul", [graph.node("Exp", [graph.node("Neg", [graph.node("Mul", [s, s])])]),
+                               graph.node("Exp", [graph.node("Neg", [split])])])
+    erfc_y = graph.node("Mul", [gauss, ratio])
+    signed = graph.node("Where", [graph.node("Less", [t, c(0.0)]), erfc_y,
+                                  graph.node("Sub", [c(2.0), erfc_y])])
+    return graph.node("Where", [graph.node("LessOrEqual", [y, c(0.46875)]), near_zero, signed])
+
+
+def _gelu(graph, x, layer):
+    # The exact (erf) form, as fastmlp's kernel and torch.nn.GELU() compute it, with the
+    # constants in the model's dtype (1/sqrt(2) rounded once, as the kernel rounds it).
+    inv_sqrt2 = graph.constant("inv_sqrt2", np.array(1.0 / np.sqrt(2.0), graph.dtype))
+    half = graph.constant("half", np.array(0.5, graph.dtype))
+    t = graph.node("Mul", [x, inv_sqrt2])
+    if graph.dtype == np.float32:
+        cdf = graph.node("Add", [graph.node("Erf", [t]), graph.constant("one", np.array(1.0, graph.dtype))])
+    else:
+        cdf = _one_plus_erf(graph, t)
+    return graph.node("Mul", [graph.node("Mul", [half, x]), cdf])
+
+
+def _silu(graph, x, layer):
+    return graph.node("Mul", [x, graph.node("Sigmoid", [x])])
+
+
 #: Activation name -> ``(graph, x, layer) -> output name``: the nodes of ``f`` after a layer's
 #: linear part.
 ACTIVATION_NODES = {
@@ -116,6 +204,8 @@ ACTIVATION_NODES = {
     "relu": _elementwise("Relu"),
     "leaky_relu": _leaky_relu,
     "elu": _elu,
+    "gelu": _gelu,
+    "silu": _silu,
 }
 
 
@@ -139,11 +229,37 @@ def _maxout(graph, x, layer, stem):
     return graph.node("ReduceMax", [pieces, axis], stem=f"{stem}.max", keepdims=0)
 
 
+def _layer_norm(graph, x, layer, stem):
+    gain = graph.constant(f"{stem}.weight", layer.gain)
+    bias = graph.constant(f"{stem}.bias", layer.bias)
+    if _exact_in_attribute(graph, layer.eps):
+        # stash_type: the statistics in the model's dtype (the default, 1, is float32).
+        stash = graph.onnx.TensorProto.FLOAT if graph.dtype == np.float32 else graph.onnx.TensorProto.DOUBLE
+        return graph.node("LayerNormalization", [x, gain, bias], stem=f"{stem}.norm", axis=-1,
+                          epsilon=float(layer.eps), stash_type=stash)
+    # A float64 model whose eps float32 cannot hold: LayerNormalization's own definition
+    # (biased variance, over the last axis), with eps as a float64 constant.
+    axis = graph.constant("last_axis", np.array([-1], np.int64))
+    mean = graph.node("ReduceMean", [x, axis], keepdims=1)
+    centred = graph.node("Sub", [x, mean])
+    variance = graph.node("ReduceMean", [graph.node("Mul", [centred, centred]), axis], keepdims=1)
+    eps = graph.constant(f"{stem}.eps", np.array(layer.eps, graph.dtype))
+    std = graph.node("Sqrt", [graph.node("Add", [variance, eps])])
+    normalised = graph.node("Div", [centred, std])
+    return graph.node("Add", [graph.node("Mul", [normalised, gain]), bias], stem=f"{stem}.norm")
+
+
+def _dropout(graph, x, layer, stem):
+    return x  # the identity at inference, where the graph runs
+
+
 #: Layer class -> ``(graph, x, layer, stem) -> output name`` (``stem``, such as ``layers.0``,
 #: prefixes the names of the layer's initializers).  Subclasses use their nearest base's entry.
 LAYER_NODES = {
     Dense: _dense,
     Maxout: _maxout,
+    LayerNorm: _layer_norm,
+    Dropout: _dropout,
 }
 
 

@@ -364,8 +364,12 @@ class Sequential:
         """The model as a PyTorch ``torch.nn.Sequential`` computing :meth:`decision_function`.
 
         Each :class:`~fastmlp.Dense` layer becomes an ``nn.Linear`` (``weight = W.T``,
-        ``bias = b``) followed by its activation's module (none for identity), in the
-        model's dtype; :func:`fastmlp.from_torch` goes back.  Needs torch.
+        ``bias = b``) followed by its activation's module (none for identity), a
+        :class:`~fastmlp.Dropout` an ``nn.Dropout(rate)`` and a :class:`~fastmlp.LayerNorm`
+        an ``nn.LayerNorm(n, eps, elementwise_affine=True)`` (``weight = gain``), in the
+        model's dtype; :func:`fastmlp.from_torch` goes back.  The network is returned in
+        eval mode, so that it computes what :meth:`decision_function` does (call
+        ``.train()`` to train it in PyTorch).  Needs torch.
 
         Raises
         ------
@@ -1032,14 +1036,19 @@ def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
 
     Each ``nn.Linear`` becomes a :class:`~fastmlp.Dense` layer with ``W = weight.T`` and
     ``b = bias``; the activation module right after it (``ReLU``, ``Tanh``, ``Sigmoid``,
-    ``LeakyReLU(negative_slope)`` with a slope in ``[0, 1]``, ``ELU(alpha)``) becomes that
-    layer's activation, and a ``Linear`` followed directly by another ``Linear`` (or by
-    nothing) gets the identity.  ``nn.Identity`` is skipped anywhere.  A ``Linear`` without
-    bias (``bias=False``) becomes a layer whose bias starts at zero, so the outputs agree;
+    ``LeakyReLU(negative_slope)`` with a slope in ``[0, 1]``, ``ELU(alpha)``, ``GELU()``
+    in its exact form, ``SiLU``) becomes that layer's activation, and a ``Linear`` followed
+    directly by another ``Linear`` (or by nothing) gets the identity.  ``nn.Dropout(p)``
+    becomes ``Dropout(p)`` and ``nn.LayerNorm(n, eps)`` a ``LayerNorm(eps)`` with ``gain =
+    weight``, ``bias = bias`` (``normalized_shape`` one int, the width there; without
+    ``elementwise_affine`` or without bias, a gain of 1 and a bias of 0, which training
+    then updates).  ``nn.Identity`` is skipped anywhere.  A ``Linear`` without bias
+    (``bias=False``) becomes a layer whose bias starts at zero, so the outputs agree;
     training then updates that bias like any other (fastmlp layers always have one).
 
-    ``decision_function(X)`` of the result equals ``module(X)``: the loss applies softmax or
-    sigmoid on top, so leave out a final ``Softmax`` or ``Sigmoid`` that belongs to the loss.
+    ``decision_function(X)`` of the result equals ``module(X)`` in eval mode (dropout
+    inactive): the loss applies softmax or sigmoid on top, so leave out a final ``Softmax``
+    or ``Sigmoid`` that belongs to the loss.
 
     Parameters
     ----------
@@ -1063,9 +1072,10 @@ def from_torch(module, loss="softmax_cross_entropy", optimizer=None, seed=None):
         When ``module`` is not an ``nn.Sequential``.
     ValueError
         For a module fastmlp has no layer for (``Conv2d``, a nested ``nn.Sequential``, ...),
-        an activation that does not follow a ``Linear``, widths that do not chain, or
-        parameters that are neither float32 nor float64; the message names the module and
-        its position.
+        an activation that does not follow a ``Linear``, ``GELU(approximate='tanh')``,
+        ``Dropout(1.0)``, a ``LayerNorm`` over more than one axis, widths that do not
+        chain, or parameters that are neither float32 nor float64; the message names the
+        module and its position.
     """
     from fastmlp.torch_interop import layers_from_torch
 

@@ -14,7 +14,7 @@ torch is imported only inside the two conversion functions.  This module sits be
 
 import numpy as np
 
-from fastmlp.layers import Dense
+from fastmlp.layers import Dense, Dropout, LayerNorm
 
 __all__ = ["FROM_TORCH", "TO_TORCH_ACTIVATIONS", "TO_TORCH_LAYERS", "layers_from_torch", "to_torch"]
 
@@ -59,20 +59,71 @@ def _linear(entries, position, module):
 
 def _activation(name, params=lambda module: {}):
     def add(entries, position, module):
-        if not entries or not entries[-1].takes_activation:
+        if not entries:
             raise ValueError(f"{_describe(position, module)}: an activation before any "
                              "Linear module; fastmlp applies each activation after a Linear")
+        if not entries[-1].takes_activation:
+            raise ValueError(f"{_describe(position, module)}: an activation after "
+                             f"{_describe(entries[-1].position, entries[-1].module)}, not after "
+                             "a Linear; fastmlp applies each activation right after a Linear")
         if entries[-1].activation != "identity":
             raise ValueError(f"{_describe(position, module)}: a second activation after "
                              f"{_describe(*entries[-1].where)}; fastmlp applies one activation "
                              "per Linear")
-        entries[-1].activation, entries[-1].params = name, params(module)
+        try:
+            read = params(module)
+        except ValueError as exc:
+            raise ValueError(f"{_describe(position, module)}: {exc}") from None
+        entries[-1].activation, entries[-1].params = name, read
         entries[-1].where = (position, module)
     return add
 
 
 def _no_op(entries, position, module):
     pass
+
+
+def _gelu_params(module):
+    if module.approximate != "none":
+        raise ValueError(f"approximate={module.approximate!r} is not supported: fastmlp's gelu "
+                         "is the exact erf form; only nn.GELU() (approximate='none') converts")
+    return {}
+
+
+def _make_dropout(entry, dtype):
+    try:
+        return Dropout(float(entry.module.p)), []
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{_describe(entry.position, entry.module)}: {exc}") from None
+
+
+def _dropout(entries, position, module):
+    _make_dropout(_Entry(position, module, None), None)  # refuse p = 1 while reading
+    entries.append(_Entry(position, module, _make_dropout))
+
+
+def _make_layer_norm(entry, dtype):
+    ln = entry.module
+    n = entry.n_in
+    # elementwise_affine=False, or bias=False: torch then has no gain (resp. bias), which
+    # is a gain of 1 (a bias of 0); fastmlp's layer norm always has both (training then
+    # updates them, as for a bias-free Linear).
+    gain = np.ones(n, dtype) if ln.weight is None else ln.weight.detach().cpu().numpy()
+    bias = np.zeros(n, dtype) if ln.bias is None else ln.bias.detach().cpu().numpy()
+    return LayerNorm(eps=float(ln.eps)), [gain, bias]
+
+
+def _layer_norm(entries, position, module):
+    shape = tuple(module.normalized_shape)
+    if len(shape) != 1:
+        raise ValueError(f"{_describe(position, module)}: normalized_shape {shape} normalises "
+                         "over more than the last axis; fastmlp's LayerNorm takes a single int, "
+                         "the width of the layer")
+    try:
+        LayerNorm(eps=float(module.eps))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{_describe(position, module)}: {exc}") from None
+    entries.append(_Entry(position, module, _make_layer_norm, shape[0], shape[0]))
 
 
 #: ``torch.nn`` class name -> ``(entries, position, module) -> None``: what the module adds to
@@ -87,6 +138,10 @@ FROM_TORCH = {
     "Sigmoid": _activation("sigmoid"),
     "LeakyReLU": _activation("leaky_relu", lambda m: {"negative_slope": float(m.negative_slope)}),
     "ELU": _activation("elu", lambda m: {"alpha": float(m.alpha)}),
+    "GELU": _activation("gelu", _gelu_params),
+    "SiLU": _activation("silu"),
+    "Dropout": _dropout,
+    "LayerNorm": _layer_norm,
 }
 
 #: Why a module that is not in :data:`FROM_TORCH` is refused, where there is more to say.
@@ -160,6 +215,8 @@ TO_TORCH_ACTIVATIONS = {
     "sigmoid": lambda nn, layer: nn.Sigmoid(),
     "leaky_relu": lambda nn, layer: nn.LeakyReLU(negative_slope=layer.activation_param),
     "elu": lambda nn, layer: nn.ELU(alpha=layer.activation_param),
+    "gelu": lambda nn, layer: nn.GELU(),
+    "silu": lambda nn, layer: nn.SiLU(),
 }
 
 
@@ -172,11 +229,21 @@ def _dense_modules(torch, layer, dtype):
     return [linear] if activation is None else [linear, activation]
 
 
+def _layer_norm_modules(torch, layer, dtype):
+    ln = torch.nn.LayerNorm(layer.n_out, eps=layer.eps, elementwise_affine=True, dtype=dtype)
+    with torch.no_grad():
+        ln.weight.copy_(torch.from_numpy(layer.gain.copy()))
+        ln.bias.copy_(torch.from_numpy(layer.bias.copy()))
+    return [ln]
+
+
 #: fastmlp layer class -> ``(torch, layer, torch dtype) -> [modules]``.  A subclass uses its
 #: nearest base's entry: fastmlp's kernels compute a layer from its kind and activation, not
 #: from Python methods a subclass could override.
 TO_TORCH_LAYERS = {
     Dense: _dense_modules,
+    Dropout: lambda torch, layer, dtype: [torch.nn.Dropout(p=layer.rate)],
+    LayerNorm: _layer_norm_modules,
 }
 
 
@@ -199,4 +266,5 @@ def to_torch(model):
     modules = []
     for layer, convert in zip(model.layers, converters):
         modules += convert(torch, layer, dtype)
-    return torch.nn.Sequential(*modules)
+    # In eval mode, as decision_function computes: dropout inactive (.train() to train it).
+    return torch.nn.Sequential(*modules).eval()
