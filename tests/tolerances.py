@@ -275,6 +275,10 @@ def mean_loss_bound(row_bound, row_loss):
 
 def _layers(model):
     """``(W, b, name, param, pieces)`` per layer, in float64."""
+    kinds = {type(layer).__name__ for layer in model.layers} - {"Dense", "Maxout"}
+    if kinds:  # their bounds are tests/runtime_bounds.py's (layer_norm_bound, ...)
+        raise NotImplementedError(f"the forward-chain bound here covers Dense and Maxout layers "
+                                  f"only, not {sorted(kinds)}")
     weights = model.get_weights()
     return [(weights[2 * i].astype(float), weights[2 * i + 1].astype(float), layer.activation,
              getattr(layer, "activation_param", None), getattr(layer, "pieces", 1))

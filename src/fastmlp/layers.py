@@ -82,7 +82,8 @@ class Dense(Layer):
         Input and output widths; ``W`` has shape ``(n_in, n_out)``, ``b`` shape ``(n_out,)``.
     activation : str
         One of ``identity`` (the default: a linear layer, e.g. the output layer),
-        ``sigmoid``, ``tanh``, ``relu``, ``leaky_relu``, ``elu``.
+        ``sigmoid``, ``tanh``, ``relu``, ``leaky_relu``, ``elu``, ``gelu`` (the exact erf
+        form, ``z * Phi(z)``) and ``silu`` (``z * sigmoid(z)``).
 
     Other Parameters
     ----------------
