@@ -9,6 +9,7 @@ the parent sends SIGINT during epoch 3.  Prints one JSON line with what it found
 
 import hashlib
 import json
+import signal
 import sys
 
 import numpy as np
@@ -16,6 +17,11 @@ import numpy as np
 import fastmlp
 from fastmlp import Adam, Dense, Sequential
 from fastmlp.callbacks import Callback, ReduceLROnPlateau
+
+# Ctrl-C raises KeyboardInterrupt here, as in a user's script, even when the suite runs with
+# SIGINT ignored (a background job of a shell without job control): Python keeps an
+# inherited SIG_IGN, and the parent's signal would then never arrive.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 checkpoint = sys.argv[1]
 rng = np.random.default_rng(3)

@@ -137,13 +137,21 @@ def _model_entry(model, dtype_name, seed):
     entry = {"loss": model.loss, "dtype": dtype_name,
              "seed": None if seed is None else int(seed),
              "layers": [_layer_entry(layer) for layer in model.layers]}
-    loss_params = model.loss_object.params()
+    loss_params = changed_loss_params(model.loss_object)
     if loss_params:  # optional (version 2): absent means the loss's defaults
-        entry["loss_params"] = {k: float(v) for k, v in loss_params.items()}
+        entry["loss_params"] = loss_params
     if any(type(layer) is Dropout for layer in model.layers):
         # The masks' key; without a seed it came from the OS and must be kept for a resume.
         entry["dropout_seed"] = int(model.dropout_seed)
     return entry
+
+
+def changed_loss_params(loss):
+    """The parameters of ``loss`` (a :mod:`fastmlp.losses` object) that differ from its
+    class's defaults, as floats: what the files record, so that a model with a default loss
+    writes the fields version 1 had and no others."""
+    defaults = losses.get(loss.name).params()
+    return {k: float(v) for k, v in loss.params().items() if v != defaults[k]}
 
 
 def _loss_params(check, model):

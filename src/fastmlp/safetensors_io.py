@@ -90,9 +90,9 @@ def metadata(model):
     }
     if any(isinstance(layer, Dropout) for layer in model.layers):
         meta["dropout_seed"] = dumps(int(model.dropout_seed))
-    loss_params = model.loss_object.params()
+    loss_params = io.changed_loss_params(model.loss_object)
     if loss_params:  # absent: the loss's defaults
-        meta["loss_params"] = dumps({k: float(v) for k, v in loss_params.items()})
+        meta["loss_params"] = dumps(loss_params)
     return meta
 
 
