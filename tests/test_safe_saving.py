@@ -152,21 +152,64 @@ def test_interrupted_save_removes_the_temporary(tmp_path, monkeypatch):
     assert path.read_bytes() == before and _listing(tmp_path) == ["model.fmlp"]
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                    reason="needs a POSIX user without root's override of file permissions "
-                           "(the simulated EACCES test above runs everywhere)")
-def test_real_permission_error(tmp_path):
-    path = tmp_path / "model.fmlp"
+# The save refused by the file system itself: a directory its user may not write.  Root
+# ignores permission bits, so as root the save runs in a forked child that has become an
+# unprivileged user (nobody), in a directory that user owns and then may only read.
+NOBODY = 65534
+
+
+def _save_refused_by_permissions(directory):
+    path = os.path.join(directory, "model.fmlp")
     _small().save(path)
-    before = path.read_bytes()
-    os.chmod(tmp_path, 0o555)
+    before = open(path, "rb").read()
+    os.chmod(directory, 0o555)
     try:
-        with pytest.raises(PermissionError) as excinfo:
-            _large().save(path)
+        _large().save(path)
+        outcome = {"raised": None}
+    except OSError as exc:
+        outcome = {"raised": type(exc).__name__, "errno": exc.errno, "message": str(exc)}
+    outcome["unchanged"] = open(path, "rb").read() == before
+    outcome["listing"] = _listing(directory)
+    return outcome
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_real_permission_error(tmp_path):
+    import json
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="fastmlp-permission-")  # outside root's 0700 tmp_path
+    try:
+        if os.geteuid() != 0:
+            outcome = _save_refused_by_permissions(directory)
+        else:
+            os.chown(directory, NOBODY, NOBODY)
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: nobody, then the save; its only output is the pipe
+                try:
+                    os.close(read_end)
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                    report = _save_refused_by_permissions(directory)
+                except BaseException as exc:  # reported to the parent, never raised here
+                    report = {"child failed": repr(exc)}
+                os.write(write_end, json.dumps(report).encode())
+                os._exit(0)
+            os.close(write_end)
+            with os.fdopen(read_end) as pipe:
+                text = pipe.read()
+            os.waitpid(pid, 0)
+            outcome = json.loads(text)
     finally:
-        os.chmod(tmp_path, 0o755)
-    _check_refused(excinfo, path, errno.EACCES, "permission denied")
-    assert path.read_bytes() == before and _listing(tmp_path) == ["model.fmlp"]
+        os.chmod(directory, 0o755)
+        shutil.rmtree(directory, ignore_errors=True)
+    path = os.path.join(directory, "model.fmlp")
+    assert outcome.get("raised") == "PermissionError" and outcome["errno"] == errno.EACCES, outcome
+    assert path in outcome["message"] and "permission denied" in outcome["message"], outcome
+    assert outcome["unchanged"] and outcome["listing"] == ["model.fmlp"], outcome
 
 
 # ----------------------------------------------------------------------------- a real tmpfs
