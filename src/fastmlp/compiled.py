@@ -6,7 +6,7 @@ in one file.  Nothing here validates or allocates: the callers (:class:`~fastmlp
 :mod:`fastmlp.workspace`, :func:`~fastmlp.gradcheck`) own every array and check it first.
 """
 
-from fastmlp.kernels import blas, gather, network
+from fastmlp.kernels import blas, gather, network, optim
 from fastmlp.kernels.checks import count_nonfinite
 
 # Column names of the ``arch`` table and of ``buffer_offsets``, and the prediction
@@ -31,30 +31,39 @@ __all__ = ["count_nonfinite", "train_epoch", "compute_gradients", "optimizer_upd
            "predict_gathered"]
 
 
+def _weights_or_none(weights):
+    # The kernels take None for "no sample weights" (and then compile no weighting code);
+    # the API layer passes an empty array.
+    return None if weights.shape[0] == 0 else weights
+
+
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, x_batch,
                 label_batch, target_batch, weight_batch, opt_kind, opt_state, hyper, n_weights,
                 clip, step_count, first, stop, batch_losses, batch_correct, batch_grad_norms,
                 n_threads):
     """Steps ``first .. stop - 1`` of an epoch, compiled; returns the index of the first step
     not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
-    return network.train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
-                               x_batch, label_batch, target_batch, weight_batch, opt_kind,
-                               opt_state, hyper, n_weights, clip, step_count, net.dropout_key,
-                               first, stop, batch_losses, batch_correct, batch_grad_norms,
-                               n_threads)
+    sgd_hyper, adam_hyper = optim.split_hyperparameters(opt_kind, hyper)
+    return network.train_epoch(net, loss_code, X, labels, targets, _weights_or_none(weights),
+                               order, batch_size, x_batch, label_batch, target_batch,
+                               weight_batch, opt_state, sgd_hyper, adam_hyper, n_weights, clip,
+                               step_count, net.dropout_key, first, stop, batch_losses,
+                               batch_correct, batch_grad_norms, n_threads)
 
 
 def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
     """Forward and backward pass on one batch into ``net.grads``; returns the mean loss."""
-    return network.compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads)
+    return network.compute_gradients(net, loss_code, x, labels, targets,
+                                     _weights_or_none(row_weights), n_threads)
 
 
 def optimizer_update(kind, params, grads, state, hyper, n_weights, step_count, clip, n_threads):
     """One in-place optimizer update of ``params`` and ``state`` from ``grads`` (clipped in
     place first when ``clip`` is not None); returns the gradient norm before clipping (0.0
     without ``clip``)."""
-    return network.optimizer_update(kind, params, grads, state, hyper, n_weights, step_count,
-                                    clip, n_threads)
+    sgd_hyper, adam_hyper = optim.split_hyperparameters(kind, hyper)
+    return optim.optimizer_update(params, grads, state, sgd_hyper, adam_hyper, n_weights,
+                                  step_count, clip, n_threads)
 
 
 def count_correct_cached(net, loss_code, labels, targets):

@@ -5,8 +5,11 @@ filled by running each combination fastmlp can produce once, on a tiny model: wh
 is the float dtype, whether a network has a maxout, a dropout or a layer-norm layer (their
 buffers are ``None`` otherwise, :mod:`fastmlp.workspace`), and the serial or parallel build (the serial one
 compiles no ``prange`` driver; :meth:`~fastmlp.workspace.Workspace.kernel_threads`).
-Losses, activations, optimizers, sample weights and callbacks do not change the types, so
-one run per combination compiles them all.  Nothing here is timed or checked: the point
+Within a combination, the optimizer (SGD or Adam) and whether there are sample weights
+change the types too (the kernels take None for the optimizer not in use and for "no
+weights", and then compile none of its code), so each combination trains with all four
+pairs.  Losses, activations and callbacks do not change the types: one run compiles them
+all.  Nothing here is timed or checked: the point
 is only that every entry point (fit, validation, evaluate, predict, the step API, the
 step-by-step path MPI takes) has met its argument types once.
 """
@@ -19,7 +22,7 @@ import numpy as np
 from fastmlp.callbacks import CosineAnnealing, ExponentialDecay, ReduceLROnPlateau, StepDecay
 from fastmlp.jitcache import cache_directory
 from fastmlp.layers import Dense, Dropout, LayerNorm, Maxout
-from fastmlp.optimizers import SGD
+from fastmlp.optimizers import SGD, Adam
 from fastmlp.sequential import Sequential
 from fastmlp.threads import get_num_threads
 
@@ -47,18 +50,23 @@ def _exercise(dtype, feature, build):
     layers.append(Dense(width, n_classes))
     X = rng.normal(size=(n, n_in)).astype(dtype)
     y = rng.integers(0, n_classes, size=n)
-    model = Sequential(layers, optimizer=SGD(lr=0.01), dtype=np.dtype(dtype).type, seed=0)
-    # One schedule per fit (each sets the rate); their scalar kernels take float64 whatever
-    # the model's dtype, so the first combination compiles them for all.
-    for schedule in (StepDecay(step_size=1), ExponentialDecay(gamma=0.9),
-                     CosineAnnealing(period=2), ReduceLROnPlateau()):
-        model.fit(X, y, epochs=1, batch_size=batch, validation_split=0.5, callbacks=[schedule],
-                  verbose=0)
+    weights = np.ones(n)
+    for optimizer in (SGD(lr=0.01), Adam(lr=0.001)):
+        model = Sequential([layer.unbuilt_copy() for layer in layers], optimizer=optimizer,
+                           dtype=np.dtype(dtype).type, seed=0)
+        # One schedule per fit (each sets the rate); their scalar kernels take float64
+        # whatever the model's dtype, so the first combination compiles them for all.
+        for schedule in (StepDecay(step_size=1), ExponentialDecay(gamma=0.9),
+                         CosineAnnealing(period=2), ReduceLROnPlateau()):
+            model.fit(X, y, epochs=1, batch_size=batch, validation_split=0.5,
+                      callbacks=[schedule], verbose=0)
+        model.fit(X, y, epochs=1, batch_size=batch, sample_weight=weights, verbose=0)
+        model.train_step(X[:batch], y[:batch])
+        model.train_step(X[:batch], y[:batch], sample_weight=weights[:batch])
+        model.count_correct_last_step(y[:batch])
     model.evaluate(X, y)
     model.predict(X)
     model.predict_proba(X)
-    model.train_step(X[:batch], y[:batch])
-    model.count_correct_last_step(y[:batch])
 
 
 def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):

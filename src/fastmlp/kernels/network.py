@@ -36,7 +36,7 @@ from fastmlp.kernels.dropout import (KEY_ACTIVE, KEY_SEED, KEY_STEP, KEY_STREAM,
                                      dropout_backward, dropout_forward)
 from fastmlp.kernels.layer_norm import layer_norm_backward, layer_norm_forward
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, MSE, loss_and_grad, weight_rows
-from fastmlp.kernels.optim import optimizer_update
+from fastmlp.kernels.optim import step_update
 
 N_IN, N_OUT, PIECES, ACTIVATION, W_OFFSET, B_OFFSET, KIND, THRESHOLD = range(8)
 (ACT_OFFSET, Z_OFFSET, WINNER_OFFSET, MASK_OFFSET, NORM_OFFSET, RSTD_OFFSET,
@@ -156,7 +156,7 @@ def _norm_cache_rows(net, norm_cache, k, n_rows):
     return xhat, norm_cache[rstd_start:rstd_start + n_rows]
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def forward(net, x, n_threads):
     """Run the network on ``x`` (batch, n_in), ``batch <= capacity``; return the scores view.
 
@@ -220,7 +220,7 @@ def _layer_backward(net, k, x, zbuf, winner, mask, norm_cache, pre_act, n_thread
                         compute_grad_x, n_threads)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def backward(net, x, n_threads):
     """Backpropagate from the last layer's ``delta`` (already filled by the loss) to the
     gradient vector ``net.grads``, using the activations cached by :func:`forward` on ``x``."""
@@ -239,8 +239,7 @@ def last_delta(net, n_rows):
     return _rows(net.deltas, net.buffer_offsets[k, ACT_OFFSET], n_rows, net.arch[k, N_OUT])
 
 
-@njit(**JIT_OPTIONS)
-def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
+def _compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
     """Forward, loss and backward on one batch; the gradient of the mean data loss is left
     in ``net.grads``.
 
@@ -253,8 +252,8 @@ def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads
         Class labels (classification losses), empty otherwise.
     targets : ndarray of shape (batch, n_out) or (0, n_out)
         Targets (binary cross-entropy, MSE), empty otherwise.
-    row_weights : ndarray of shape (batch,) or (0,)
-        Sample weights (see :func:`~fastmlp.kernels.losses.weight_rows`); empty for none.
+    row_weights : ndarray of shape (batch,), or None
+        Sample weights (see :func:`~fastmlp.kernels.losses.weight_rows`); None for none.
     n_threads : int or None
         None: the serial build (see :mod:`fastmlp.kernels`).
         Threads for the elementwise kernels (``numba.get_num_threads()`` of the caller).
@@ -268,13 +267,20 @@ def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads
     delta = last_delta(net, x.shape[0])
     loss = loss_and_grad(loss_code, scores, labels, targets, delta, net.row_loss, n_threads,
                          net.loss_params)
-    if row_weights.shape[0] > 0:
+    if row_weights is not None:
         loss = weight_rows(loss_code, row_weights, delta, net.row_loss)
     backward(net, x, n_threads)
     return loss
 
 
-@njit(**JIT_OPTIONS)
+# Twice: cached for the calls from Python (the step API, MPI), and inlined into
+# train_epoch, which would otherwise link and optimise the whole step's code once more
+# (numba re-optimises every callee's code in each caller's module).
+compute_gradients = njit(**JIT_OPTIONS)(_compute_gradients)
+_step_gradients = njit(**TINY_JIT_OPTIONS)(_compute_gradients)
+
+
+@njit(**TINY_JIT_OPTIONS)
 def _count_correct(loss_code, scores, labels, targets):
     count = 0
     for i in range(scores.shape[0]):
@@ -297,8 +303,7 @@ def _count_correct(loss_code, scores, labels, targets):
     return count
 
 
-@njit(**JIT_OPTIONS)
-def count_correct_cached(net, loss_code, labels, targets):
+def _count_correct_cached(net, loss_code, labels, targets):
     """Rows of the last forward pass whose cached scores predict them right.
 
     After :func:`compute_gradients` too: backward leaves the cached outputs alone, so the
@@ -323,10 +328,15 @@ def count_correct_cached(net, loss_code, labels, targets):
     return _count_correct(loss_code, scores, labels, targets)
 
 
+# Cached for Python (the step API), inlined into train_epoch, as compute_gradients.
+count_correct_cached = njit(**JIT_OPTIONS)(_count_correct_cached)
+_step_count_correct = njit(**TINY_JIT_OPTIONS)(_count_correct_cached)
+
+
 @njit(**JIT_OPTIONS)
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
                 x_batch, label_batch, target_batch, weight_batch,
-                opt_kind, opt_state, opt_hyper, n_weights, clip, first_step, dropout_key,
+                opt_state, sgd_hyper, adam_hyper, n_weights, clip, first_step, dropout_key,
                 first_batch, stop_batch, batch_losses, batch_correct, batch_grad_norms,
                 n_threads):
     """Batches ``first_batch`` to ``stop_batch - 1`` of an epoch, compiled whole: no Python
@@ -345,15 +355,15 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
     X : ndarray of shape (n, n_in)
     labels : ndarray of int64, shape (n,) or (0,)
     targets : ndarray of shape (n, n_out) or (0, n_out)
-    weights : ndarray of shape (n,) or (0,)
-        Per-row sample weights, or empty for none.
+    weights : ndarray of shape (n,), or None
+        Per-row sample weights, or None for none (no weighting code is then compiled).
     order : ndarray of int64, shape (n,)
     batch_size : int
     x_batch : ndarray of shape (batch_size, n_in)
     label_batch : ndarray of int64, shape (batch_size,)
     target_batch : ndarray of shape (batch_size, n_out) or (0, n_out)
     weight_batch : ndarray of shape (batch_size,)
-    opt_kind, opt_state, opt_hyper, n_weights, clip
+    opt_state, sgd_hyper, adam_hyper, n_weights, clip
         As in :func:`fastmlp.kernels.optim.optimizer_update` (``clip`` None: no clipping).
     first_step : int
         Number of optimizer steps taken before batch 0 of this epoch.
@@ -385,7 +395,6 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
     n = order.shape[0]
     has_labels = labels.shape[0] > 0
     has_targets = targets.shape[0] > 0
-    has_weights = weights.shape[0] > 0
     for s in range(first_batch, stop_batch):
         start = s * batch_size
         rows = min(batch_size, n - start)
@@ -400,21 +409,26 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
             if has_targets:
                 for j in range(targets.shape[1]):
                     target_batch[i, j] = targets[r, j]
-            if has_weights:
+            if weights is not None:
                 weight_batch[i] = weights[r]
         lab = label_batch[:rows] if has_labels else label_batch[:0]
         tgt = target_batch[:rows] if has_targets else target_batch[:0]
         if dropout_key is not None:
             dropout_key[KEY_STEP] = first_step + s + 1
-        loss = compute_gradients(net, loss_code, x_batch[:rows], lab, tgt,
-                                 weight_batch[:rows] if has_weights else weight_batch[:0], n_threads)
+        # Two calls rather than one with ``None if ... else``, which numba would type as an
+        # optional array and so compile the weighting code for unweighted data too.
+        if weights is None:
+            loss = _step_gradients(net, loss_code, x_batch[:rows], lab, tgt, None, n_threads)
+        else:
+            loss = _step_gradients(net, loss_code, x_batch[:rows], lab, tgt, weight_batch[:rows],
+                                   n_threads)
         batch_losses[s] = loss
         if not np.isfinite(loss):
             return s
         if loss_code < MSE:  # MSE, Huber, L1: regression, no accuracy
-            batch_correct[s] = count_correct_cached(net, loss_code, lab, tgt)
-        norm = optimizer_update(opt_kind, net.params, net.grads, opt_state, opt_hyper, n_weights,
-                                first_step + s + 1, clip, n_threads)
+            batch_correct[s] = _step_count_correct(net, loss_code, lab, tgt)
+        norm = step_update(net.params, net.grads, opt_state, sgd_hyper, adam_hyper, n_weights,
+                           first_step + s + 1, clip, n_threads)
         if clip is not None:
             batch_grad_norms[s] = norm
     return stop_batch

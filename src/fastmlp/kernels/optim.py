@@ -156,19 +156,22 @@ def clip_gradients(grads, max_norm, max_value):
     return norm
 
 
-@njit(**JIT_OPTIONS)
-def optimizer_update(kind, params, grads, state, hyper, n_weights, step, clip, n_threads):
-    """Dispatch one update of optimizer ``kind`` (so a compiled training loop can call it).
+def _optimizer_update(params, grads, state, sgd_hyper, adam_hyper, n_weights, step, clip,
+                      n_threads):
+    """One update of the optimizer whose hyperparameters are given (so a compiled training
+    loop can call it).
 
     Parameters
     ----------
-    kind : int
-        Optimizer code (``SGD``, ``ADAM``).
     params, grads : ndarray of shape (n_params,)
     state : ndarray of shape (n_slots, n_params)
         The optimizer's buffers (SGD: the velocity; Adam: the two moment estimates).
-    hyper : ndarray of shape (n_hyper,)
-        Hyperparameters in the optimizer's layout (``SGD_LR`` ...).
+    sgd_hyper : ndarray of shape (4,), or None
+        SGD's hyperparameters (``SGD_LR`` ...), or None when the optimizer is Adam.
+    adam_hyper : ndarray of shape (6,), or None
+        Adam's hyperparameters (``ADAM_LR`` ...), or None when the optimizer is SGD.  Of
+        the two, the one that is None has no code compiled: numba drops a branch on
+        ``argument is None`` before typing it.
     n_weights : int
     step : int
         1-based number of this update (for optimizers with bias correction).
@@ -185,11 +188,24 @@ def optimizer_update(kind, params, grads, state, hyper, n_weights, step, clip, n
     norm = 0.0
     if clip is not None:
         norm = clip_gradients(grads, clip[CLIP_NORM], clip[CLIP_VALUE])
-    if kind == SGD:
-        sgd_update(params, grads, state[0], n_weights, hyper[SGD_LR], hyper[SGD_MOMENTUM],
-                   hyper[SGD_NESTEROV] != 0, hyper[SGD_WEIGHT_DECAY], n_threads)
-    elif kind == ADAM:
-        adam_update(params, grads, state[0], state[1], n_weights, hyper[ADAM_LR], hyper[ADAM_BETA1],
-                    hyper[ADAM_BETA2], hyper[ADAM_EPS], hyper[ADAM_WEIGHT_DECAY],
-                    hyper[ADAM_DECOUPLED] != 0, step, n_threads)
+    if sgd_hyper is not None:
+        sgd_update(params, grads, state[0], n_weights, sgd_hyper[SGD_LR], sgd_hyper[SGD_MOMENTUM],
+                   sgd_hyper[SGD_NESTEROV] != 0, sgd_hyper[SGD_WEIGHT_DECAY], n_threads)
+    if adam_hyper is not None:
+        adam_update(params, grads, state[0], state[1], n_weights, adam_hyper[ADAM_LR],
+                    adam_hyper[ADAM_BETA1], adam_hyper[ADAM_BETA2], adam_hyper[ADAM_EPS],
+                    adam_hyper[ADAM_WEIGHT_DECAY], adam_hyper[ADAM_DECOUPLED] != 0, step,
+                    n_threads)
     return norm
+
+
+def split_hyperparameters(kind, hyper):
+    """``(sgd_hyper, adam_hyper)`` for :func:`optimizer_update`: ``hyper`` in the place of
+    optimizer ``kind`` (``SGD``, ``ADAM``), None in the other."""
+    return (hyper, None) if kind == SGD else (None, hyper)
+
+
+# Cached for the calls from Python (apply_gradients, MPI), inlined into the training loop
+# (which would otherwise link and optimise this code once more in its own module).
+optimizer_update = njit(**JIT_OPTIONS)(_optimizer_update)
+step_update = njit(**TINY_JIT_OPTIONS)(_optimizer_update)
