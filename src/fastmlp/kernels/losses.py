@@ -11,7 +11,7 @@ see :mod:`fastmlp.kernels.dense`).
 import numpy as np
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.activations import work_chunks
 
 SOFTMAX_CROSS_ENTROPY = 0
@@ -36,7 +36,7 @@ LABEL_SMOOTHING = 0
 HUBER_DELTA = 0
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _softmax_xent_rows(scores, labels, grad, row_loss, row_start, row_stop):
     n_rows, n_classes = scores.shape
     inv_n = scores.dtype.type(1.0 / n_rows)
@@ -58,7 +58,7 @@ def _softmax_xent_rows(scores, labels, grad, row_loss, row_start, row_stop):
         row_loss[i] = log_norm - scores[i, y]
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _multiclass_hinge_rows(scores, labels, grad, row_loss, row_start, row_stop):
     n_rows, n_classes = scores.shape
     inv_n = scores.dtype.type(1.0 / n_rows)
@@ -79,7 +79,7 @@ def _multiclass_hinge_rows(scores, labels, grad, row_loss, row_start, row_stop):
         row_loss[i] = loss
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _binary_xent_rows(scores, targets, grad, row_loss, row_start, row_stop):
     n_rows, n_out = scores.shape
     inv_count = scores.dtype.type(1.0 / (n_rows * n_out))
@@ -97,7 +97,7 @@ def _binary_xent_rows(scores, targets, grad, row_loss, row_start, row_stop):
         row_loss[i] = loss
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _mse_rows(scores, targets, grad, row_loss, row_start, row_stop):
     n_rows, n_out = scores.shape
     scale = scores.dtype.type(2.0 / (n_rows * n_out))
@@ -110,7 +110,7 @@ def _mse_rows(scores, targets, grad, row_loss, row_start, row_stop):
         row_loss[i] = loss
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _smoothed_xent_rows(scores, labels, smoothing, grad, row_loss, row_start, row_stop):
     # PyTorch's CrossEntropyLoss(label_smoothing=e): the target is (1 - e) one_hot(y) + e / C,
     # so the loss is (1 - e)(lse - s_y) + e (lse - mean_j s_j) and dL/ds = p - target.
@@ -139,7 +139,7 @@ def _smoothed_xent_rows(scores, labels, smoothing, grad, row_loss, row_start, ro
                        + smoothing * (log_norm - score_sum / n_classes))
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _huber_rows(scores, targets, delta, grad, row_loss, row_start, row_stop):
     n_rows, n_out = scores.shape
     inv_count = scores.dtype.type(1.0 / (n_rows * n_out))
@@ -157,7 +157,7 @@ def _huber_rows(scores, targets, delta, grad, row_loss, row_start, row_stop):
         row_loss[i] = loss
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _l1_rows(scores, targets, grad, row_loss, row_start, row_stop):
     n_rows, n_out = scores.shape
     inv_count = scores.dtype.type(1.0 / (n_rows * n_out))
@@ -192,6 +192,9 @@ def _param_loss_parallel(code, loss_params, scores, labels, targets, grad, row_l
                          c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
 
 
+# The per-loss row kernels above are inlined here and into _param_loss_rows: these two
+# are the compiled units the serial and the parallel drivers share, and one compilation
+# of each costs less than one per loss (numba's fixed cost per function is ~0.1 s).
 @njit(**JIT_OPTIONS)
 def _loss_rows(code, scores, labels, targets, grad, row_loss, row_start, row_stop):
     if code == SOFTMAX_CROSS_ENTROPY:

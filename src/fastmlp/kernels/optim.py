@@ -23,7 +23,7 @@ SGD_LR, SGD_MOMENTUM, SGD_NESTEROV, SGD_WEIGHT_DECAY = range(4)
 ADAM_LR, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WEIGHT_DECAY, ADAM_DECOUPLED = range(6)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def _sgd_range(params, grads, velocity, n_weights, lr, momentum, nesterov, weight_decay, start, stop):
     for i in range(start, stop):
         g = grads[i]
@@ -66,6 +66,8 @@ def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
                0, params.shape[0])
 
 
+# A function of its own, not inlined like _sgd_range: inlined into the training loop,
+# LLVM contracted its arithmetic differently and the Adam results changed in the last bit.
 @njit(**JIT_OPTIONS)
 def _adam_range(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled,
                 step_size, bias_correction2_sqrt, start, stop):
