@@ -192,7 +192,7 @@ def maxout_forward(x, W, b, pieces, z, out, winner, n_threads):
         _maxout_select_parallel(z, b, pieces, out, winner, n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**TINY_JIT_OPTIONS)
 def maxout_backward(x, W, winner, pieces, delta, grad_z, grad_W, grad_b, grad_x, compute_grad_x,
                     n_threads):
     """Backward pass of :func:`maxout_forward`: the gradient flows to the winning piece only.
