@@ -254,11 +254,45 @@ def test_fit_asks_for_compile_notices_when_verbose(monkeypatch, verbose):
     assert asked == ([True] if verbose else [])
 
 
-def test_fastmlp_compile_runs_each_combination_asked_for(capsys):
-    from fastmlp import cli
+COVERED_CHILD = r"""
+import json
+from numba.core import event
+compiled = []
+class Listener(event.Listener):
+    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
+    def on_end(self, ev): pass
+event.register("numba:compile", Listener())
+import numpy as np
+from fastmlp import Adam, Dense, SGD, Sequential
+rng = np.random.default_rng(1)
+X = rng.normal(size=(40, 5)).astype(np.float32)
+y = rng.integers(0, 4, size=40)
+for optimizer in (SGD(lr=0.1, momentum=0.9), Adam(lr=0.01)):
+    model = Sequential([Dense(5, 6, activation="tanh"), Dense(6, 4)], loss="multiclass_hinge",
+                       optimizer=optimizer, seed=3)
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    model.fit(X, y, epochs=1, batch_size=16, sample_weight=rng.uniform(size=40), verbose=0)
+    model.train_step(X[:16], y[:16])
+    model.evaluate(X, y)
+    model.predict(X)
+print(json.dumps(compiled))
+"""
 
-    assert cli.main(["compile", "--dtype", "float32", "--features", "dense", "--builds", "serial"]) == 0
-    err = capsys.readouterr().err
-    assert f"fastmlp compile: cache directory {fastmlp.jitcache.cache_directory()}" in err
-    assert "fastmlp compile: float32 dense serial: " in err
-    assert "float64" not in err and "maxout" not in err.replace("--features", "")
+
+def test_fastmlp_compile_fills_the_cache_for_what_it_names(tmp_path):
+    # A fresh interpreter compiles one combination into an empty cache; then another, with
+    # a model of that combination (another loss, activation, sizes, both optimizers, with
+    # and without weights), must load everything and compile nothing.
+    env = _env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "fastmlp", "compile", "--dtype", "float32",
+                          "--features", "dense", "--builds", "serial"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr
+    # Its own report, one line per combination (the compile notices come in between).
+    report = [line for line in run.stderr.splitlines() if line.startswith("fastmlp compile:")]
+    assert report[0].startswith(f"fastmlp compile: cache directory {tmp_path / 'cache'}"), report
+    assert len(report) == 2 and report[1].startswith("fastmlp compile: float32 dense serial: "), report
+    child = subprocess.run([sys.executable, "-c", COVERED_CHILD], capture_output=True, text=True,
+                           env=env, timeout=900)
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout.strip().splitlines()[-1]) == []
