@@ -1,5 +1,17 @@
-import numpy as np
-import pytest
+import os
+import signal
+
+# GNU OpenMP (numba's "omp" threading layer) has a thread that reaches a barrier spin for a
+# while before it sleeps.  On 2 cores with anything else runnable (the child pytest that
+# test_blas_families runs beside the suite, another job) the spinning thread holds the core
+# its partner needs to finish: a deep net's train_step measured 5-12 ms instead of 0.2-0.4 ms
+# with "passive" (sleep at once).  The policy changes no result, only who waits how; it is
+# read when libgomp loads, so it is set before anything imports numba, and children inherit
+# it.  A value already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Float tolerances live in tests/tolerances.py: bounds derived from each computation.
 
@@ -75,8 +87,6 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
-    import os
-
     expected = os.environ.get(EXPECT_BLAS_FAMILY)
     if expected:
         families = fastmlp_blas_families()
@@ -85,3 +95,50 @@ def pytest_configure(config):
                 f"{EXPECT_BLAS_FAMILY}={expected} (OPENBLAS_CORETYPE="
                 f"{os.environ.get('OPENBLAS_CORETYPE')!r}), but threadpoolctl reports {families} "
                 "for the BLAS fastmlp calls: the forced kernel family did not take effect")
+    if expected:
+        # The session that started this child stops it with SIGTERM (test_blas_families'
+        # OtherFamilyRun.stop), as ``timeout`` or a CI runner may: raised as
+        # KeyboardInterrupt, pytest unwinds and the running test ends its own processes (an
+        # mpiexec session of its own would otherwise outlive it).  SIGINT keeps the
+        # disposition both sessions inherited.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# --- Children started before the first test ----------------------------------------------
+# A test whose function has a ``start_early`` attribute does its work in a child process
+# that needs nothing from this session: the child starts as soon as the selection is known,
+# runs on the other core while the suite goes on, and the test, moved to the end of the
+# session, waits for it.  ``start_early()`` returns a handle whose ``stop()`` ends the child
+# if it still runs; that happens when the session ends however it ends (Ctrl-C, -x).
+
+_EARLY_CHILDREN = pytest.StashKey[list]()
+
+
+def _starts_early(item):
+    return getattr(getattr(item, "function", None), "start_early", None)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: _starts_early(item) is not None)  # stable: the rest keep order
+
+
+def pytest_collection_finish(session):
+    config = session.config
+    config.stash[_EARLY_CHILDREN] = []
+    # Inside a child (EXPECT_BLAS_FAMILY set) nothing starts another: no recursion.
+    if config.option.collectonly or os.environ.get(EXPECT_BLAS_FAMILY):
+        return
+    for item in session.items:
+        start = _starts_early(item)
+        if start is not None:
+            config.stash[_EARLY_CHILDREN].append(start())
+
+
+def pytest_sessionfinish(session):
+    for child in session.config.stash.get(_EARLY_CHILDREN, ()):
+        child.stop()

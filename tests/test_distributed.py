@@ -78,6 +78,12 @@ def mpiexec(n, program, log_dir):
         os.killpg(proc.pid, signal.SIGKILL)
         launcher, _ = proc.communicate()
         timed_out = True
+    except BaseException:
+        # Ctrl-C, or the session that started this pytest stopping it (test_blas_families):
+        # the ranks are in a session of their own, which nothing else would end.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
 
     def read(path):
         return path.read_text(errors="replace") if path.exists() else ""
