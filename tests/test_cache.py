@@ -47,16 +47,21 @@ import fastmlp
 
 PACKAGE = os.path.dirname(os.path.abspath(fastmlp.__file__))
 
-# A child: import fastmlp, call one kernel (a parallel=True one, the kind numba #4807 saw
-# crash when several processes filled a cache at once), report what numba compiled.
-CHILD = r"""
-import json, os, sys, time
+# The opening of every child script here: it records the name of each function numba
+# compiles in ``compiled``.
+RECORD_COMPILES = r"""
 from numba.core import event
 compiled = []
 class Listener(event.Listener):
     def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
     def on_end(self, ev): pass
 event.register("numba:compile", Listener())
+"""
+
+# A child: import fastmlp, call one kernel (a parallel=True one, the kind numba #4807 saw
+# crash when several processes filled a cache at once), report what numba compiled.
+CHILD = RECORD_COMPILES + r"""
+import json, os, sys, time
 import numpy as np
 start_file = os.environ.get("START_FILE")
 while start_file and not os.path.exists(start_file):
@@ -130,14 +135,8 @@ def test_processes_starting_together_compile_once_and_all_load(tmp_path):
     assert all(r["result"] == [[1.5] * 3] * 4 for r in results)
 
 
-STALE_CHILD = r"""
+STALE_CHILD = RECORD_COMPILES + r"""
 import json, os, sys
-from numba.core import event
-compiled = []
-class Listener(event.Listener):
-    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
-    def on_end(self, ev): pass
-event.register("numba:compile", Listener())
 import numpy as np
 from fastmlp import jitcache
 from fastmlp.kernels import activations
@@ -254,14 +253,8 @@ def test_fit_asks_for_compile_notices_when_verbose(monkeypatch, verbose):
     assert asked == ([True] if verbose else [])
 
 
-COVERED_CHILD = r"""
+COVERED_CHILD = RECORD_COMPILES + r"""
 import json
-from numba.core import event
-compiled = []
-class Listener(event.Listener):
-    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
-    def on_end(self, ev): pass
-event.register("numba:compile", Listener())
 import numpy as np
 from fastmlp import Adam, Dense, SGD, Sequential
 rng = np.random.default_rng(1)
