@@ -320,3 +320,33 @@ def test_kept_inference_workspaces_are_few_and_small(rng, monkeypatch):
     # A kept workspace reads the model's current parameters.
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
     np.testing.assert_array_equal(model.predict_proba(X[:last]), np.full((last, 3), 1 / 3, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kept_workspaces_call_the_driver_bound_to_their_types(rng, monkeypatch, dtype):
+    from fastmlp import compiled
+
+    model = Sequential([Dense(5, 16, activation="tanh"), Dense(16, 3)], seed=1, dtype=dtype)
+    X = rng.normal(size=(7, 5))
+    methods = (model.predict, model.predict_proba, model.decision_function)
+    first = [method(X) for method in methods]  # through numba's dispatcher, which binds
+    entries = model._kept_workspaces.by_capacity[7].predict_entries
+    # One bound driver per output dtype (predict's int64 labels, the scores) and build.
+    assert set(entries) == {(np.dtype(np.int64).char, True), (np.dtype(dtype).char, True)}
+    assert all(entry is not compiled.predict_into for entry in entries.values())
+
+    def no_dispatch(*args):
+        raise AssertionError("a kept workspace went through numba's dispatcher again")
+
+    monkeypatch.setattr(compiled, "predict_into", no_dispatch)
+    for method, expected in zip(methods, first):
+        np.testing.assert_array_equal(method(X), expected)  # the same machine code
+        # Input of another dtype is converted first and takes the same bound driver.
+        X32 = X.astype(np.float32)
+        np.testing.assert_array_equal(method(X32), method(X32.astype(dtype)))
+    # Parameters changed in place reach the bound driver, which reads the buffers anew.
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    np.testing.assert_array_equal(model.predict_proba(X), np.full((7, 3), 1 / 3, dtype))
+    # Another batch size is another workspace: it binds on its own first call.
+    with pytest.raises(AssertionError, match="dispatcher again"):
+        model.predict(X[:3])

@@ -480,6 +480,7 @@ class Sequential:
                 return ws
             if len(kept) >= KEPT_WORKSPACES_PER_THREAD:
                 del kept[next(iter(kept))]
+            ws.predict_entries = {}
         kept[capacity] = ws  # (re)inserted last: the most recently used
         return ws
 
@@ -869,12 +870,26 @@ class Sequential:
 
     def _predict_into(self, X, transform, out, ws):
         x_chunk = self._chunk_buffer(X, ws)
+        n_threads = ws.kernel_threads(get_num_threads())
         if x_chunk is not None:
-            compiled.predict_gathered(ws.net, X, transform, x_chunk, out,
-                                      ws.kernel_threads(get_num_threads()))
-        else:
-            compiled.predict_into(ws.net, X, transform, ws.capacity, out,
-                                  ws.kernel_threads(get_num_threads()))
+            compiled.predict_gathered(ws.net, X, transform, x_chunk, out, n_threads)
+            return
+        entries = ws.predict_entries
+        if entries is None:
+            compiled.predict_into(ws.net, X, transform, ws.capacity, out, n_threads)
+            return
+        # A kept workspace: every call passes the same types (X as the chain takes it, out
+        # from _predict), which only the output dtype and the build can change; the bound
+        # driver skips numba's dispatch, most of a small call's time.
+        key = (out.dtype.char, n_threads is None)
+        predict = entries.get(key)
+        if predict is None:
+            compiled.predict_into(ws.net, X, transform, ws.capacity, out, n_threads)
+            entries[key] = (compiled.bound_predict_into(ws.net, X, transform, ws.capacity, out,
+                                                        n_threads)
+                            or compiled.predict_into)
+            return
+        predict(ws.net, X, transform, ws.capacity, out, n_threads)
 
     def _predict(self, X, transform):
         X = streaming.features(X, self.n_features_in, self.dtype)

@@ -167,6 +167,10 @@ class Workspace:
         self.label_batch = np.zeros(gather_rows, dtype=np.int64)  # (capacity,)
         self.target_batch = np.zeros((gather_rows if n_targets else 0, max(n_targets, 1)), dtype=dtype)
         self.weight_batch = np.zeros(gather_rows, dtype=dtype)  # (capacity,) sample weights
+        # For a workspace kept across predict calls (Sequential._call_workspace): the
+        # compiled prediction driver per output dtype and build, bound to these buffers'
+        # types (compiled.bound_predict_into); None for a workspace used once.
+        self.predict_entries = None
 
     def set_dropout_step(self, step):
         """The optimizer step whose dropout masks the next forward pass draws (no-op
