@@ -27,9 +27,9 @@ ADAM_LR, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WEIGHT_DECAY, ADAM_DECOUPLED = r
 def _sgd_range(params, grads, velocity, n_weights, lr, momentum, nesterov, weight_decay, start, stop):
     # Plain SGD gets loops of its own, split where the biases start, with no test inside:
     # with ``momentum != 0`` and ``i < n_weights`` tested per element, LLVM wrote the
-    # velocity through masked vector stores even at momentum 0, and on AMD Zen 4 a masked
-    # store into pages never written (np.zeros's copy-on-write zero pages) runs as a
-    # microcode assist each time: a 784-256-256-10 epoch of plain SGD took 9x as long.
+    # velocity through masked vector stores even at momentum 0, and on AMD Zen 4 such a
+    # store into pages never written (np.zeros's copy-on-write zero pages) is very slow: a
+    # 784-256-256-10 epoch of plain SGD took 9x as long (writing the buffer once cured it).
     if momentum == 0:
         split = min(max(n_weights, start), stop)
         for i in range(start, split):
