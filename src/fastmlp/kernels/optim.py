@@ -42,12 +42,11 @@ def _sgd_range(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
         g = grads[i]
         if i < n_weights:
             g += weight_decay * params[i]
-        if momentum != 0:
-            # PyTorch's convention: v <- momentum v + g (no dampening); v starts at 0, so the
-            # first step's v equals g exactly as in PyTorch's lazily created buffer.
-            v = momentum * velocity[i] + g
-            velocity[i] = v
-            g = g + momentum * v if nesterov else v
+        # PyTorch's convention: v <- momentum v + g (no dampening); v starts at 0, so the
+        # first step's v equals g exactly as in PyTorch's lazily created buffer.
+        v = momentum * velocity[i] + g
+        velocity[i] = v
+        g = g + momentum * v if nesterov else v
         params[i] -= lr * g
 
 
