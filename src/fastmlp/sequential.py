@@ -874,22 +874,20 @@ class Sequential:
         if x_chunk is not None:
             compiled.predict_gathered(ws.net, X, transform, x_chunk, out, n_threads)
             return
+        # A kept workspace's calls all pass the same types (X as the chain takes it, out from
+        # _predict) but for the output dtype and the build: after its first call through
+        # numba's dispatcher, the bound driver skips the dispatch, most of a small call's time.
         entries = ws.predict_entries
-        if entries is None:
-            compiled.predict_into(ws.net, X, transform, ws.capacity, out, n_threads)
-            return
-        # A kept workspace: every call passes the same types (X as the chain takes it, out
-        # from _predict), which only the output dtype and the build can change; the bound
-        # driver skips numba's dispatch, most of a small call's time.
         key = (out.dtype.char, n_threads is None)
-        predict = entries.get(key)
-        if predict is None:
-            compiled.predict_into(ws.net, X, transform, ws.capacity, out, n_threads)
+        bound = entries.get(key) if entries is not None else None
+        if bound is not None:
+            bound(ws.net, X, transform, ws.capacity, out, n_threads)
+            return
+        compiled.predict_into(ws.net, X, transform, ws.capacity, out, n_threads)
+        if entries is not None:
             entries[key] = (compiled.bound_predict_into(ws.net, X, transform, ws.capacity, out,
                                                         n_threads)
                             or compiled.predict_into)
-            return
-        predict(ws.net, X, transform, ws.capacity, out, n_threads)
 
     def _predict(self, X, transform):
         X = streaming.features(X, self.n_features_in, self.dtype)
