@@ -10,6 +10,9 @@ Systems (each optional; one that is not installed is skipped with a note):
 
 - ``fastmlp``: ``Sequential(...).fit(X, y, epochs=E, batch_size=B, shuffle=False)``;
   also ``predict``, and the per-call latency of ``predict_proba`` on 1 and 32 rows.
+- ``reproducible``: the same calls as ``fastmlp`` in ``fastmlp.reproducible()`` mode
+  (results independent of the thread count and, for predictions, of the other rows): its
+  cost is the column "reproducible/fastmlp".
 - ``jax``: a ``jax.jit``-compiled train step (``value_and_grad`` + SGD update) called once
   per batch from a Python loop, ``block_until_ready`` after each step; batches are
   device arrays split before timing.
@@ -64,12 +67,12 @@ SHAPES = [
     ((1024, 2048, 2048, 10), 512, 1024),
 ]
 
-SYSTEMS = ["fastmlp", "jax", "torch", "sklearn", "numpy", "roofline"]
+SYSTEMS = ["fastmlp", "reproducible", "jax", "torch", "sklearn", "numpy", "roofline"]
 ALIASES = {"pytorch": "torch", "scikit-learn": "sklearn", "sk": "sklearn"}
-LABELS = {"fastmlp": "fastmlp", "jax": "JAX", "torch": "PyTorch", "sklearn": "scikit-learn",
+LABELS = {"fastmlp": "fastmlp", "reproducible": "reproducible", "jax": "JAX", "torch": "PyTorch", "sklearn": "scikit-learn",
           "numpy": "numpy", "roofline": "roofline"}
 # The module whose presence decides whether a system can run.
-REQUIRES = {"fastmlp": "fastmlp", "jax": "jax", "torch": "torch", "sklearn": "sklearn",
+REQUIRES = {"fastmlp": "fastmlp", "reproducible": "fastmlp", "jax": "jax", "torch": "torch", "sklearn": "sklearn",
             "numpy": "numpy", "roofline": "numpy"}
 # Distributions whose versions go in the header.
 DISTRIBUTIONS = ["fastmlp", "numpy", "scipy", "numba", "llvmlite", "threadpoolctl", "jax",
@@ -185,13 +188,14 @@ def calibrated(run_once, unit_samples, target_s, max_units=100000):
 
 
 # ---------------------------------------------------------------- the systems
-def bench_fastmlp(sizes, batch, n, target_s, threads, do_predict):
+def bench_fastmlp(sizes, batch, n, target_s, threads, do_predict, reproducible=False):
     import numpy as np
 
     import fastmlp
     from fastmlp import SGD, Dense, Sequential
 
     fastmlp.set_num_threads(threads)
+    fastmlp.set_reproducible(reproducible)
     X, y = make_data(sizes, n)
     layers = [Dense(a, b, activation="relu") for a, b in zip(sizes[:-2], sizes[1:-1])]
     layers.append(Dense(sizes[-2], sizes[-1]))
@@ -408,7 +412,8 @@ def bench_roofline(sizes, batch, n, target_s, threads, do_predict):
     return {"train": calibrated(train, n, target_s)}
 
 
-BENCHES = {"fastmlp": bench_fastmlp, "jax": bench_jax, "torch": bench_torch,
+BENCHES = {"fastmlp": bench_fastmlp,
+           "reproducible": lambda *args: bench_fastmlp(*args, reproducible=True), "jax": bench_jax, "torch": bench_torch,
            "sklearn": bench_sklearn, "numpy": bench_numpy, "roofline": bench_roofline}
 
 
@@ -425,11 +430,11 @@ def check_threads(system, threads):
             seen.append(f"{lib}={count}" + (f" [{pool['architecture']}]" if pool.get("architecture") else ""))
             # Over the limit is always wrong.  Under it handicaps a peer; fastmlp keeps its
             # BLAS on one thread by design and splits products over numba's threads itself.
-            if count > threads or (count < threads and system != "fastmlp"):
+            if count > threads or (count < threads and REQUIRES[system] != "fastmlp"):
                 warnings.append(f"{system}: {lib} pool has {count} threads, not {threads}")
     except ImportError:
         warnings.append(f"{system}: threadpoolctl missing, BLAS/OpenMP pools not checked")
-    if system == "fastmlp":
+    if REQUIRES[system] == "fastmlp":
         import numba
 
         import fastmlp
@@ -437,7 +442,7 @@ def check_threads(system, threads):
         seen.append(f"numba={numba.get_num_threads()}/{numba.config.NUMBA_NUM_THREADS} "
                     f"layer={_threading_layer(numba)}")
         if numba.get_num_threads() != threads or fastmlp.get_num_threads() != threads:
-            warnings.append(f"fastmlp: numba uses {numba.get_num_threads()} threads "
+            warnings.append(f"{system}: numba uses {numba.get_num_threads()} threads "
                             f"(fastmlp {fastmlp.get_num_threads()}), not {threads}")
     if system == "torch":
         import torch
@@ -709,6 +714,8 @@ def report(threads, systems, runs, notes, args):
     if "roofline" in present:
         cols.append("roofline GFLOP/s")
     cols += [f"fastmlp/{LABELS[p]}" for p in ratio_to]
+    mode_cost = "fastmlp" in present and "reproducible" in present
+    cols += ["reproducible/fastmlp"] if mode_cost else []
     rows = []
     for sizes, batch, key in shapes:
         med = {s: median_rate(runs, s, key, "train") for s in present}
@@ -716,14 +723,16 @@ def report(threads, systems, runs, notes, args):
         if "roofline" in present:
             r = med["roofline"]
             row.append(f"{r * train_flops_per_sample(sizes) / 1e9:.1f}" if r else "-")
-        rows.append(row + [fmt_ratio(med["fastmlp"], med[p]) for p in ratio_to])
+        row += [fmt_ratio(med["fastmlp"], med[p]) for p in ratio_to]
+        rows.append(row + ([fmt_ratio(med["reproducible"], med["fastmlp"])] if mode_cost else []))
     lines += [f"Training, samples/s (median of {args.repeats}; higher is better)", ""]
     lines += table(cols, rows)
 
-    predictors = [s for s in ("fastmlp", "torch") if s in present]
+    predictors = [s for s in ("fastmlp", "reproducible", "torch") if s in present]
+    versus_torch = "fastmlp" in predictors and "torch" in predictors
     if predictors:
         cols = ["layer sizes"] + [head(s) for s in predictors]
-        cols += ["fastmlp/PyTorch"] if len(predictors) == 2 else []
+        cols += ["fastmlp/PyTorch"] if versus_torch else []
         rows, done = [], set()
         for sizes, batch, key in shapes:
             if sizes in done:  # prediction does not depend on the training batch
@@ -731,12 +740,12 @@ def report(threads, systems, runs, notes, args):
             done.add(sizes)
             med = {s: median_rate(runs, s, key, "predict") for s in predictors}
             row = [shape_name(sizes)] + [fmt_rate(med[s]) for s in predictors]
-            rows.append(row + ([fmt_ratio(med["fastmlp"], med["torch"])] if len(predictors) == 2 else []))
+            rows.append(row + ([fmt_ratio(med["fastmlp"], med["torch"])] if versus_torch else []))
         lines += ["", f"Predict, samples/s (median of {args.repeats}; whole array per call)", ""]
         lines += table(cols, rows)
 
         cols = ["layer sizes", "rows per call"] + [head(s) for s in predictors]
-        cols += ["fastmlp/PyTorch time"] if len(predictors) == 2 else []
+        cols += ["fastmlp/PyTorch time"] if versus_torch else []
         rows, done = [], set()
         for sizes, batch, key in shapes:
             if sizes in done:
@@ -745,7 +754,7 @@ def report(threads, systems, runs, notes, args):
             for n_rows in LATENCY_ROWS:
                 med = {s: median_rate(runs, s, key, f"latency{n_rows}") for s in predictors}
                 row = [shape_name(sizes), str(n_rows)] + [fmt_latency(med[s]) for s in predictors]
-                if len(predictors) == 2:
+                if versus_torch:
                     row.append(fmt_ratio(med["torch"], med["fastmlp"]).rstrip("x"))
                 rows.append(row)
         lines += ["", f"Per-call latency of predict_proba (PyTorch: softmax under inference_mode, "

@@ -67,7 +67,8 @@ def test_api_reference_documents_the_public_api(site):
     expected = ["Sequential", "Sequential.fit", "Sequential.predict", "History", "DivergenceError",
                 "Dense", "Maxout", "SGD", "Adam", "AdamW", "load", "FormatError",
                 "gradcheck.gradcheck", "random_search", "set_num_threads", "threads.threads",
-                "get_num_threads", "Sequential.export", "Sequential.summary",
+                "get_num_threads", "set_reproducible", "reproducible", "get_reproducible",
+                "Sequential.export", "Sequential.summary",
                 "Sequential.count_params"]
     assert {f"fastmlp.{name}" for name in expected} <= ids
     assert "fastmlp.datasets.make_spiral" in anchors(site, "api/datasets")

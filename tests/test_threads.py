@@ -11,8 +11,9 @@ import pytest
 import threadpoolctl
 
 import fastmlp
-from fastmlp import SGD, Dense, Maxout, Sequential
+from fastmlp import SGD, Dense, Dropout, LayerNorm, Maxout, Sequential
 from fastmlp.config import PARALLEL_MIN_ELEMENTS
+from fastmlp.threads import REPRODUCIBLE_SPLIT, work_split
 import reference as ref
 from tolerances import assert_within, gamma, gradient_bound, loss_bound, mean_loss_bound, output_bound
 
@@ -71,6 +72,103 @@ def test_one_and_two_threads_agree_to_rounding():
         assert_within(g1, w, b, f"gradient {k} on 1 thread")
         assert_within(g2, w, b, f"gradient {k} on 2 threads")
         assert_within(g1, g2, 2 * b, f"gradient {k} on 1 and 2 threads")
+
+
+def _reproducible_fit(n_threads, layers):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(BATCH * 2 + 17, 20))
+    y = rng.integers(0, 10, size=len(X))
+    with fastmlp.reproducible(), fastmlp.threads(n_threads):
+        model = Sequential([layer.unbuilt_copy() for layer in layers],
+                           optimizer=SGD(lr=0.05, momentum=0.9), seed=0)
+        history = model.fit(X, y, epochs=2, batch_size=BATCH, validation_split=0.2, verbose=0)
+        ws = model._train_workspace
+        assert ws.kernel_threads(work_split()) == REPRODUCIBLE_SPLIT  # the threaded code ran
+        loss = model.compute_gradients(X[:BATCH], y[:BATCH])
+    return model, history, loss
+
+
+@needs_two_threads
+@pytest.mark.parametrize("layers", [
+    [Dense(20, WIDE, activation="relu"), Maxout(WIDE, WIDE, pieces=2), Dense(WIDE, 10)],
+    [Dense(20, WIDE, activation="gelu"), LayerNorm(), Dropout(0.25), Dense(WIDE, 10)],
+], ids=["maxout", "layer_norm-dropout"])
+def test_reproducible_mode_trains_bitwise_the_same_on_one_and_two_threads(layers):
+    """In reproducible mode every product is cut into blocks chosen by its shape alone and
+    every elementwise pass runs the same threaded code, on one thread too: a fit (momentum,
+    validation, then the step API) on 1 and on 2 threads ends bitwise equal.  Outside the
+    mode OpenBLAS's Haswell kernels round a block of a split product differently from the
+    whole (1.5e-8 apart after such a fit), which the other-family run of this file
+    (test_blas_families) exercises."""
+    one, history_one, loss_one = _reproducible_fit(1, layers)
+    two, history_two, loss_two = _reproducible_fit(2, layers)
+    for a, b in zip(one.get_weights() + one.get_gradients(), two.get_weights() + two.get_gradients()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(one.optimizer.state, two.optimizer.state)
+    assert history_one.history == history_two.history
+    assert loss_one == loss_two
+
+
+@needs_two_threads
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reproducible_predictions_of_a_row_do_not_depend_on_the_other_rows(dtype):
+    """A row's prediction alone, among 1500 other rows, in another order, on 1 or 2 threads
+    and from another input layout or dtype: bitwise the same in reproducible mode.  Outside
+    it the products' shapes follow the rows predicted together, and OpenBLAS rounds a row
+    differently with the shape and with the row's place in its register tile (seen here:
+    1e-6 apart in float32)."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1500, 64)).astype(dtype)
+    model = Sequential([Dense(64, WIDE, activation="relu"), Dense(WIDE, 10)], dtype=dtype, seed=0)
+    order = rng.permutation(len(X))
+    with fastmlp.reproducible():
+        for method in (model.decision_function, model.predict_proba, model.predict):
+            with fastmlp.threads(2):
+                full = method(X)
+                shuffled = method(X[order])
+                fortran = method(np.asfortranarray(X))
+                other_dtype = method(X.astype(np.float64)) if dtype == np.float32 else full
+            with fastmlp.threads(1):
+                alone = [method(X[i:i + 1])[0] for i in (0, 1, 11, 12, 63, 64, 1499)]
+                middle = method(X[700:833])
+            np.testing.assert_array_equal(shuffled, full[order])
+            np.testing.assert_array_equal(fortran, full)
+            np.testing.assert_array_equal(other_dtype, full)
+            np.testing.assert_array_equal(np.stack(alone), full[[0, 1, 11, 12, 63, 64, 1499]])
+            np.testing.assert_array_equal(middle, full[700:833])
+    # The mode changes how rows are computed, not what: within rounding of the batched call.
+    batched = model.decision_function(X)
+    with fastmlp.reproducible():
+        rows_alone = model.decision_function(X)
+    exact, bound = output_bound(model, X)
+    assert_within(rows_alone, exact, bound, "scores in reproducible mode")
+    assert_within(batched, exact, bound, "scores outside it")
+
+
+def test_reproducible_mode_setting_checks_its_argument_and_restores():
+    assert fastmlp.get_reproducible() is False
+    assert work_split() == fastmlp.get_num_threads()
+    with pytest.raises(TypeError, match="True or False"):
+        fastmlp.set_reproducible(1)
+    for bad in (0, 2.0, True, "4"):
+        with pytest.raises(ValueError, match="split must be an integer >= 1"):
+            fastmlp.set_reproducible(True, split=bad)
+    assert fastmlp.get_reproducible() is False  # nothing changed
+    with fastmlp.reproducible(split=8):
+        assert work_split() == 8
+    with pytest.raises(RuntimeError):
+        with fastmlp.reproducible():
+            assert fastmlp.get_reproducible() is True
+            assert work_split() == REPRODUCIBLE_SPLIT
+            raise RuntimeError
+    assert fastmlp.get_reproducible() is False
+    fastmlp.set_reproducible(True)
+    try:
+        with fastmlp.reproducible(False):
+            assert work_split() == fastmlp.get_num_threads()
+        assert fastmlp.get_reproducible() is True
+    finally:
+        fastmlp.set_reproducible(False)
 
 
 def _blas_threads():
@@ -165,6 +263,42 @@ def test_multiprocessing_children_predict_like_the_parent(method):
     D = bound.max(axis=1, keepdims=True)
     proba_bound = expected * np.expm1(2 * D) + gamma(bound.shape[1] + 4, model.dtype) * expected
     assert_within(result, expected, 2 * proba_bound, "probabilities of the child")
+
+
+def _fit_reproducibly_in_child(queue):
+    rng = np.random.default_rng(2)
+    model = _wide_model()
+    before = model.get_weights()
+    try:
+        with fastmlp.reproducible():
+            model.fit(rng.normal(size=(BATCH, 8)), rng.integers(0, 4, size=BATCH), epochs=1,
+                      batch_size=BATCH, verbose=0)
+        queue.put(("trained", None))
+    except RuntimeError as exc:
+        unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+        queue.put((str(exc), unchanged))
+
+
+def test_reproducible_mode_in_a_child_forked_after_openmp_is_a_clear_error():
+    """A forked child of a parent that ran numba's GNU OpenMP pool must not start it (the
+    child would be killed); reproducible mode needs the threaded kernels, so it says so,
+    before any weight changes, instead of crashing."""
+    _train_parent_once()
+    if numba.threading_layer() != "omp":
+        pytest.skip(f"numba's threading layer is {numba.threading_layer()}, not GNU OpenMP: "
+                    "a forked child may run it")
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_fit_reproducibly_in_child, args=(queue,))
+    child.start()
+    try:
+        message, unchanged = queue.get(timeout=120)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert "'spawn' or 'forkserver'" in message, message
+    assert unchanged
 
 
 def _train_parent_once():

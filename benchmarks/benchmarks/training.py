@@ -6,6 +6,7 @@ import timeit
 
 import numpy as np
 
+import fastmlp
 from fastmlp import SGD, Sequential
 
 from .common import NETWORKS, network, step_flops, use_threads
@@ -194,6 +195,37 @@ class Predict:
         return len(self.X) / min(timeit.repeat(self.time_predict, number=1, repeat=3))
 
     track_samples_per_second.unit = "samples/s"
+
+
+class Reproducible:
+    """``TrainEpoch`` and ``Predict`` in reproducible mode (``fastmlp.reproducible()``), on
+    the two shapes where it costs most: set beside those two, the mode's price.  Predict
+    takes 512 rows here (``Predict``: 4096), since the mode predicts one row at a time:
+    compare ``track_predict_samples_per_second``."""
+
+    params = (["784-256-256-10/b128", "1024-2048-2048-10/b512"], [1, 2])
+    param_names = ["network", "threads"]
+    timeout = 300
+
+    def setup(self, name, threads):
+        use_threads(threads)
+        self.model, self.X, self.y, self.batch = network(name, n_batches=8)
+        self.rows = np.random.default_rng(1).normal(size=(512, self.X.shape[1])).astype(self.X.dtype)
+        self.time_epoch(name, threads)
+        self.time_predict(name, threads)
+
+    def time_epoch(self, *params):
+        with fastmlp.reproducible():
+            self.model.fit(self.X, self.y, epochs=1, batch_size=self.batch, shuffle=False)
+
+    def time_predict(self, *params):
+        with fastmlp.reproducible():
+            self.model.predict(self.rows)
+
+    def track_predict_samples_per_second(self, name, threads):
+        return len(self.rows) / min(timeit.repeat(self.time_predict, number=1, repeat=3))
+
+    track_predict_samples_per_second.unit = "samples/s"
 
 
 class PredictLatency:

@@ -12,7 +12,8 @@ from fastmlp.losses import (MSE, L1, BinaryCrossEntropy, Huber, Loss, Multiclass
 from fastmlp.optimizers import SGD, Adam, AdamW, Optimizer
 from fastmlp.sequential import DivergenceError, History, Sequential, from_torch, load
 from fastmlp.streaming import ChunkShuffle, DataChangedError
-from fastmlp.threads import get_num_threads, set_num_threads, threads
+from fastmlp.threads import (get_num_threads, get_reproducible, reproducible, set_num_threads,
+                             set_reproducible, threads)
 
 __version__ = "0.1.0"
 
@@ -41,9 +42,12 @@ __all__ = [
     "from_torch",
     "SoftmaxCrossEntropy",
     "get_num_threads",
+    "get_reproducible",
     "gradcheck",
     "load",
     "random_search",
+    "reproducible",
     "set_num_threads",
+    "set_reproducible",
     "threads",
 ]

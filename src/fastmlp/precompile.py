@@ -5,6 +5,7 @@ filled by running each combination fastmlp can produce once, on a tiny model: wh
 is the float dtype, whether a network has a maxout, a dropout or a layer-norm layer (their
 buffers are ``None`` otherwise, :mod:`fastmlp.workspace`), and the serial or parallel build (the serial one
 compiles no ``prange`` driver; :meth:`~fastmlp.workspace.Workspace.kernel_threads`).
+Reproducible mode (:func:`fastmlp.set_reproducible`) adds its one-row prediction path.
 Within a combination, the optimizer (SGD or Adam) and whether there are sample weights
 change the types too (the kernels take None for the optimizer not in use and for "no
 weights", and then compile none of its code), so each combination trains with all four
@@ -14,6 +15,7 @@ is only that every entry point (fit, validation, evaluate, predict, the step API
 step-by-step path MPI takes) has met its argument types once.
 """
 
+import contextlib
 import sys
 import time
 
@@ -24,7 +26,7 @@ from fastmlp.jitcache import cache_directory
 from fastmlp.layers import Dense, Dropout, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Adam
 from fastmlp.sequential import Sequential
-from fastmlp.threads import get_num_threads
+from fastmlp.threads import get_num_threads, reproducible
 
 DTYPES = ("float32", "float64")
 FEATURES = ("dense", "maxout", "dropout", "layer_norm")
@@ -67,6 +69,9 @@ def _exercise(dtype, feature, build):
     model.evaluate(X, y)
     model.predict(X)
     model.predict_proba(X)
+    with reproducible():
+        model.predict(X)
+        model.predict_proba(X)
 
 
 def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):
@@ -80,8 +85,8 @@ def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):
         layer-norm layer (each alone: a network with several of these kinds is another
         combination, compiled on its first use).
     builds : iterable of {"serial", "parallel"}
-        The parallel build is skipped when numba has a single thread (it is never used
-        then).
+        With a single numba thread the parallel build is compiled in reproducible mode,
+        the only way one thread uses it.
     verbose : bool
         Print one line per combination on stderr.
 
@@ -96,13 +101,11 @@ def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):
     for dtype in dtypes:
         for feature in features:
             for build in builds:
-                if build == "parallel" and get_num_threads() < 2:
-                    if verbose:
-                        print(f"fastmlp compile: {dtype} {feature} parallel: skipped "
-                              "(one thread: never used)", file=sys.stderr, flush=True)
-                    continue
+                # One thread takes the parallel build only in reproducible mode.
+                one_thread = build == "parallel" and get_num_threads() < 2
                 started = time.perf_counter()
-                _exercise(dtype, feature, build)
+                with reproducible() if one_thread else contextlib.nullcontext():
+                    _exercise(dtype, feature, build)
                 seconds = time.perf_counter() - started
                 done.append((dtype, feature, build, seconds))
                 if verbose:

@@ -19,7 +19,7 @@ from fastmlp.compiled import count_nonfinite
 from fastmlp.kernels.losses import BINARY_CROSS_ENTROPY, HUBER, L1, LOSSES, MSE
 from fastmlp.layers import Dense, Dropout, Layer, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Optimizer
-from fastmlp.threads import get_num_threads, pin_blas
+from fastmlp.threads import get_reproducible, pin_blas, work_split
 from fastmlp.training import DivergenceError, History, Rows
 from fastmlp.workspace import Workspace, layer_table
 
@@ -548,7 +548,7 @@ class Sequential:
             # The masks of the step these gradients are for (apply_gradients counts it).
             ws.set_dropout_step(self.optimizer.step_count + 1)
             return compiled.compute_gradients(ws.net, self.loss_code, X, labels, targets,
-                                              weights, ws.kernel_threads(get_num_threads()))
+                                              weights, ws.kernel_threads(work_split()))
         finally:
             self._training.release()
 
@@ -659,7 +659,7 @@ class Sequential:
             ws.net, self.loss_code, rows.X, rows.labels, rows.targets, rows.weights, order,
             batch_size, ws.x_batch, ws.label_batch, ws.target_batch, ws.weight_batch, opt.kind,
             opt.state, hyper, self._n_weights, clip, step_count, first, stop, batch_losses,
-            batch_correct, batch_grad_norms, ws.kernel_threads(get_num_threads()))
+            batch_correct, batch_grad_norms, ws.kernel_threads(work_split()))
 
     def count_correct_last_step(self, y):
         """Rows of the last :meth:`compute_gradients` batch predicted right, from the scores
@@ -820,9 +820,10 @@ class Sequential:
             self._training.release()
 
     # ----------------------------------------------------------------- inference
-    def _chunk_buffer(self, X, ws):
-        """Scratch rows for the gather kernels, or None when ``X`` goes to the chain as it is."""
-        if not streaming.needs_gather(X, self.dtype):
+    def _chunk_buffer(self, X, ws, always=False):
+        """Scratch rows for the gather kernels, or None when ``X`` goes to the chain as it is
+        (never with ``always``)."""
+        if not (always or streaming.needs_gather(X, self.dtype)):
             return None
         streaming.check_unchanged(X)
         return np.empty((ws.capacity, self.n_features_in), dtype=self.dtype)
@@ -831,10 +832,10 @@ class Sequential:
         x_chunk = self._chunk_buffer(X, ws)
         if x_chunk is not None:
             loss, correct = compiled.evaluate_gathered(ws.net, self.loss_code, X, labels, targets,
-                                                       x_chunk, ws.kernel_threads(get_num_threads()))
+                                                       x_chunk, ws.kernel_threads(work_split()))
             return float(loss), int(correct)
         loss, correct = compiled.evaluate_chunked(ws.net, self.loss_code, X, labels, targets,
-                                                 ws.capacity, ws.kernel_threads(get_num_threads()))
+                                                 ws.capacity, ws.kernel_threads(work_split()))
         return float(loss), int(correct)
 
     def evaluate_rows(self, rows, workspace):
@@ -868,9 +869,12 @@ class Sequential:
             result["accuracy"] = correct / X.shape[0]
         return result
 
-    def _predict_into(self, X, transform, out, ws):
-        x_chunk = self._chunk_buffer(X, ws)
-        n_threads = ws.kernel_threads(get_num_threads())
+    def _predict_into(self, X, transform, out, ws, rows_alone=False):
+        # ``rows_alone`` (reproducible mode, with a one-row ``ws``): every row is copied into
+        # the same one-row buffer and goes through the chain on its own, so each row's
+        # result is that of the same calls on the same buffers, whatever else is predicted.
+        x_chunk = self._chunk_buffer(X, ws, always=rows_alone)
+        n_threads = ws.kernel_threads(work_split())
         if x_chunk is not None:
             compiled.predict_gathered(ws.net, X, transform, x_chunk, out, n_threads)
             return
@@ -891,12 +895,13 @@ class Sequential:
 
     def _predict(self, X, transform):
         X = streaming.features(X, self.n_features_in, self.dtype)
-        ws = self._call_workspace(X.shape[0])
+        rows_alone = get_reproducible()
+        ws = self._call_workspace(1 if rows_alone else X.shape[0])
         if transform == compiled.ARGMAX:
             out = np.empty((X.shape[0], 1), dtype=np.int64)
         else:
             out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        self._predict_into(X, transform, out, ws)
+        self._predict_into(X, transform, out, ws, rows_alone)
         return out
 
     def decision_function(self, X):

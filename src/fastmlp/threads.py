@@ -9,6 +9,9 @@ threads write one element or split a sum, so results on different thread counts 
 rounding (OpenBLAS may round a block differently from the whole product; see
 docs/architecture.md, "Threads").  numpy's own BLAS, a separate library in the PyPI wheels,
 is left alone.
+
+Reproducible mode (:func:`set_reproducible`) trades speed for results that do not depend
+on the thread count or, for predictions, on the other rows of a call.
 """
 
 import contextlib
@@ -38,10 +41,24 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _blas_pinned = False
 
+#: The default ``split`` of reproducible mode (:func:`set_reproducible`).  More blocks let
+#: more threads help with a product, at a cost on fewer threads: on one thread of the
+#: development machine 4 blocks made a large product 1-9 % slower, 8 blocks 2-18 %.
+REPRODUCIBLE_SPLIT = 4
+
+# None: reproducible mode off; else the thread count the kernels split their work for.
+_reproducible_split = None
+
 
 def _is_inside(path, directory):
     path, directory = os.path.realpath(path), os.path.realpath(directory)
     return os.path.commonpath([path, directory]) == directory
+
+
+def forked_after_openmp():
+    """Whether this process is a child forked after its parent ran numba's GNU OpenMP pool:
+    then no ``prange`` driver may run in it (see the module notes)."""
+    return _serial_after_fork
 
 
 def fastmlp_blas_libraries():
@@ -117,3 +134,68 @@ def threads(n):
         yield n
     finally:
         numba.set_num_threads(previous)
+
+
+def set_reproducible(enabled, split=REPRODUCIBLE_SPLIT):
+    """Turn reproducible mode on or off for the whole process.
+
+    In reproducible mode:
+
+    - training gives bitwise the same weights whatever the thread count: the kernels cut
+      their work into blocks chosen by the array shapes and ``split`` alone, as if for
+      ``split`` threads, and the threads (1 or 16) only share the blocks out;
+    - ``predict``, ``predict_proba`` and ``decision_function`` compute every row on its
+      own, through the same one-row buffers: a row's result is bitwise the same whatever
+      other rows come with it and whatever the thread count.
+
+    It costs speed, the more the larger the layers: a large product made of more blocks
+    than there are threads, and predictions of many rows one row at a time
+    (docs/performance.md gives the figures).  Results still depend on ``split``, the CPU's
+    BLAS kernel family, the dtype and the library versions.
+
+    Parameters
+    ----------
+    enabled : bool
+    split : int, default ``REPRODUCIBLE_SPLIT`` (4)
+        Blocks per large product: no more threads than this help with one.  Runs agree
+        bit for bit only with the same ``split``.
+    """
+    global _reproducible_split
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_reproducible takes True or False, got {enabled!r}")
+    if isinstance(split, bool) or not isinstance(split, numbers.Integral) or split < 1:
+        raise ValueError(f"split must be an integer >= 1, got {split!r}")
+    _reproducible_split = int(split) if enabled else None
+
+
+def get_reproducible():
+    """Whether reproducible mode (:func:`set_reproducible`) is on."""
+    return _reproducible_split is not None
+
+
+@contextlib.contextmanager
+def reproducible(enabled=True, split=REPRODUCIBLE_SPLIT):
+    """Context manager: reproducible mode (:func:`set_reproducible`) inside the block, the
+    previous setting restored after.
+
+    Examples
+    --------
+    >>> import fastmlp
+    >>> with fastmlp.reproducible():
+    ...     fastmlp.get_reproducible()
+    True
+    """
+    global _reproducible_split
+    previous = _reproducible_split
+    set_reproducible(enabled, split)
+    try:
+        yield
+    finally:
+        _reproducible_split = previous
+
+
+def work_split():
+    """The thread count the kernels split their work for: reproducible mode's ``split``,
+    else :func:`get_num_threads`.  Only the blocks depend on it; the threads that run them
+    are numba's, as many as :func:`set_num_threads` chose."""
+    return get_num_threads() if _reproducible_split is None else _reproducible_split

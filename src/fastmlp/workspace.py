@@ -7,6 +7,7 @@ batch smaller than the capacity uses contiguous views of the same arrays.
 import numpy as np
 
 from fastmlp.config import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_FLOPS
+from fastmlp.threads import forked_after_openmp
 from fastmlp.compiled import (ACT_OFFSET, ACTIVATION, BLOCK_ALIGN, DENSE, DROPOUT, KEY_ACTIVE,
                               KEY_SEED, KEY_STEP, KEY_STREAM, KIND, LAYER_NORM, MASK_OFFSET,
                               N_OUT, NORM_OFFSET, PIECES, PRE_ACT_OFFSET, RSTD_OFFSET, THRESHOLD,
@@ -197,6 +198,12 @@ class Workspace:
         """
         if n_threads < 2 or not self._parallel_work:
             return None
+        if forked_after_openmp():  # only reproducible mode asks for >= 2 threads here
+            raise RuntimeError(
+                "reproducible mode runs numba's threaded kernels, which GNU OpenMP cannot run "
+                "in a child process forked after its parent used them: start the child with "
+                "multiprocessing's 'spawn' or 'forkserver' method, or leave reproducible mode "
+                "off in the child")
         return n_threads
 
     @property
