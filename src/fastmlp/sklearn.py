@@ -444,8 +444,12 @@ class _BaseMLP(BaseEstimator):
         of the sums, by matrix size, so in float32 a row's scores would otherwise depend on
         how many rows came with it (by ~1 ulp: enough to fail scikit-learn's
         ``check_methods_subset_invariance``, and to make cross-validation folds disagree).
-        Same-shaped calls make each row's result independent of the batch, and of the
-        thread count, since a 64-row product is never split across threads.
+        Same-shaped calls make each row's result independent of the batch on OpenBLAS's
+        SkylakeX kernels, and of the thread count, since a 64-row product is never split
+        across threads.  Its Haswell kernels also round a row by its place in the block
+        (docs/architecture.md, "Threads"): there a row can still move by about an ulp,
+        within what scikit-learn's checks allow; ``fastmlp.reproducible()`` makes each
+        row exact everywhere.
         """
         n, block = X.shape[0], _PREDICT_BLOCK
         out = np.empty((n, self.model_.n_outputs), dtype=np.float64)
