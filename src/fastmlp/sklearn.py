@@ -445,11 +445,11 @@ class _BaseMLP(BaseEstimator):
         how many rows came with it (by ~1 ulp: enough to fail scikit-learn's
         ``check_methods_subset_invariance``, and to make cross-validation folds disagree).
         Same-shaped calls make each row's result independent of the batch on OpenBLAS's
-        SkylakeX kernels, and of the thread count, since a 64-row product is never split
-        across threads.  Its Haswell kernels also round a row by its place in the block
-        (docs/architecture.md, "Threads"): there a row can still move by about an ulp,
-        within what scikit-learn's checks allow; ``fastmlp.reproducible()`` makes each
-        row exact everywhere.
+        SkylakeX kernels.  Its Haswell kernels also round a row by its place in the block
+        (docs/architecture.md, "Threads"), and on 2 threads a wide layer's 64-row product
+        is split into column blocks: there a row can still move by about an ulp, within
+        what scikit-learn's checks allow.  ``fastmlp.reproducible()`` makes each row exact
+        everywhere, on any thread count.
         """
         n, block = X.shape[0], _PREDICT_BLOCK
         out = np.empty((n, self.model_.n_outputs), dtype=np.float64)
