@@ -69,11 +69,11 @@ SHAPES = [
 
 SYSTEMS = ["fastmlp", "reproducible", "jax", "torch", "sklearn", "numpy", "roofline"]
 ALIASES = {"pytorch": "torch", "scikit-learn": "sklearn", "sk": "sklearn"}
-LABELS = {"fastmlp": "fastmlp", "reproducible": "reproducible", "jax": "JAX", "torch": "PyTorch", "sklearn": "scikit-learn",
-          "numpy": "numpy", "roofline": "roofline"}
+LABELS = {"fastmlp": "fastmlp", "reproducible": "reproducible", "jax": "JAX", "torch": "PyTorch",
+          "sklearn": "scikit-learn", "numpy": "numpy", "roofline": "roofline"}
 # The module whose presence decides whether a system can run.
-REQUIRES = {"fastmlp": "fastmlp", "reproducible": "fastmlp", "jax": "jax", "torch": "torch", "sklearn": "sklearn",
-            "numpy": "numpy", "roofline": "numpy"}
+REQUIRES = {"fastmlp": "fastmlp", "reproducible": "fastmlp", "jax": "jax", "torch": "torch",
+            "sklearn": "sklearn", "numpy": "numpy", "roofline": "numpy"}
 # Distributions whose versions go in the header.
 DISTRIBUTIONS = ["fastmlp", "numpy", "scipy", "numba", "llvmlite", "threadpoolctl", "jax",
                  "jaxlib", "torch", "scikit-learn"]
@@ -413,8 +413,9 @@ def bench_roofline(sizes, batch, n, target_s, threads, do_predict):
 
 
 BENCHES = {"fastmlp": bench_fastmlp,
-           "reproducible": lambda *args: bench_fastmlp(*args, reproducible=True), "jax": bench_jax, "torch": bench_torch,
-           "sklearn": bench_sklearn, "numpy": bench_numpy, "roofline": bench_roofline}
+           "reproducible": lambda *args: bench_fastmlp(*args, reproducible=True),
+           "jax": bench_jax, "torch": bench_torch, "sklearn": bench_sklearn, "numpy": bench_numpy,
+           "roofline": bench_roofline}
 
 
 def check_threads(system, threads):

@@ -194,7 +194,15 @@ class Workspace:
 
         None selects the kernels' serial build, which compiles no ``prange`` driver at all
         (about half of a first fit's compile time); the results are the same bit for bit,
-        since with ``n_threads`` the kernels would take the same serial paths.
+        since with ``n_threads`` the kernels would take the same serial paths.  Which build
+        runs depends on the buffers' shapes and on ``n_threads`` only; reproducible mode
+        passes its fixed split (:func:`fastmlp.threads.work_split`).
+
+        Raises
+        ------
+        RuntimeError
+            For the parallel build in a child forked after its parent ran GNU OpenMP,
+            which only reproducible mode asks for there (a forked child counts 1 thread).
         """
         if n_threads < 2 or not self._parallel_work:
             return None
