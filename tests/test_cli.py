@@ -4,9 +4,11 @@ clear one-line errors for bad files and arguments."""
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
+import fastmlp
 from fastmlp.cli import main
 from fastmlp.datasets import make_spiral
 
@@ -175,3 +177,34 @@ def test_a_closed_pipe_ends_the_command_quietly():
     err = process.stderr.read()
     assert process.wait(timeout=600) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_reproducible_flag_gives_the_same_model_and_predictions_on_one_and_two_threads(
+        tmp_path, spiral_csv, capsys, monkeypatch):
+    # 400 hidden units on 180 rows: the elementwise passes have work to split, so 1 and 2
+    # threads would run different builds outside reproducible mode.
+    csv, X, y = spiral_csv
+    seen = []
+    real_fit = fastmlp.Sequential.fit
+
+    def fit(self, *args, **kwargs):
+        seen.append(fastmlp.get_reproducible())
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastmlp.Sequential, "fit", fit)
+    outputs = []
+    for threads in ("1", "2"):
+        model = tmp_path / f"spiral-{threads}.fastmlp"
+        assert main(["train", str(csv), "--label", "cls", "--hidden", "400", "--epochs", "3",
+                     "--batch-size", "256", "--out", str(model), "--quiet", "--reproducible",
+                     "--threads", threads]) == 0
+        capsys.readouterr()
+        assert main(["predict", str(model), str(csv), "--label", "cls", "--proba",
+                     "--reproducible", "--threads", threads]) == 0
+        outputs.append((fastmlp.load(model).get_weights(), capsys.readouterr().out))
+    assert seen == [True, True]
+    assert fastmlp.get_reproducible() is False  # the flag lasts for its command only
+    for a, b in zip(outputs[0][0], outputs[1][0]):
+        np.testing.assert_array_equal(a, b)
+    assert outputs[0][1] == outputs[1][1]

@@ -7,6 +7,7 @@ usage errors exit with 2, as argparse does.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -27,9 +28,14 @@ def _data_arguments(parser):
                         help="CSV label column, by header name or 0-based position (default: last)")
 
 
-def _threads_argument(parser):
+def _threads_argument(parser, reproducible=False):
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for training and prediction (default: all cores)")
+    if reproducible:
+        parser.add_argument("--reproducible", action="store_true",
+                            help="bitwise the same results on any thread count, and each row's "
+                                 "prediction whatever rows come with it; slower "
+                                 "(fastmlp.reproducible)")
 
 
 def build_parser():
@@ -84,7 +90,7 @@ def build_parser():
     train.add_argument("--mpi", action="store_true",
                        help="data-parallel over MPI: run under mpiexec; each rank trains on its "
                             "slice of DATA's rows, rank 0 prints and saves (needs fastmlp[mpi])")
-    _threads_argument(train)
+    _threads_argument(train, reproducible=True)
 
     predict = commands.add_parser("predict", help="predict with a saved model, one line per sample",
                                   description="Predict DATA with MODEL: one prediction per line. "
@@ -93,13 +99,13 @@ def build_parser():
     _data_arguments(predict)
     predict.add_argument("--proba", action="store_true", help="print probabilities instead of labels")
     predict.add_argument("--out", metavar="FILE", default=None, help="write here instead of stdout")
-    _threads_argument(predict)
+    _threads_argument(predict, reproducible=True)
 
     evaluate = commands.add_parser("evaluate", help="loss and accuracy (or R^2) of a saved model",
                                    description="Evaluate MODEL on the labelled DATA.")
     evaluate.add_argument("model", metavar="MODEL")
     _data_arguments(evaluate)
-    _threads_argument(evaluate)
+    _threads_argument(evaluate, reproducible=True)
 
     demo = commands.add_parser("demo", help="train on built-in data (spiral, digits) and report accuracy",
                                description="Train on the 3-class spiral and the shipped digits set; "
@@ -434,11 +440,13 @@ def main(argv=None):
         return 2
     from fastmlp.jitcache import compile_notices
     from fastmlp.sequential import DivergenceError
+    from fastmlp.threads import reproducible
 
+    mode = reproducible() if getattr(args, "reproducible", False) else contextlib.nullcontext()
     try:
         _set_threads(args.threads)
         # Any command may meet kernels not yet compiled on this machine: say so on stderr.
-        with compile_notices():
+        with compile_notices(), mode:
             _run(args)
     except (CommandError, DivergenceError) as exc:
         print(f"fastmlp: error: {exc}", file=sys.stderr)
