@@ -873,3 +873,25 @@ def test_warm_start_with_early_stopping(spiral):
     plain = fit_quiet(MLPClassifier(warm_start=True, max_iter=2, **WARM), X, y)
     fit_quiet(plain.set_params(early_stopping=True), X, y)
     assert len(plain.validation_scores_) == 2 and plain.n_iter_ == 4
+
+
+def test_reproducible_mode_predicts_rows_alone_without_padding(monkeypatch):
+    import fastmlp
+
+    X, y = make_spiral(n_per_class=40, seed=3)
+    clf = MLPClassifier(dtype="float32", **SMALL).fit(X, y)
+    with fastmlp.reproducible():
+        full = clf.predict_proba(X)
+        rows = [0, 1, 13, 64, 119]
+        alone = np.stack([clf.predict_proba(X[i:i + 1])[0] for i in rows])
+        np.testing.assert_array_equal(alone, full[rows])
+        # The 64-row padding is left out: the network sees the caller's rows only.
+        seen = []
+        real = Sequential.decision_function
+        monkeypatch.setattr(Sequential, "decision_function",
+                            lambda self, Z: seen.append(len(Z)) or real(self, Z))
+        clf.predict_proba(X[:3])
+    assert seen == [3]
+    # Outside the mode the same estimator still pads to 64-row blocks.
+    clf.predict_proba(X[:3])
+    assert seen == [3, 64]

@@ -35,6 +35,7 @@ from fastmlp.kernels.activations import ACTIVATIONS
 from fastmlp.layers import Dense, Dropout, Maxout
 from fastmlp.optimizers import SGD, Adam, AdamW
 from fastmlp.sequential import DivergenceError, Sequential
+from fastmlp.threads import get_reproducible
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -449,8 +450,11 @@ class _BaseMLP(BaseEstimator):
         (docs/architecture.md, "Threads"), and on 2 threads a wide layer's 64-row product
         is split into column blocks: there a row can still move by about an ulp, within
         what scikit-learn's checks allow.  ``fastmlp.reproducible()`` makes each row exact
-        everywhere, on any thread count.
+        everywhere, on any thread count; its rows go through the network one at a time,
+        so the padding would only add rows to compute, and is left out.
         """
+        if get_reproducible():
+            return self.model_.decision_function(X).astype(np.float64)
         n, block = X.shape[0], _PREDICT_BLOCK
         out = np.empty((n, self.model_.n_outputs), dtype=np.float64)
         # Every block is copied into this buffer, so that the kernels always see a writable
