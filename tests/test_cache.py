@@ -256,6 +256,7 @@ def test_fit_asks_for_compile_notices_when_verbose(monkeypatch, verbose):
 COVERED_CHILD = RECORD_COMPILES + r"""
 import json
 import numpy as np
+import fastmlp
 from fastmlp import Adam, Dense, SGD, Sequential
 rng = np.random.default_rng(1)
 X = rng.normal(size=(40, 5)).astype(np.float32)
@@ -268,6 +269,8 @@ for optimizer in (SGD(lr=0.1, momentum=0.9), Adam(lr=0.01)):
     model.train_step(X[:16], y[:16])
     model.evaluate(X, y)
     model.predict(X)
+    with fastmlp.reproducible():
+        model.predict(X)
 print(json.dumps(compiled))
 """
 
@@ -289,3 +292,14 @@ def test_fastmlp_compile_fills_the_cache_for_what_it_names(tmp_path):
                            env=env, timeout=900)
     assert child.returncode == 0, child.stderr
     assert json.loads(child.stdout.strip().splitlines()[-1]) == []
+
+
+def test_one_thread_compiles_the_parallel_build_only_for_reproducible_mode(capsys):
+    # One thread runs the parallel build only in reproducible mode: outside it the build is
+    # skipped, with a line that says how to compile it (nothing is compiled here).
+    from fastmlp.precompile import precompile
+
+    with fastmlp.threads(1):
+        done = precompile(dtypes=["float32"], features=["dense"], builds=["parallel"], verbose=True)
+    assert done == []
+    assert "float32 dense parallel: skipped" in capsys.readouterr().err

@@ -15,7 +15,6 @@ is only that every entry point (fit, validation, evaluate, predict, the step API
 step-by-step path MPI takes) has met its argument types once.
 """
 
-import contextlib
 import sys
 import time
 
@@ -26,7 +25,7 @@ from fastmlp.jitcache import cache_directory
 from fastmlp.layers import Dense, Dropout, LayerNorm, Maxout
 from fastmlp.optimizers import SGD, Adam
 from fastmlp.sequential import Sequential
-from fastmlp.threads import get_num_threads, reproducible
+from fastmlp.threads import get_num_threads, get_reproducible, reproducible
 
 DTYPES = ("float32", "float64")
 FEATURES = ("dense", "maxout", "dropout", "layer_norm")
@@ -85,8 +84,9 @@ def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):
         layer-norm layer (each alone: a network with several of these kinds is another
         combination, compiled on its first use).
     builds : iterable of {"serial", "parallel"}
-        With a single numba thread the parallel build is compiled in reproducible mode,
-        the only way one thread uses it.
+        With a single numba thread the parallel build is used only in reproducible mode
+        (:func:`fastmlp.set_reproducible`): it is compiled then if that mode is on, and
+        skipped otherwise.
     verbose : bool
         Print one line per combination on stderr.
 
@@ -101,11 +101,14 @@ def precompile(dtypes=DTYPES, features=FEATURES, builds=BUILDS, verbose=False):
     for dtype in dtypes:
         for feature in features:
             for build in builds:
-                # One thread takes the parallel build only in reproducible mode.
-                one_thread = build == "parallel" and get_num_threads() < 2
+                if build == "parallel" and get_num_threads() < 2 and not get_reproducible():
+                    if verbose:
+                        print(f"fastmlp compile: {dtype} {feature} parallel: skipped (one "
+                              "thread runs it only in reproducible mode: --reproducible "
+                              "compiles it)", file=sys.stderr, flush=True)
+                    continue
                 started = time.perf_counter()
-                with reproducible() if one_thread else contextlib.nullcontext():
-                    _exercise(dtype, feature, build)
+                _exercise(dtype, feature, build)
                 seconds = time.perf_counter() - started
                 done.append((dtype, feature, build, seconds))
                 if verbose:
