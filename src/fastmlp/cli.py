@@ -32,11 +32,12 @@ _REPRODUCIBLE_HELP = ("bitwise the same results on any thread count, and each ro
                       "whatever rows come with it; slower (fastmlp.reproducible)")
 
 
-def _threads_argument(parser, reproducible=None):
+def _threads_argument(parser, reproducible_help=None):
+    # With ``reproducible_help``, also a ``--reproducible`` flag that this help describes.
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for training and prediction (default: all cores)")
-    if reproducible:
-        parser.add_argument("--reproducible", action="store_true", help=reproducible)
+    if reproducible_help:
+        parser.add_argument("--reproducible", action="store_true", help=reproducible_help)
 
 
 def build_parser():
@@ -91,7 +92,7 @@ def build_parser():
     train.add_argument("--mpi", action="store_true",
                        help="data-parallel over MPI: run under mpiexec; each rank trains on its "
                             "slice of DATA's rows, rank 0 prints and saves (needs fastmlp[mpi])")
-    _threads_argument(train, reproducible=_REPRODUCIBLE_HELP)
+    _threads_argument(train, reproducible_help=_REPRODUCIBLE_HELP)
 
     predict = commands.add_parser("predict", help="predict with a saved model, one line per sample",
                                   description="Predict DATA with MODEL: one prediction per line. "
@@ -100,13 +101,13 @@ def build_parser():
     _data_arguments(predict)
     predict.add_argument("--proba", action="store_true", help="print probabilities instead of labels")
     predict.add_argument("--out", metavar="FILE", default=None, help="write here instead of stdout")
-    _threads_argument(predict, reproducible=_REPRODUCIBLE_HELP)
+    _threads_argument(predict, reproducible_help=_REPRODUCIBLE_HELP)
 
     evaluate = commands.add_parser("evaluate", help="loss and accuracy (or R^2) of a saved model",
                                    description="Evaluate MODEL on the labelled DATA.")
     evaluate.add_argument("model", metavar="MODEL")
     _data_arguments(evaluate)
-    _threads_argument(evaluate, reproducible=_REPRODUCIBLE_HELP)
+    _threads_argument(evaluate, reproducible_help=_REPRODUCIBLE_HELP)
 
     demo = commands.add_parser("demo", help="train on built-in data (spiral, digits) and report accuracy",
                                description="Train on the 3-class spiral and the shipped digits set; "
@@ -137,8 +138,9 @@ def build_parser():
     compile_.add_argument("--builds", nargs="+", choices=BUILDS, default=list(BUILDS),
                           help="serial: small layers or one thread; parallel: layers large "
                                "enough to split over threads (default: both)")
-    _threads_argument(compile_, reproducible="with one thread, also compile the parallel build, "
-                                             "which one thread runs only in reproducible mode")
+    _threads_argument(compile_, reproducible_help="with one thread, also compile the parallel "
+                                                  "build, which one thread runs only in "
+                                                  "reproducible mode")
     _info_and_export_parsers(commands)
     return parser
 
