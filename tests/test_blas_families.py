@@ -7,8 +7,9 @@ another vendor's.  So the test files below run a second time in a child pytest w
 ``OPENBLAS_CORETYPE`` forcing a family other than this machine's own, and the child's
 conftest (``pytest_configure``) checks with threadpoolctl that the BLAS fastmlp calls
 really runs that family, stopping the child with an error when it does not.  The child
-shares numba's on-disk cache (OPENBLAS_CORETYPE is not part of its key): what it or this
-session compiles first, the other loads (jitcache's file lock has one compile at a time).
+shares numba's on-disk cache (OPENBLAS_CORETYPE is not part of its key): a kernel that it
+or this session compiles first, the other loads (jitcache's lock per kernel makes the other
+wait for it), and kernels that only one of them needs compile on both cores at once.
 
 The child starts when the session does and runs beside it (:class:`OtherFamilyRun`); the
 test, moved to the end, waits for it.

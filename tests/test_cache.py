@@ -117,8 +117,8 @@ def test_numba_cache_dir_still_wins(tmp_path):
 
 
 def test_processes_starting_together_compile_once_and_all_load(tmp_path):
-    # Three processes released at the same instant on an empty cache: the file lock lets
-    # one compile and save; the others wait for it and load what it saved.
+    # Three processes released at the same instant on an empty cache: the kernel's file lock
+    # lets one compile and save; the others wait for it and load what it saved.
     start = tmp_path / "go"
     env = _env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), START_FILE=str(start))
     children = [subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE,
@@ -133,6 +133,65 @@ def test_processes_starting_together_compile_once_and_all_load(tmp_path):
     compilers = [r for r in results if "_bias_activation_parallel" in r["compiled"]]
     assert len(compilers) == 1, [r["compiled"] for r in results]
     assert all(r["result"] == [[1.5] * 3] * 4 for r in results)
+
+
+# A child that calls one of two kernels: the parallel bias-and-activation forward pass, or
+# the serial activation gradient, which calls nothing the first one compiles.
+KERNEL_CHILD = RECORD_COMPILES + r"""
+import json, sys, time
+import numpy as np
+from fastmlp.kernels import activations
+z = np.ones((4, 3))
+if sys.argv[1] == "forward":
+    activations._bias_activation_parallel(z, np.full(3, 0.5), activations.RELU, 0.0, 2)
+else:
+    activations._activation_grad_rows(z, np.ones((4, 3)), activations.RELU, 0.0, 0, 4)
+print(json.dumps({"compiled": compiled, "finished": time.time()}))
+"""
+
+
+def _kernel_child(env, which, timeout=300):
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHILD, which], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_processes_compile_different_kernels_at_once_and_wait_for_the_same_one(tmp_path):
+    # This test holds the forward kernel's lock, as a process compiling it would.  A
+    # process that needs that kernel waits for it; one that needs another kernel compiles
+    # it meanwhile (with one lock for the whole cache it would wait too, and time out).
+    import fcntl
+
+    from fastmlp import jitcache
+    from fastmlp.kernels import activations
+
+    root = tmp_path / "cache"
+    env = _env(NUMBA_CACHE_DIR=str(root))
+    forward = activations._bias_activation_parallel.py_func
+    locks = root / jitcache._numba_subpath(jitcache.KERNEL_SOURCES) / jitcache.KERNEL_LOCKS_NAME
+    locks.mkdir(parents=True)
+    lock = locks / f"activations.{forward.__qualname__}-{forward.__code__.co_firstlineno}.lock"
+    with open(lock, "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = subprocess.Popen([sys.executable, "-c", KERNEL_CHILD, "forward"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            other = _kernel_child(env, "gradient", timeout=120)
+            assert "_activation_grad_rows" in other["compiled"]
+            assert waiting.poll() is None, waiting.communicate()
+        except BaseException:
+            waiting.kill()
+            waiting.communicate()
+            raise
+        released = time.time()
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert "_bias_activation_parallel" in result["compiled"] and result["finished"] > released
+    # Both kernels were saved and vouched for: the next processes load them.
+    assert _kernel_child(env, "forward")["compiled"] == []
+    assert _kernel_child(env, "gradient")["compiled"] == []
 
 
 STALE_CHILD = RECORD_COMPILES + r"""

@@ -13,10 +13,14 @@ guards the cache against what numba itself does not:
   ``config.py``, differs from the one that filled it.  A process that started before another
   fastmlp (other kernel sources: an upgrade, an edited checkout) renewed the cache neither
   loads that one's files nor saves its own there any more: it compiles in memory.
-- **Several processes.**  Compiling and saving happen under an exclusive file lock in the
-  cache directory: when several processes (the ranks of an MPI job on one node, a test
-  suite's workers) start with an empty cache, one compiles and the others wait, then load
-  what it saved (numba #4807 reports crashes when processes fill one cache at once).
+- **Several processes.**  Each kernel compiles and saves under an exclusive file lock of
+  its own in the cache directory: when several processes (the ranks of an MPI job on one
+  node, a test suite's workers) need the same kernel with an empty cache, one compiles and
+  the others wait, then load what it saved (numba #4807 reports crashes when processes fill
+  one cache at once); processes that need different kernels compile them at the same time.
+  A kernel's lock is taken inside its callers' (numba compiles callees from within the
+  caller), and calls do not loop, so the locks cannot deadlock.  All compilations also hold
+  the directory's lock shared, which renewing a stale cache takes exclusive.
 - **Damaged files.**  After each compilation the cache files' sha256 digests go into a
   manifest; before numba reads a kernel's files they are checked against it, and a file
   that is truncated, garbled, or written by a process killed before it could record it is
@@ -42,9 +46,13 @@ from numba.core.caching import NullCache
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
 
-#: The manifest of digests and the lock file, beside the cache files they guard.
+#: The manifest of digests and the lock files, beside the cache files they guard: the
+#: directory's lock (shared while compiling, exclusive to renew the cache), the manifest's,
+#: and a folder of one lock per kernel function.
 MANIFEST_NAME = "fastmlp-manifest.json"
 LOCK_NAME = "fastmlp-compile.lock"
+MANIFEST_LOCK_NAME = "fastmlp-manifest.lock"
+KERNEL_LOCKS_NAME = "fastmlp-locks"
 STAMP_NAME = "fastmlp-kernels.sha256"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -141,7 +149,7 @@ def drop_stale_cache(cache_dir, source_dir=KERNEL_SOURCES):
         pass
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        with _file_lock(cache_dir):
+        with _file_lock(os.path.join(cache_dir, LOCK_NAME)):
             for stale in _cache_files(cache_dir):
                 os.remove(stale)
             with contextlib.suppress(FileNotFoundError):
@@ -164,32 +172,38 @@ def _write_atomically(path, data):
 
 
 _process_lock = threading.RLock()
-_lock_depth = 0
+#: lock file path -> [open handle or None, depth] of the flocks this process holds
+_held_locks = {}
 
 
 @contextlib.contextmanager
-def _file_lock(cache_dir):
-    """Exclusive across processes (``flock``), re-entrant within this one."""
-    global _lock_depth
+def _file_lock(path, exclusive=True):
+    """An ``flock`` on ``path`` across processes, re-entrant within this one (a nested
+    request gets the lock as first taken).  Where no lock can be had (Windows, a read-only
+    directory) the block runs without one."""
     with _process_lock:
-        handle = None
-        if _lock_depth == 0 and cache_dir is not None:
+        held = _held_locks.get(path)
+        if held is None:
+            handle = None
             try:
                 import fcntl
 
-                handle = open(os.path.join(cache_dir, LOCK_NAME), "a+b")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            except (OSError, ImportError):  # no lock where none can be had (Windows, read-only)
+                handle = open(path, "a+b")
+                fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            except (OSError, ImportError):
                 if handle is not None:
                     handle.close()
                 handle = None
-        _lock_depth += 1
+            held = _held_locks[path] = [handle, 0]
+        held[1] += 1
         try:
             yield
         finally:
-            _lock_depth -= 1
-            if handle is not None:
-                handle.close()  # closing releases the flock
+            held[1] -= 1
+            if held[1] == 0:
+                del _held_locks[path]
+                if held[0] is not None:
+                    held[0].close()  # closing releases the flock
 
 
 def _digest(path):
@@ -258,14 +272,18 @@ class CacheGuard:
 
     def trust(self, prefix):
         """Take the files named ``prefix*`` as sound: this process just wrote or checked
-        them, holding the lock."""
+        them, holding their kernel's lock.  Returns whether any was new to it (written by
+        this compilation, so not yet in the manifest)."""
         if self.cache_dir is None:
-            return
+            return False
+        new = False
         for path in _cache_files(self.cache_dir, prefix):
             with contextlib.suppress(OSError):
                 state = self._state(path)
                 if state not in self._known:
                     self._known[state] = _digest(path)
+                    new = True
+        return new
 
     def record(self):
         """Put the digests of the files this process wrote or checked into the manifest,
@@ -273,21 +291,24 @@ class CacheGuard:
         process that only loaded kernels changes nothing and writes nothing."""
         if self.cache_dir is None:
             return
-        manifest = self._manifest()
-        changed = False
-        for path in {state[0] for state in self._known}:
-            try:
-                digest = self._known.get(self._state(path))
-            except OSError:
-                continue
-            name = os.path.basename(path)
-            if digest is not None and manifest.get(name) != digest:
-                manifest[name] = digest
-                changed = True
-        if changed:
-            with contextlib.suppress(OSError):
-                _write_atomically(os.path.join(self.cache_dir, MANIFEST_NAME),
-                                  json.dumps(manifest, sort_keys=True, indent=0).encode())
+        # Other processes record their kernels at the same time: read, merge and write
+        # under the manifest's own lock, so that no process's entries are lost.
+        with _file_lock(os.path.join(self.cache_dir, MANIFEST_LOCK_NAME)):
+            manifest = self._manifest()
+            changed = False
+            for path in {state[0] for state in self._known}:
+                try:
+                    digest = self._known.get(self._state(path))
+                except OSError:
+                    continue
+                name = os.path.basename(path)
+                if digest is not None and manifest.get(name) != digest:
+                    manifest[name] = digest
+                    changed = True
+            if changed:
+                with contextlib.suppress(OSError):
+                    _write_atomically(os.path.join(self.cache_dir, MANIFEST_NAME),
+                                      json.dumps(manifest, sort_keys=True, indent=0).encode())
 
 
 class _Notice(event.Listener):
@@ -323,16 +344,37 @@ def _describe(dispatcher, sig):
     return f"{what} ({dtypes[0]})" if dtypes else what
 
 
+@contextlib.contextmanager
+def _compile_locks(cache_dir, prefix):
+    """The locks a kernel whose cache files are named ``prefix*`` compiles under: the
+    cache directory's, shared (only renewing the cache takes it exclusive), then the
+    kernel's own."""
+    if cache_dir is None:
+        yield
+        return
+    kernel_locks = os.path.join(cache_dir, KERNEL_LOCKS_NAME)
+    with contextlib.suppress(OSError):
+        os.makedirs(kernel_locks, exist_ok=True)
+    with _file_lock(os.path.join(cache_dir, LOCK_NAME), exclusive=False), \
+            _file_lock(os.path.join(kernel_locks, prefix + "lock")):
+        yield
+
+
+_compile_depth = 0
+
+
 def _guarded_compile(dispatcher):
     original = dispatcher.compile
     module = os.path.splitext(os.path.basename(dispatcher.py_func.__code__.co_filename))[0]
     prefix = f"{module}.{dispatcher.py_func.__qualname__}-{dispatcher.py_func.__code__.co_firstlineno}."
 
     def compile(sig):
+        global _compile_depth
         # numba's compiler lock first, then ours: a user's jitted function that calls a
         # kernel holds numba's lock when it reaches this one, and the order must not flip.
-        with global_compiler_lock, _file_lock(_guard.cache_dir):
-            outermost = _lock_depth == 1
+        with global_compiler_lock, _compile_locks(_guard.cache_dir, prefix):
+            _compile_depth += 1
+            outermost = _compile_depth == 1
             if outermost:
                 _notice.started = None
                 _notice.what = _describe(dispatcher, sig if isinstance(sig, tuple) else ())
@@ -344,15 +386,16 @@ def _guarded_compile(dispatcher):
             try:
                 return original(sig)
             finally:
-                if in_cache:
-                    _guard.trust(prefix)
-                if outermost:
-                    if in_cache:
-                        _guard.record()
-                    if _notice.started is not None:
-                        print(f"fastmlp: compiled in {time.perf_counter() - _notice.started:.1f} s",
-                              file=sys.stderr, flush=True)
-                        _notice.started = None
+                _compile_depth -= 1
+                # Recorded before this kernel's lock is released: a process that takes it
+                # next finds the new files vouched for, instead of deleting them as a
+                # killed process's leftovers.
+                if in_cache and _guard.trust(prefix):
+                    _guard.record()
+                if outermost and _notice.started is not None:
+                    print(f"fastmlp: compiled in {time.perf_counter() - _notice.started:.1f} s",
+                          file=sys.stderr, flush=True)
+                    _notice.started = None
 
     dispatcher.compile = compile
 
