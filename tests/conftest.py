@@ -114,6 +114,11 @@ def _raise_keyboard_interrupt(signum, frame):
 # runs on the other core while the suite goes on, and the test, moved to the end of the
 # session, waits for it.  ``start_early()`` returns a handle whose ``stop()`` ends the child
 # if it still runs; that happens when the session ends however it ends (Ctrl-C, -x).
+#
+# Under pytest-xdist (setup.cfg runs a worker per core) the other core has a worker of its
+# own, and a worker cannot know at collection which tests it will be given.  There such a
+# test goes first instead, so that its file is the first handed out: the worker that gets
+# it starts the child at once and waits, and the child runs in the worker's place.
 
 _EARLY_CHILDREN = pytest.StashKey[list]()
 
@@ -122,16 +127,25 @@ def _starts_early(item):
     return getattr(getattr(item, "function", None), "start_early", None)
 
 
+def _is_xdist_worker(config):
+    return hasattr(config, "workerinput")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: _starts_early(item) is not None)  # stable: the rest keep order
+    # stable sorts: the other tests keep their order
+    if _is_xdist_worker(config):
+        items.sort(key=lambda item: _starts_early(item) is None)
+    else:
+        items.sort(key=lambda item: _starts_early(item) is not None)
 
 
 def pytest_collection_finish(session):
     config = session.config
     config.stash[_EARLY_CHILDREN] = []
     # Inside a child (EXPECT_BLAS_FAMILY set) nothing starts another: no recursion.
-    if config.option.collectonly or os.environ.get(EXPECT_BLAS_FAMILY):
+    if config.option.collectonly or os.environ.get(EXPECT_BLAS_FAMILY) or \
+            _is_xdist_worker(config):
         return
     for item in session.items:
         start = _starts_early(item)

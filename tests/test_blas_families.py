@@ -78,8 +78,9 @@ class OtherFamilyRun:
             self.family = other_family(own_family())
             env = dict(_clean_env(), OPENBLAS_CORETYPE=self.family,
                        **{EXPECT_BLAS_FAMILY: self.family})
-            cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-k",
-                   f"not ({NOT_NUMERIC})", *NUMERIC_TESTS]
+            # One process (-n 0): the session it runs beside already has a worker per core.
+            cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", "-x",
+                   "-k", f"not ({NOT_NUMERIC})", *NUMERIC_TESTS]
             # stdout and stderr apart, as subprocess.run(capture_output=True) kept them: the
             # assertions read their concatenation, whose last line is pytest's summary.
             self._stdout, self._stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")

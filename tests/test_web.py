@@ -106,11 +106,17 @@ def dashboard(tmp_path_factory):
     conf.update(repo=str(ROOT), branches=["HEAD"], env_dir=str(work / "env"),
                 results_dir=str(work / "results"), html_dir=str(work / "html"))
     config = work / "asv.conf.json"
-    _run([asv, "machine", "--yes", "--machine", "pytest"], BENCHMARKS)
+    # asv keeps the machine's description in ~/.asv-machine.json, which test_benchmarks'
+    # asv run (in another pytest worker, maybe at the same moment) writes too: this one's
+    # is in a home of its own.
+    home = work / "home"
+    home.mkdir()
+    _run([asv, "machine", "--yes", "--machine", "pytest"], BENCHMARKS,
+         env=dict(os.environ, HOME=str(home)))
     for commit, tree in [(commits[0], previous), (commits[1], ROOT)]:
         benchmark_dir = str(tree / "benchmarks" / "benchmarks")
         config.write_text(json.dumps(dict(conf, benchmark_dir=benchmark_dir)))
-        env = dict(os.environ, ASV_PYTHONPATH=str(tree / "src"))
+        env = dict(os.environ, ASV_PYTHONPATH=str(tree / "src"), HOME=str(home))
         output = _run([asv, "run", "--python=same", "--quick", "--machine", "pytest",
                        "--set-commit-hash", commit, "--config", str(config),
                        "--bench", re.escape(BENCHMARK)], work, env=env)
