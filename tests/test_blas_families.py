@@ -11,8 +11,10 @@ shares numba's on-disk cache (OPENBLAS_CORETYPE is not part of its key): a kerne
 or this session compiles first, the other loads (jitcache's lock per kernel makes the other
 wait for it), and kernels that only one of them needs compile on both cores at once.
 
-The child starts when the session does and runs beside it (:class:`OtherFamilyRun`); the
-test, moved to the end, waits for it.
+In a one-process session the child starts when the session does and runs beside it
+(:class:`OtherFamilyRun`); the test, moved to the end, waits for it.  Under pytest-xdist
+(setup.cfg's default) the test goes first instead, and the worker that gets it starts the
+child and waits, while the other workers go on (conftest).
 """
 
 import json
@@ -65,11 +67,12 @@ def other_family(own):
 class OtherFamilyRun:
     """The child pytest under another kernel family, running beside the rest of the suite.
 
-    It is a few minutes of work that needs nothing from this session, so conftest's
-    ``pytest_collection_finish`` starts it (:func:`start_early`) before the first test runs
-    and moves the test that checks it to the end of the session; on a machine with a core to
-    spare the two overlap instead of adding up.  Its output goes to temporary files, read
-    only by the test's assertions.
+    It is a minute or more of work that needs nothing from this session.  In a one-process
+    session conftest's ``pytest_collection_finish`` starts it (:func:`start_early`) before
+    the first test runs and moves the test that checks it to the end, so that on a machine
+    with a core to spare the two overlap instead of adding up; under pytest-xdist the test
+    itself starts it, first.  Its output goes to temporary files, read only by the test's
+    assertions.
     """
 
     def __init__(self):
