@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,9 +76,10 @@ print(json.dumps({"compiled": compiled, "cache": jitcache.cache_directory(),
 """
 
 
-def _child(env, timeout=300):
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def _child(env, timeout=300, script=CHILD, args=()):
+    """Run ``script`` in a fresh interpreter; the JSON of its last line."""
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -151,10 +153,7 @@ print(json.dumps({"compiled": compiled, "finished": time.time()}))
 
 
 def _kernel_child(env, which, timeout=300):
-    done = subprocess.run([sys.executable, "-c", KERNEL_CHILD, which], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _child(env, timeout, script=KERNEL_CHILD, args=(which,))
 
 
 def test_processes_compile_different_kernels_at_once_and_wait_for_the_same_one(tmp_path):
@@ -168,10 +167,10 @@ def test_processes_compile_different_kernels_at_once_and_wait_for_the_same_one(t
 
     root = tmp_path / "cache"
     env = _env(NUMBA_CACHE_DIR=str(root))
-    forward = activations._bias_activation_parallel.py_func
-    locks = root / jitcache._numba_subpath(jitcache.KERNEL_SOURCES) / jitcache.KERNEL_LOCKS_NAME
-    locks.mkdir(parents=True)
-    lock = locks / f"activations.{forward.__qualname__}-{forward.__code__.co_firstlineno}.lock"
+    cache_dir = root / jitcache._numba_subpath(jitcache.KERNEL_SOURCES)
+    lock = Path(jitcache.kernel_lock_path(
+        str(cache_dir), jitcache.cache_file_prefix(activations._bias_activation_parallel.py_func)))
+    lock.parent.mkdir(parents=True)
     with open(lock, "a+b") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         waiting = subprocess.Popen([sys.executable, "-c", KERNEL_CHILD, "forward"], env=env,

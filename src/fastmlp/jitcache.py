@@ -344,6 +344,17 @@ def _describe(dispatcher, sig):
     return f"{what} ({dtypes[0]})" if dtypes else what
 
 
+def cache_file_prefix(py_func):
+    """How numba's cache files of ``py_func`` begin (``module.qualname-line.``)."""
+    module = os.path.splitext(os.path.basename(py_func.__code__.co_filename))[0]
+    return f"{module}.{py_func.__qualname__}-{py_func.__code__.co_firstlineno}."
+
+
+def kernel_lock_path(cache_dir, prefix):
+    """The lock file of the kernel whose cache files begin with ``prefix``."""
+    return os.path.join(cache_dir, KERNEL_LOCKS_NAME, prefix + "lock")
+
+
 @contextlib.contextmanager
 def _compile_locks(cache_dir, prefix):
     """The locks a kernel whose cache files are named ``prefix*`` compiles under: the
@@ -352,11 +363,10 @@ def _compile_locks(cache_dir, prefix):
     if cache_dir is None:
         yield
         return
-    kernel_locks = os.path.join(cache_dir, KERNEL_LOCKS_NAME)
+    lock = kernel_lock_path(cache_dir, prefix)
     with contextlib.suppress(OSError):
-        os.makedirs(kernel_locks, exist_ok=True)
-    with _file_lock(os.path.join(cache_dir, LOCK_NAME), exclusive=False), \
-            _file_lock(os.path.join(kernel_locks, prefix + "lock")):
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+    with _file_lock(os.path.join(cache_dir, LOCK_NAME), exclusive=False), _file_lock(lock):
         yield
 
 
@@ -365,8 +375,7 @@ _compile_depth = 0
 
 def _guarded_compile(dispatcher):
     original = dispatcher.compile
-    module = os.path.splitext(os.path.basename(dispatcher.py_func.__code__.co_filename))[0]
-    prefix = f"{module}.{dispatcher.py_func.__qualname__}-{dispatcher.py_func.__code__.co_firstlineno}."
+    prefix = cache_file_prefix(dispatcher.py_func)
 
     def compile(sig):
         global _compile_depth
