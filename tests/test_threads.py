@@ -332,3 +332,65 @@ def test_the_serial_build_is_chosen_only_where_no_kernel_would_split():
     assert threads_for([Dense(4, PARALLEL_MIN_ELEMENTS), Dense(PARALLEL_MIN_ELEMENTS, 3)], 1) == (2, None)
     assert threads_for([Dense(4, 8), Dense(8, 3)], 32) == (None, None)
     assert threads_for([Dense(20, WIDE), Dense(WIDE, 10)], BATCH) == (2, None)
+
+
+_BLAS_WITHOUT_SCIPY_LINALG = """
+import json, sys
+import numpy as np
+import fastmlp
+from fastmlp import SGD, Dense, Sequential
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(40, 6))
+y = rng.integers(0, 3, size=len(X))
+scores = {}
+fastmlp.set_num_threads(1)
+for dtype in (np.float32, np.float64):
+    model = Sequential([Dense(6, 16, activation="tanh"), Dense(16, 3)], optimizer=SGD(0.1),
+                       seed=0, dtype=dtype)
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    # 40 rows: products through gemm; one row: through gemv.
+    scores[np.dtype(dtype).name] = [model.decision_function(X).tolist(),
+                                    model.decision_function(X[:1]).tolist()]
+loaded_linalg = "scipy.linalg" in sys.modules
+import scipy.linalg
+import scipy.linalg.cython_blas
+import threadpoolctl
+print(json.dumps(dict(
+    scores=scores, loaded_linalg=loaded_linalg,
+    capi=sorted(name for name in ("sgemm", "dgemm", "sgemv", "dgemv")
+                if name in scipy.linalg.cython_blas.__pyx_capi__),
+    solve=scipy.linalg.solve(np.diag([2.0, 4.0]), np.ones(2)).tolist(),
+    blas_threads={lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                  if lib["user_api"] == "blas"})))
+"""
+
+
+def test_training_loads_its_blas_without_scipy_linalg_which_then_imports_as_usual():
+    """fastmlp loads SciPy's BLAS module on its own (fastmlp.blas_library), not through the
+    0.13 s import of ``scipy.linalg``: training and predicting with either dtype, by gemm
+    and gemv, must leave ``scipy.linalg`` unimported, compute what this process computes,
+    and leave ``scipy.linalg`` (its ``cython_blas`` attribute too) importable and working."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _BLAS_WITHOUT_SCIPY_LINALG], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    child = json.loads(out.stdout)
+    assert not child["loaded_linalg"]
+    assert child["capi"] == ["dgemm", "dgemv", "sgemm", "sgemv"]
+    assert child["solve"] == [0.5, 0.25]
+    scipy_blas = {path: n for path, n in child["blas_threads"].items()
+                  if "scipy.libs" in path or "/scipy/" in path}
+    assert scipy_blas and set(scipy_blas.values()) == {1}
+    # The same library on the same CPU and one thread here too: bitwise the same scores.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6))
+    y = rng.integers(0, 3, size=len(X))
+    with fastmlp.threads(1):
+        for dtype in (np.float32, np.float64):
+            model = Sequential([Dense(6, 16, activation="tanh"), Dense(16, 3)],
+                               optimizer=SGD(0.1), seed=0, dtype=dtype)
+            model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+            assert child["scores"][np.dtype(dtype).name] == [
+                model.decision_function(X).tolist(), model.decision_function(X[:1]).tolist()]

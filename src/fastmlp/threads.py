@@ -20,6 +20,8 @@ import os
 
 import numba
 
+from fastmlp.blas_library import load_kernel_blas
+
 # GNU OpenMP cannot run in a child forked from a process that already used it: numba's
 # omp layer then kills the child ("fork() called from a process already using GNU
 # OpenMP").  fastmlp passes the thread count into its kernels, so a forked child simply
@@ -66,8 +68,9 @@ def fastmlp_blas_libraries():
     SciPy ships one (PyPI wheels), else every BLAS loaded (a shared system or conda BLAS)."""
     # threadpoolctl only sees libraries already loaded: load the one numba calls first.
     import scipy
-    import scipy.linalg.cython_blas  # noqa: F401
     import threadpoolctl
+
+    load_kernel_blas()
 
     libraries = threadpoolctl.ThreadpoolController().select(user_api="blas")
     scipy_home = os.path.dirname(os.path.dirname(scipy.__file__))
