@@ -20,10 +20,16 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import threading
 
 import numpy as np
 
 _MODULE = "scipy.linalg.cython_blas"
+
+# Held while the module stands in ``sys.modules`` half loaded: another thread's first model
+# waits here instead of finding it there and running a product before the helpers can.
+_loading = threading.Lock()
+_loaded = False
 
 # The helpers' C signatures (numba/_lapack.c), as kernels.blas declares them for numba.
 _GEMM_PROTOTYPE = ctypes.CFUNCTYPE(
@@ -54,7 +60,16 @@ def _look_up_helper_functions():
 
 def load_kernel_blas():
     """Load the BLAS library the kernels call, so that threadpoolctl can see it and the
-    first product does not pay for ``scipy.linalg`` (see the module notes).  Idempotent."""
+    first product does not pay for ``scipy.linalg`` (see the module notes).  Idempotent
+    and thread-safe."""
+    global _loaded
+    with _loading:
+        if not _loaded:
+            _load()
+            _loaded = True
+
+
+def _load():
     if _MODULE in sys.modules or "scipy.linalg" in sys.modules:
         import scipy.linalg.cython_blas  # noqa: F401
         return
