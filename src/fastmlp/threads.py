@@ -66,12 +66,11 @@ def forked_after_openmp():
 def fastmlp_blas_libraries():
     """threadpoolctl's records of the BLAS that numba's kernels call: SciPy's own copy when
     SciPy ships one (PyPI wheels), else every BLAS loaded (a shared system or conda BLAS)."""
-    # threadpoolctl only sees libraries already loaded: load the one numba calls first.
     import scipy
     import threadpoolctl
 
+    # threadpoolctl only sees libraries already loaded: load the one numba calls first.
     load_kernel_blas()
-
     libraries = threadpoolctl.ThreadpoolController().select(user_api="blas")
     scipy_home = os.path.dirname(os.path.dirname(scipy.__file__))
     own = [lib.filepath for lib in libraries.lib_controllers
