@@ -1,5 +1,7 @@
 """Fixed-seed data and models shared by the benchmarks."""
 
+import timeit
+
 import numba
 import numpy as np
 
@@ -7,6 +9,10 @@ import fastmlp
 from fastmlp import SGD, Dense, Sequential
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+#: Timed runs per ``track_`` measurement, of which the fastest counts.
+#: tests/test_benchmarks.py, which checks that every benchmark runs, sets 1.
+REPEATS = 3
 
 #: The shapes of the comparison harness (benchmarks/compare.py): (layer sizes, batch).
 NETWORKS = {
@@ -16,6 +22,11 @@ NETWORKS = {
     "784-256-256-10/b128": ((784, 256, 256, 10), 128),
     "1024-2048-2048-10/b512": ((1024, 2048, 2048, 10), 512),
 }
+
+
+def fastest(fn, number=1):
+    """Seconds per call of ``fn``: the fastest of ``REPEATS`` runs of ``number`` calls."""
+    return min(timeit.repeat(fn, number=number, repeat=REPEATS)) / number
 
 
 def use_threads(n):

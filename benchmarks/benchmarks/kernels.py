@@ -6,7 +6,7 @@ import numpy as np
 import fastmlp.losses
 from fastmlp.kernels import activations, blas, dense, dropout, layer_norm, losses, optim, schedules
 
-from .common import DTYPES, use_threads
+from .common import DTYPES, fastest, use_threads
 
 WIDTHS = {"64x128": (64, 128), "784x256": (784, 256), "1024x2048": (1024, 2048)}
 
@@ -298,10 +298,8 @@ class MatMul:
         blas.matmul(self.a, False, self.b, False, self.c, self.threads)
 
     def track_gflops(self, mkn, dtype, threads):
-        import timeit
-
         m, k, n = map(int, mkn.split("x"))
-        seconds = min(timeit.repeat(self.time_matmul, number=5, repeat=3)) / 5
+        seconds = fastest(self.time_matmul, number=5)
         return 2 * m * k * n / seconds / 1e9
 
     track_gflops.unit = "GFLOP/s"

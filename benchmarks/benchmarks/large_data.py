@@ -8,11 +8,12 @@ cold case and the memory of a fit on a file of several GB.
 import os
 import shutil
 import tempfile
-import timeit
 
 import numpy as np
 
 from fastmlp import SGD, Dense, Sequential
+
+from .common import fastest
 
 N_ROWS, N_FEATURES, BATCH = 1 << 16, 64, 256
 SOURCES = ["ram", "mmap", "mmap-float64"]
@@ -52,7 +53,7 @@ class FitFromFile:
         self.model.fit(self.X, self.y, epochs=1, batch_size=BATCH, shuffle=self.shuffle)
 
     def track_samples_per_second(self, *params):
-        seconds = min(timeit.repeat(self.time_epoch, number=1, repeat=3))
+        seconds = fastest(self.time_epoch)
         return N_ROWS / seconds
 
     track_samples_per_second.unit = "samples/s"

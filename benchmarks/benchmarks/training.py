@@ -2,14 +2,12 @@
 prediction, and derived figures (samples/s, fraction of the matrix-product roofline,
 workspace bytes)."""
 
-import timeit
-
 import numpy as np
 
 import fastmlp
 from fastmlp import SGD, Sequential
 
-from .common import NETWORKS, network, step_flops, use_threads
+from .common import NETWORKS, fastest, network, step_flops, use_threads
 
 NAMES = list(NETWORKS)
 
@@ -46,7 +44,7 @@ class TrainEpoch:
         self.model.fit(self.X, self.y, epochs=1, batch_size=self.batch, shuffle=False)
 
     def track_samples_per_second(self, name, threads):
-        seconds = min(timeit.repeat(self.time_epoch, number=1, repeat=3))
+        seconds = fastest(self.time_epoch)
         return len(self.X) / seconds
 
     track_samples_per_second.unit = "samples/s"
@@ -72,14 +70,14 @@ class TrainEpoch:
 
         with threadpoolctl.threadpool_limits(threads, user_api="blas"):
             products()
-            roof = min(timeit.repeat(products, number=1, repeat=3))
-        return roof / min(timeit.repeat(self.time_epoch, number=1, repeat=3))
+            roof = fastest(products)
+        return roof / fastest(self.time_epoch)
 
     track_roofline_fraction.unit = "fraction"
 
     def track_gflops(self, name, threads):
         sizes, batch = NETWORKS[name]
-        seconds = min(timeit.repeat(self.time_epoch, number=1, repeat=3))
+        seconds = fastest(self.time_epoch)
         return step_flops(sizes, batch) * (len(self.X) // batch) / seconds / 1e9
 
     track_gflops.unit = "GFLOP/s"
@@ -192,7 +190,7 @@ class Predict:
         self.model.predict(self.X)
 
     def track_samples_per_second(self, name, threads):
-        return len(self.X) / min(timeit.repeat(self.time_predict, number=1, repeat=3))
+        return len(self.X) / fastest(self.time_predict)
 
     track_samples_per_second.unit = "samples/s"
 
@@ -224,7 +222,7 @@ class Reproducible:
             self.model.predict(self.rows)
 
     def track_predict_samples_per_second(self, name, threads):
-        return len(self.rows) / min(timeit.repeat(self.time_predict, number=1, repeat=3))
+        return len(self.rows) / fastest(self.time_predict)
 
     track_predict_samples_per_second.unit = "samples/s"
 
