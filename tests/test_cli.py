@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp.cli import main
+from fastmlp.cli import build_parser, main
 from fastmlp.datasets import make_spiral
 
 
 def test_demo_runs_and_reaches_its_accuracy():
-    out = subprocess.run([sys.executable, "-m", "fastmlp", "demo", "--threads", "1"],
+    # As README's first command runs it: on its default of one thread.
+    assert build_parser().parse_args(["demo"]).threads == 1
+    out = subprocess.run([sys.executable, "-m", "fastmlp", "demo"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

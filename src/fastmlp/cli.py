@@ -32,10 +32,10 @@ _REPRODUCIBLE_HELP = ("bitwise the same results on any thread count, and each ro
                       "whatever rows come with it; slower (fastmlp.reproducible)")
 
 
-def _threads_argument(parser, reproducible_help=None):
+def _threads_argument(parser, reproducible_help=None, default=None, default_help="all cores"):
     # With ``reproducible_help``, also a ``--reproducible`` flag that this help describes.
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for training and prediction (default: all cores)")
+    parser.add_argument("--threads", type=int, default=default,
+                        help=f"threads for training and prediction (default: {default_help})")
     if reproducible_help:
         parser.add_argument("--reproducible", action="store_true", help=reproducible_help)
 
@@ -113,7 +113,10 @@ def build_parser():
                                description="Train on the 3-class spiral and the shipped digits set; "
                                            "prints per-epoch progress and the final accuracy.")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    _threads_argument(demo)
+    # One thread by default: the demo's layers are too small for a second to help, but its
+    # validation pass would split a product over it, and compiling the kernels' parallel
+    # build for that took 7 of a cold demo's 17 s (2 cores).
+    _threads_argument(demo, default=1, default_help="1; the data are too small for more to help")
 
     bench = commands.add_parser("bench", help="fastmlp's training and prediction throughput",
                                 description="Samples/s of fit and predict on the standard shapes "
