@@ -2,10 +2,11 @@
 
 The kernels multiply through numba's ``numba_xxgemm`` and ``numba_xxgemv`` helpers
 (:mod:`fastmlp.kernels.blas`).  On its first call each helper looks its BLAS function up in
-``scipy.linalg.cython_blas``, and numba checks at start-up that this module imports.  Both
-import it by name, and Python imports a package before its modules: the whole of
-``scipy.linalg``, 0.13-0.15 s on the development machine, a quarter of a warm start, for
-one compiled extension module that loads in 6 ms and needs nothing from its package.
+``scipy.linalg.cython_blas``, and numba checks that this module imports when it first sets
+up its compiler (before the first cached kernel loads).  Both import it by name, and Python
+imports a package before its modules: the whole of ``scipy.linalg``, 0.13-0.15 s on the
+development machine, a fifth of a warm start, for one compiled extension module that loads
+in 6 ms and needs nothing from its package.
 
 :func:`load_kernel_blas` loads that module on its own, lets numba run its check and the
 helpers look up their functions while the module stands in ``sys.modules``, then takes
