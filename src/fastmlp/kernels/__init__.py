@@ -14,11 +14,13 @@ for networks without maxout layers.
 The modules are imported here, inside :func:`fastmlp.jitcache.kernel_cache`, so that their
 compiled code is cached where that module decides (a per-user directory when the package
 is read-only), dropped when any kernel source changes, and compiled by one process at a
-time.
+time.  :mod:`fastmlp.numba_inlining` is installed first: numba then inlines the one-line
+helpers without the copies of their IR that cost most of its own compile time.
 """
 
-from fastmlp import jitcache
+from fastmlp import jitcache, numba_inlining
 
+numba_inlining.install()
 with jitcache.kernel_cache():
     from fastmlp.kernels import (activations, blas, checks, dense, dropout, gather, layer_norm,
                                  losses, network, optim, schedules)
