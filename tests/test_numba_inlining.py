@@ -7,7 +7,6 @@ import sys
 
 import numba
 import numpy as np
-import pytest
 from numba.core import inline_closurecall
 
 from fastmlp import SGD, Dense, Sequential, numba_inlining
@@ -110,21 +109,26 @@ def test_drivers_compile_to_the_same_code_with_and_without_the_shortcut():
     assert with_shortcut["digests"] == numba_own["digests"]
 
 
+@numba.njit(inline="always")
+def _add_one(v):
+    return v + 1
+
+
+def _add_two(v):
+    return _add_one(_add_one(v))
+
+
 def test_functions_from_elsewhere_are_inlined_by_numba_itself(monkeypatch):
-    """Only fastmlp's functions take the shortcut: a user's ``inline="always"`` function is
-    inlined by numba's own code, copies included."""
-    scope = {"__name__": "users_module"}
-    exec("def add_one(v):\n    return v + 1\n\ndef twice_plus_two(v):\n"
-         "    return add_one(add_one(v))\n", scope)
-    scope["add_one"] = numba.njit(inline="always")(scope["add_one"])
-    calls = []
-    numba_inline_function = numba_inlining._numba_inline_function
+    """Only fastmlp's functions take the shortcut: a user's ``inline="always"`` function (one
+    of this test module's) is inlined by numba's own code, copies included."""
+    shared = []
+    numba_inline_ir = inline_closurecall.InlineWorker.inline_ir
 
-    def watched(self, *a, **k):
-        calls.append(inline_closurecall.copy)
-        return numba_inline_function(self, *a, **k)
+    def watched_inline_ir(self, *args, **kwargs):
+        shared.append(inline_closurecall.copy is numba_inlining._SHARING_COPY)
+        return numba_inline_ir(self, *args, **kwargs)
 
-    monkeypatch.setattr(numba_inlining, "_numba_inline_function", watched)
-    assert numba.njit(scope["twice_plus_two"])(1.5) == 3.5
-    assert calls and all(c is not numba_inlining._SHARING_COPY for c in calls)
-    assert inline_closurecall.copy is not numba_inlining._SHARING_COPY
+    monkeypatch.setattr(inline_closurecall.InlineWorker, "inline_ir", watched_inline_ir)
+    assert numba_inlining.installed()
+    assert numba.njit(_add_two)(1.5) == 3.5
+    assert shared == [False, False]
