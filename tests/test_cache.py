@@ -34,7 +34,9 @@ def test_changed_kernel_sources_drop_the_cache(tmp_path):
 # Each case runs fresh interpreters (a process's first call is what the cache serves) on
 # one cheap kernel, so the mechanism is exercised without compiling a whole network.
 
+import hashlib
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -45,6 +47,7 @@ import numpy as np
 import pytest
 
 import fastmlp
+from fastmlp import SGD, Dense, Sequential
 
 PACKAGE = os.path.dirname(os.path.abspath(fastmlp.__file__))
 
@@ -333,23 +336,91 @@ print(json.dumps(compiled))
 """
 
 
-def test_fastmlp_compile_fills_the_cache_for_what_it_names(tmp_path):
-    # A fresh interpreter compiles one combination into an empty cache; then another, with
-    # a model of that combination (another loss, activation, sizes, both optimizers, with
-    # and without weights), must load everything and compile nothing.
-    env = _env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_NUM_THREADS="1")
+@pytest.fixture(scope="module")
+def float32_dense_cache(tmp_path_factory):
+    """A cache that ``fastmlp compile`` filled with one combination, in a fresh interpreter:
+    the environment that points at it, and that command's finished process."""
+    cache = tmp_path_factory.mktemp("float32-dense") / "cache"
+    env = _env(NUMBA_CACHE_DIR=str(cache), NUMBA_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "fastmlp", "compile", "--dtype", "float32",
                           "--features", "dense", "--builds", "serial"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr
+    return env, cache, run
+
+
+def test_fastmlp_compile_fills_the_cache_for_what_it_names(float32_dense_cache):
+    # A fresh interpreter compiled one combination into an empty cache; then another, with
+    # a model of that combination (another loss, activation, sizes, both optimizers, with
+    # and without weights), must load everything and compile nothing.
+    env, cache, run = float32_dense_cache
     # Its own report, one line per combination (the compile notices come in between).
     report = [line for line in run.stderr.splitlines() if line.startswith("fastmlp compile:")]
-    assert report[0].startswith(f"fastmlp compile: cache directory {tmp_path / 'cache'}"), report
+    assert report[0].startswith(f"fastmlp compile: cache directory {cache}"), report
     assert len(report) == 2 and report[1].startswith("fastmlp compile: float32 dense serial: "), report
     child = subprocess.run([sys.executable, "-c", COVERED_CHILD], capture_output=True, text=True,
                            env=env, timeout=900)
     assert child.returncode == 0, child.stderr
     assert json.loads(child.stdout.strip().splitlines()[-1]) == []
+
+
+def test_numba_loads_kernels_as_kernel_cache_expects():
+    from fastmlp.jitcache import KernelCache, numba_loads_as_expected
+    from fastmlp.kernels import network
+
+    assert numba_loads_as_expected(), (
+        "numba's FunctionCache.load_overload is not the refresh-then-load that "
+        "fastmlp.jitcache.KernelCache replaces: read it again, and adapt KernelCache or drop it")
+    assert type(network.train_epoch._cache) is KernelCache
+
+
+# A warm start: a model fitted from the filled cache, then code the cache does not hold.
+WARM_CHILD = RECORD_COMPILES + r"""
+import hashlib, json, math, sys
+import numba
+import numpy as np
+from fastmlp import Dense, SGD, Sequential
+from fastmlp.kernels import activations
+rng = np.random.default_rng(5)
+X = rng.normal(size=(48, 5)).astype(np.float32)
+y = rng.integers(0, 3, size=48)
+model = Sequential([Dense(5, 7, activation="relu"), Dense(7, 3)], optimizer=SGD(lr=0.1), seed=2)
+model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+loaded = list(compiled)
+# numba.np.npyimpl holds numba's lowering of numpy's ufuncs: only a refresh of its compiler
+# imports it, which loading machine code must not have needed.
+refreshed = "numba.np.npyimpl" in sys.modules
+
+@numba.njit
+def users_function(x):
+    return math.erf(x) + np.sum(np.exp(np.zeros(3)))
+
+a = np.array([[0.5, -1.0], [0.0, 2.0]])
+delta = np.ones((2, 2))
+activations._activation_grad_rows(a, delta, activations.RELU, 0.0, 0, 2)
+print(json.dumps({"loaded": loaded, "refreshed": refreshed, "compiled": compiled,
+                  "params": hashlib.sha256(model.params.tobytes()).hexdigest(),
+                  "users_function": users_function(0.5), "relu_grad": delta.tolist()}))
+"""
+
+
+def test_a_warm_start_loads_without_refreshing_numbas_compiler(float32_dense_cache):
+    # Loading the machine code needs numba's runtime only (jitcache.KernelCache); what the
+    # process compiles afterwards still finds numba's compiler whole.
+    env, _, _ = float32_dense_cache
+    warm = _child(env, script=WARM_CHILD)
+    assert warm["loaded"] == [] and warm["refreshed"] is False, warm
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(48, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=48)
+    model = Sequential([Dense(5, 7, activation="relu"), Dense(7, 3)], optimizer=SGD(lr=0.1),
+                       seed=2)
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    assert warm["params"] == hashlib.sha256(model.params.tobytes()).hexdigest()
+    # (with the overloads numba compiles for the user's function)
+    assert {"users_function", "_activation_grad_rows"} <= set(warm["compiled"]), warm["compiled"]
+    assert warm["users_function"] == math.erf(0.5) + 3.0
+    assert warm["relu_grad"] == [[1.0, 0.0], [0.0, 1.0]]
 
 
 def test_one_thread_compiles_the_parallel_build_only_for_reproducible_mode(capsys):

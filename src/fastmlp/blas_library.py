@@ -3,7 +3,7 @@
 The kernels multiply through numba's ``numba_xxgemm`` and ``numba_xxgemv`` helpers
 (:mod:`fastmlp.kernels.blas`).  On its first call each helper looks its BLAS function up in
 ``scipy.linalg.cython_blas``, and numba checks that this module imports when it first sets
-up its compiler (before the first cached kernel loads).  Both import it by name, and Python
+up its compiler (before its first compilation).  Both import it by name, and Python
 imports a package before its modules: the whole of ``scipy.linalg``, 0.13-0.15 s on the
 development machine, a fifth of a warm start, for one compiled extension module that loads
 in 6 ms and needs nothing from its package.
