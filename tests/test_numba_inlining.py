@@ -16,7 +16,33 @@ def test_the_shortcut_is_installed_on_this_numba():
     assert numba_inlining.numba_has_the_expected_shape(), (
         f"numba {numba.__version__}'s InlineWorker is not the code fastmlp.numba_inlining was "
         "written against: read it again, and adapt the shortcut or drop it")
+    numba.njit(lambda v: v + 1)(1)  # it is installed when numba first compiles
     assert numba_inlining.installed()
+
+
+_LOAD_ONLY = """
+import sys
+import numpy as np
+from fastmlp import SGD, Dense, Sequential, numba_inlining
+rng = np.random.default_rng(0)
+Sequential([Dense(6, 16, activation="tanh"), Dense(16, 3)], optimizer=SGD(0.1),
+           seed=0).fit(rng.normal(size=(24, 6)), rng.integers(0, 3, size=24), epochs=1,
+                       batch_size=8, verbose=0)
+print("numba.core.inline_closurecall" in sys.modules, numba_inlining.installed())
+"""
+
+
+def test_a_process_that_only_loads_kernels_does_not_import_numbas_inliner():
+    """Installed at the first compilation, not at import: a warm start (every kernel loaded
+    from the cache that this test's process filled) leaves numba's inliner unimported."""
+    rng = np.random.default_rng(0)
+    Sequential([Dense(6, 16, activation="tanh"), Dense(16, 3)], optimizer=SGD(0.1),
+               seed=0).fit(rng.normal(size=(24, 6)), rng.integers(0, 3, size=24), epochs=1,
+                           batch_size=8, verbose=0)
+    out = subprocess.run([sys.executable, "-c", _LOAD_ONLY], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
 
 
 # A fresh interpreter compiles two of fastmlp's drivers anew (its kernels' cache, filled by
@@ -35,6 +61,10 @@ from fastmlp.kernels import network
 
 if sys.argv[1] == "numba":
     numba_inlining.uninstall()
+else:
+    # Now rather than at the first compilation: install() checks numba's inline_ir, which
+    # the watcher below wraps.
+    assert numba_inlining.install()
 rng = np.random.default_rng(0)
 X = rng.normal(size=(24, 6)).astype(np.float32)
 y = rng.integers(0, 3, size=24)
@@ -121,6 +151,8 @@ def _add_two(v):
 def test_functions_from_elsewhere_are_inlined_by_numba_itself(monkeypatch):
     """Only fastmlp's functions take the shortcut: a user's ``inline="always"`` function (one
     of this test module's) is inlined by numba's own code, copies included."""
+    # Installed before the watcher wraps inline_ir, whose shape install() checks.
+    assert numba_inlining.install()
     shared = []
     numba_inline_ir = inline_closurecall.InlineWorker.inline_ir
 
@@ -129,6 +161,6 @@ def test_functions_from_elsewhere_are_inlined_by_numba_itself(monkeypatch):
         return numba_inline_ir(self, *args, **kwargs)
 
     monkeypatch.setattr(inline_closurecall.InlineWorker, "inline_ir", watched_inline_ir)
-    assert numba_inlining.installed()
     assert numba.njit(_add_two)(1.5) == 3.5
+    assert numba_inlining.installed()
     assert shared == [False, False]

@@ -18,19 +18,37 @@ same: ``tests/test_numba_inlining.py`` compiles fastmlp's drivers both ways and 
 their LLVM IR.  It changes numba only where numba's code has the shape this was written for
 (read in numba 0.68.1; :func:`numba_has_the_expected_shape`); anywhere else numba is left
 as it is, and only compiles slower.
+
+:mod:`fastmlp.kernels` calls :func:`install_at_first_compilation`, not :func:`install`:
+importing numba's inliner takes about 40 ms, 20 of them for modules nothing else needs,
+and a process that only loads compiled kernels from the cache (a warm start) does not
+use it.
 """
 
 import copy
+import sys
 import types
 
-from numba.core import inline_closurecall
+from numba.core import event
 from numba.core.compiler_lock import global_compiler_lock
 
-_numba_inline_function = inline_closurecall.InlineWorker.inline_function
+_INLINER_MODULE = "numba.core.inline_closurecall"
 
 # The functions whose inlining skips the copies: fastmlp's own, whose compiled code its
 # tests compare both ways; anyone else's goes through numba's own code.
 _OWN_MODULES = "fastmlp."
+
+#: numba's ``InlineWorker.inline_function``, kept when :func:`install` replaces it.
+_numba_inline_function = None
+
+
+def _inliner():
+    from numba.core import inline_closurecall
+
+    global _numba_inline_function
+    if _numba_inline_function is None:
+        _numba_inline_function = inline_closurecall.InlineWorker.inline_function
+    return inline_closurecall
 
 
 class _DeepCopyThatShares:
@@ -59,6 +77,7 @@ def numba_has_the_expected_shape():
     -------
     bool
     """
+    inline_closurecall = _inliner()
     worker = getattr(inline_closurecall, "InlineWorker", None)
     if worker is None or getattr(inline_closurecall, "copy", None) is not copy:
         return False
@@ -79,6 +98,7 @@ def _inline_function(self, caller_ir, block, i, function, arg_typs=None):
     # numba's InlineWorker.inline_function, minus inline_ir's copies of the fresh callee IR.
     if not (getattr(function, "__module__", None) or "").startswith(_OWN_MODULES):
         return _numba_inline_function(self, caller_ir, block, i, function, arg_typs)
+    inline_closurecall = sys.modules[_INLINER_MODULE]
     callee_ir = self.run_untyped_passes(function)
     # Held already while numba compiles (it is re-entrant): no other thread can be inside
     # inline_closurecall while its ``copy`` is swapped.
@@ -101,17 +121,45 @@ def install():
     bool
         Whether it is installed.
     """
+    _first_compilation.armed = False
     if not numba_has_the_expected_shape():
         return False
-    inline_closurecall.InlineWorker.inline_function = _inline_function
+    _inliner().InlineWorker.inline_function = _inline_function
     return True
 
 
+class _InstallAtFirstCompilation(event.Listener):
+    # numba announces a compilation ("numba:compile") before its first pass, holding its
+    # compiler lock; loading from the cache announces none.
+    armed = False
+
+    def on_start(self, ev):
+        if self.armed:
+            install()
+
+    def on_end(self, ev):
+        pass
+
+
+_first_compilation = _InstallAtFirstCompilation()
+event.register("numba:compile", _first_compilation)
+
+
+def install_at_first_compilation():
+    """:func:`install` when numba next starts compiling anything, not before."""
+    _first_compilation.armed = True
+
+
 def uninstall():
-    """Give numba its own ``inline_function`` back (tests compare the two)."""
-    inline_closurecall.InlineWorker.inline_function = _numba_inline_function
+    """Give numba its own ``inline_function`` back (tests compare the two), and cancel
+    :func:`install_at_first_compilation`."""
+    _first_compilation.armed = False
+    if installed():
+        sys.modules[_INLINER_MODULE].InlineWorker.inline_function = _numba_inline_function
 
 
 def installed():
     """Whether numba inlines fastmlp's functions through :func:`install`'s shortcut."""
-    return inline_closurecall.InlineWorker.inline_function is _inline_function
+    inline_closurecall = sys.modules.get(_INLINER_MODULE)
+    return (inline_closurecall is not None
+            and inline_closurecall.InlineWorker.inline_function is _inline_function)

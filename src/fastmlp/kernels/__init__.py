@@ -14,13 +14,14 @@ for networks without maxout layers.
 The modules are imported here, inside :func:`fastmlp.jitcache.kernel_cache`, so that their
 compiled code is cached where that module decides (a per-user directory when the package
 is read-only), dropped when any kernel source changes, and compiled by one process at a
-time.  :mod:`fastmlp.numba_inlining` is installed first: numba then inlines the one-line
-helpers without two copies of their IR that it never uses (1.6-2 s of a first fit).
+time.  :mod:`fastmlp.numba_inlining` is installed when anything first compiles: numba
+then inlines the one-line helpers without two copies of their IR that it never uses (1.6-2 s
+of a first fit).
 """
 
 from fastmlp import jitcache, numba_inlining
 
-numba_inlining.install()
+numba_inlining.install_at_first_compilation()
 with jitcache.kernel_cache():
     from fastmlp.kernels import (activations, blas, checks, dense, dropout, gather, layer_norm,
                                  losses, network, optim, schedules)
