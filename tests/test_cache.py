@@ -386,7 +386,7 @@ X = rng.normal(size=(48, 5)).astype(np.float32)
 y = rng.integers(0, 3, size=48)
 model = Sequential([Dense(5, 7, activation="relu"), Dense(7, 3)], optimizer=SGD(lr=0.1), seed=2)
 model.fit(X, y, epochs=2, batch_size=16, verbose=0)
-loaded = list(compiled)
+compiled_by_fit = list(compiled)
 # numba.np.npyimpl holds numba's lowering of numpy's ufuncs: only a refresh of its compiler
 # imports it, which loading machine code must not have needed.
 refreshed = "numba.np.npyimpl" in sys.modules
@@ -398,7 +398,7 @@ def users_function(x):
 a = np.array([[0.5, -1.0], [0.0, 2.0]])
 delta = np.ones((2, 2))
 activations._activation_grad_rows(a, delta, activations.RELU, 0.0, 0, 2)
-print(json.dumps({"loaded": loaded, "refreshed": refreshed, "compiled": compiled,
+print(json.dumps({"compiled_by_fit": compiled_by_fit, "refreshed": refreshed, "compiled": compiled,
                   "params": hashlib.sha256(model.params.tobytes()).hexdigest(),
                   "users_function": users_function(0.5), "relu_grad": delta.tolist()}))
 """
@@ -409,7 +409,7 @@ def test_a_warm_start_loads_without_refreshing_numbas_compiler(float32_dense_cac
     # process compiles afterwards still finds numba's compiler whole.
     env, _, _ = float32_dense_cache
     warm = _child(env, script=WARM_CHILD)
-    assert warm["loaded"] == [] and warm["refreshed"] is False, warm
+    assert warm["compiled_by_fit"] == [] and warm["refreshed"] is False, warm
     rng = np.random.default_rng(5)
     X = rng.normal(size=(48, 5)).astype(np.float32)
     y = rng.integers(0, 3, size=48)
