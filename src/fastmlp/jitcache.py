@@ -471,12 +471,14 @@ def numba_loads_as_expected():
     return names == ("refresh", "_guard_against_spurious_io_errors", "_load_overload")
 
 
+_LOADS_AS_EXPECTED = numba_loads_as_expected()
+
+
 def guard_module(module):
     """Route every numba function of ``module`` through the cache guard."""
-    light_load = numba_loads_as_expected()
     for value in vars(module).values():
         if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
-            if light_load and type(value._cache) is FunctionCache:
+            if _LOADS_AS_EXPECTED and type(value._cache) is FunctionCache:
                 value._cache = KernelCache(value.py_func)
             _guarded_compile(value)
 

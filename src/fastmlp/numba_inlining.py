@@ -98,7 +98,7 @@ def _inline_function(self, caller_ir, block, i, function, arg_typs=None):
     # numba's InlineWorker.inline_function, minus inline_ir's copies of the fresh callee IR.
     if not (getattr(function, "__module__", None) or "").startswith(_OWN_MODULES):
         return _numba_inline_function(self, caller_ir, block, i, function, arg_typs)
-    inline_closurecall = sys.modules[_INLINER_MODULE]
+    inline_closurecall = _inliner()
     callee_ir = self.run_untyped_passes(function)
     # Held already while numba compiles (it is re-entrant): no other thread can be inside
     # inline_closurecall while its ``copy`` is swapped.
@@ -155,7 +155,7 @@ def uninstall():
     :func:`install_at_first_compilation`."""
     _first_compilation.armed = False
     if installed():
-        sys.modules[_INLINER_MODULE].InlineWorker.inline_function = _numba_inline_function
+        _inliner().InlineWorker.inline_function = _numba_inline_function
 
 
 def installed():
