@@ -20,6 +20,14 @@ def test_the_shortcut_is_installed_on_this_numba():
     assert numba_inlining.installed()
 
 
+def _fill_the_kernel_cache():
+    # One epoch of a small model: what the children of this module load.
+    rng = np.random.default_rng(0)
+    Sequential([Dense(6, 16, activation="tanh"), Dense(16, 3)], optimizer=SGD(0.1),
+               seed=0).fit(rng.normal(size=(24, 6)), rng.integers(0, 3, size=24), epochs=1,
+                           batch_size=8, verbose=0)
+
+
 _LOAD_ONLY = """
 import sys
 import numpy as np
@@ -35,10 +43,7 @@ print("numba.core.inline_closurecall" in sys.modules, numba_inlining.installed()
 def test_a_process_that_only_loads_kernels_does_not_import_numbas_inliner():
     """Installed at the first compilation, not at import: a warm start (every kernel loaded
     from the cache that this test's process filled) leaves numba's inliner unimported."""
-    rng = np.random.default_rng(0)
-    Sequential([Dense(6, 16, activation="tanh"), Dense(16, 3)], optimizer=SGD(0.1),
-               seed=0).fit(rng.normal(size=(24, 6)), rng.integers(0, 3, size=24), epochs=1,
-                           batch_size=8, verbose=0)
+    _fill_the_kernel_cache()
     out = subprocess.run([sys.executable, "-c", _LOAD_ONLY], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr
@@ -127,10 +132,7 @@ def test_drivers_compile_to_the_same_code_with_and_without_the_shortcut():
     bits as every behaviour hash recorded before it."""
     # This process fills the kernels' cache first, so that the children compile only the
     # two drivers, and the same way.
-    rng = np.random.default_rng(0)
-    Sequential([Dense(6, 16, activation="tanh"), Dense(16, 3)], optimizer=SGD(0.1),
-               seed=0).fit(rng.normal(size=(24, 6)), rng.integers(0, 3, size=24), epochs=1,
-                           batch_size=8, verbose=0)
+    _fill_the_kernel_cache()
     with_shortcut = _compile_drivers("fastmlp")
     numba_own = _compile_drivers("numba")
     assert with_shortcut["served"] and all(with_shortcut["served"])
