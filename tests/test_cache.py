@@ -141,16 +141,16 @@ def test_processes_starting_together_compile_once_and_all_load(tmp_path):
 
 
 # A child that calls one of two kernels: the parallel bias-and-activation forward pass, or
-# the serial activation gradient, which calls nothing the first one compiles.
+# the serial dropout gradient, which calls nothing the first one compiles.
 KERNEL_CHILD = RECORD_COMPILES + r"""
 import json, sys, time
 import numpy as np
-from fastmlp.kernels import activations
+from fastmlp.kernels import activations, dropout
 z = np.ones((4, 3))
 if sys.argv[1] == "forward":
     activations._bias_activation_parallel(z, np.full(3, 0.5), activations.RELU, 0.0, 2)
 else:
-    activations._activation_grad_rows(z, np.ones((4, 3)), activations.RELU, 0.0, 0, 4)
+    dropout.dropout_backward(np.ones((4, 3)), z, np.empty((4, 3)))
 print(json.dumps({"compiled": compiled, "finished": time.time()}))
 """
 
@@ -180,7 +180,7 @@ def test_processes_compile_different_kernels_at_once_and_wait_for_the_same_one(t
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             other = _kernel_child(env, "gradient", timeout=120)
-            assert "_activation_grad_rows" in other["compiled"]
+            assert "dropout_backward" in other["compiled"]
             assert waiting.poll() is None, waiting.communicate()
         except BaseException:
             waiting.kill()
@@ -397,7 +397,7 @@ def users_function(x):
 
 a = np.array([[0.5, -1.0], [0.0, 2.0]])
 delta = np.ones((2, 2))
-activations._activation_grad_rows(a, delta, activations.RELU, 0.0, 0, 2)
+activations.activation_grad(a, delta, activations.RELU, 0.0, None)
 print(json.dumps({"compiled_by_fit": compiled_by_fit, "refreshed": refreshed, "compiled": compiled,
                   "params": hashlib.sha256(model.params.tobytes()).hexdigest(),
                   "users_function": users_function(0.5), "relu_grad": delta.tolist()}))

@@ -11,7 +11,16 @@ cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 # Options for every serial kernel.  ``nogil`` lets several Python threads predict at once.
-JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
+# No cfunc wrapper: numba builds one per function so that it can be passed as a first-class
+# function value, which fastmlp never does (0.3 s of a first fit, with its LLVM passes).
+JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True, no_cfunc_wrapper=True)
+
+# Options for the serial private kernels that only other kernels call (the per-row loops,
+# the layer steps): no CPython wrapper either, the entry point that unboxes each argument
+# of a call from Python (another 0.4 s of a first fit).  Calling one from Python raises
+# TypeError instead of jumping to the entry point that is not there
+# (:mod:`fastmlp.compiled_only`).
+INNER_JIT_OPTIONS = dict(JIT_OPTIONS, no_cpython_wrapper=True)
 
 # Options for one-line helpers and glue (views, sizes, the gemm call, dense_forward): numba
 # inlines their IR into the caller rather than compiling each as a function of its own.

@@ -16,10 +16,11 @@ compiled code is cached where that module decides (a per-user directory when the
 is read-only), dropped when any kernel source changes, and compiled by one process at a
 time.  :mod:`fastmlp.numba_inlining` is installed when anything first compiles: numba
 then inlines the one-line helpers without two copies of their IR that it never uses (1.6-2 s
-of a first fit).
+of a first fit).  The private kernels that only other kernels call have no entry point from
+Python (:mod:`fastmlp.compiled_only`): a call from Python raises TypeError.
 """
 
-from fastmlp import jitcache, numba_inlining
+from fastmlp import compiled_only, jitcache, numba_inlining
 
 numba_inlining.install_at_first_compilation()
 with jitcache.kernel_cache():
@@ -29,4 +30,5 @@ with jitcache.kernel_cache():
 for _module in (activations, blas, checks, dense, dropout, gather, layer_norm, losses, network,
                 optim, schedules):
     jitcache.guard_module(_module)
+    compiled_only.refuse_python_calls(_module)
 del _module

@@ -39,7 +39,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS
+from fastmlp.config import (INNER_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_ELEMENTS,
+                            TINY_JIT_OPTIONS)
 
 IDENTITY = 0
 SIGMOID = 1
@@ -65,7 +66,7 @@ ACTIVATIONS = {
 }
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _bias_activation_rows(z, b, code, param, row_start, row_stop):
     # One loop nest per activation so the branch on ``code`` sits outside the hot loop.
     n_out = z.shape[1]
@@ -99,7 +100,7 @@ def _bias_activation_rows(z, b, code, param, row_start, row_stop):
                 z[i, j] = v if v > 0 else param * np.expm1(v)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _activation_grad_rows(a, delta, code, param, row_start, row_stop):
     n_out = a.shape[1]
     one = a.dtype.type(1.0)
@@ -212,7 +213,7 @@ def activation_grad(a, delta, code, param, n_threads):
         _activation_grad_parallel(a, delta, code, param, n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _bias_smooth_rows(z, b, code, pre, row_start, row_stop):
     n_out = z.shape[1]
     half = z.dtype.type(0.5)
@@ -234,7 +235,7 @@ def _bias_smooth_rows(z, b, code, pre, row_start, row_stop):
                 z[i, j] = v * s
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _smooth_grad_rows(pre, delta, code, row_start, row_stop):
     n_out = pre.shape[1]
     half = pre.dtype.type(0.5)

@@ -12,7 +12,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_FLOPS
+from fastmlp.config import (INNER_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, PARALLEL_MIN_FLOPS,
+                            TINY_JIT_OPTIONS)
 
 # Block boundaries fall on multiples of this many rows (columns): blocks stay thick enough
 # for BLAS to run at speed and line up with its register tiles.
@@ -64,7 +65,7 @@ def _address(typingctx, address):
     return types.voidptr(address), codegen
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _blas_call(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_b, c, ld_c, accumulate):
     # One BLAS call: ``c = op(a) @ op(b)`` (``c +=`` with ``accumulate``) for the
     # ``m x n`` row-major matrix at address ``c``; sizes are positive.
@@ -116,7 +117,7 @@ def _blas_call_parallel(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_
                        b + b_start * itemsize, ld_b, c + c0 * itemsize, ld_c, False)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _blas_product(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_b, c, ld_c,
                   accumulate, n_threads):
     # :func:`gemm` and :func:`matmul` over addresses and sizes.  Every argument is a scalar,

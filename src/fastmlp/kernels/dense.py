@@ -12,13 +12,13 @@ softmax gradient), and the BLAS blocks likewise.
 
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from fastmlp.config import INNER_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.activations import (activation_grad, bias_activation, bias_smooth_activation,
                                          work_chunks)
 from fastmlp.kernels.blas import matmul
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _column_sum_range(x, out, col_start, col_stop):
     for j in range(col_start, col_stop):
         out[j] = 0
@@ -136,7 +136,7 @@ def dense_backward(x, W, a, code, param, delta, grad_W, grad_b, grad_x, compute_
         matmul(delta, False, W, True, grad_x, n_threads)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _maxout_select_rows(z, b, pieces, out, winner, row_start, row_stop):
     n_out = out.shape[1]
     for i in range(row_start, row_stop):

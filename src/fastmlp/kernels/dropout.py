@@ -21,7 +21,7 @@ used is what the backward pass reads).
 import numpy as np
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from fastmlp.config import INNER_JIT_OPTIONS, JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS
 from fastmlp.kernels.activations import work_chunks
 
 # splitmix64 (Steele, Lea and Flood 2014; Vigna's reference constants).
@@ -60,7 +60,7 @@ def row_key(seed, step, stream, layer, row):
     return splitmix64(h ^ np.uint64(row))
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _dropout_rows(x, threshold, scale, seed, step, stream, layer, mask, out, row_start, row_stop):
     zero = out.dtype.type(0.0)
     limit = np.uint64(threshold)

@@ -23,11 +23,11 @@ adding its rows in order 0, 1, ..., so the results do not depend on the split.
 import numpy as np
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS, PARALLEL_JIT_OPTIONS
+from fastmlp.config import INNER_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.activations import work_chunks
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _layer_norm_rows(x, gain, bias, eps, xhat, rstd, out, row_start, row_stop):
     n = x.shape[1]
     for i in range(row_start, row_stop):
@@ -83,7 +83,7 @@ def layer_norm_forward(x, gain, bias, eps, xhat, rstd, out, n_threads):
         _layer_norm_parallel(x, gain, bias, eps, xhat, rstd, out, n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _layer_norm_grad_x_rows(xhat, rstd, gain, delta, grad_x, row_start, row_stop):
     n = delta.shape[1]
     for i in range(row_start, row_stop):
@@ -108,7 +108,7 @@ def _layer_norm_grad_x_parallel(xhat, rstd, gain, delta, grad_x, n_chunks):
                                 c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _layer_norm_param_grads(xhat, delta, grad_gain, grad_bias):
     n = delta.shape[1]
     for j in range(n):

@@ -11,7 +11,7 @@ see :mod:`fastmlp.kernels.dense`).
 import numpy as np
 from numba import njit, prange
 
-from fastmlp.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, TINY_JIT_OPTIONS
+from fastmlp.config import INNER_JIT_OPTIONS, JIT_OPTIONS, PARALLEL_JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.activations import work_chunks
 
 SOFTMAX_CROSS_ENTROPY = 0
@@ -171,7 +171,7 @@ def _l1_rows(scores, targets, grad, row_loss, row_start, row_stop):
         row_loss[i] = loss
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _param_loss_rows(code, loss_params, scores, labels, targets, grad, row_loss, row_start, row_stop):
     # The losses with parameters (or added after the first four): reached only when
     # ``loss_params`` is an array, so a model with a default loss compiles none of them.
@@ -195,7 +195,7 @@ def _param_loss_parallel(code, loss_params, scores, labels, targets, grad, row_l
 # The per-loss row kernels above are inlined here and into _param_loss_rows: these two
 # are the compiled units the serial and the parallel drivers share, and one compilation
 # of each costs less than one per loss (numba's fixed cost per function is ~0.1 s).
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _loss_rows(code, scores, labels, targets, grad, row_loss, row_start, row_stop):
     if code == SOFTMAX_CROSS_ENTROPY:
         _softmax_xent_rows(scores, labels, grad, row_loss, row_start, row_stop)

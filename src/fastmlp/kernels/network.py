@@ -28,7 +28,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS
+from fastmlp.config import INNER_JIT_OPTIONS, JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.activations import FIRST_SMOOTH, IDENTITY, smooth_activation_grad
 from fastmlp.kernels.dense import (dense_backward, dense_forward, dense_smooth_forward,
                                    maxout_backward, maxout_forward)
@@ -100,7 +100,7 @@ def layer_output(net, k, n_rows):
     return _rows(net.acts, net.buffer_offsets[k, ACT_OFFSET], n_rows, net.arch[k, N_OUT])
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _layer_forward(net, k, x, zbuf, winner, mask, norm_cache, pre_act, n_threads):
     # ``zbuf`` and ``winner`` (``mask``, ``norm_cache``, ``pre_act``) are ``net``'s fields
     # passed again as arguments: for a network without maxout (dropout, layer-norm,
@@ -174,7 +174,7 @@ def forward(net, x, n_threads):
     return layer_output(net, n_layers - 1, x.shape[0])
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _layer_backward(net, k, x, zbuf, winner, mask, norm_cache, pre_act, n_threads):
     # ``zbuf``/``winner``/``mask``/``norm_cache``/``pre_act``: None without such layers, as
     # in :func:`_layer_forward`.
@@ -461,7 +461,7 @@ def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads):
     return loss_sum / n, correct
 
 
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _transform_scores(scores, transform, out):
     n_rows, n_out = scores.shape
     one = scores.dtype.type(1.0)

@@ -12,7 +12,7 @@ cores sharing one memory bandwidth and the pool's start-up coming on top.
 import numpy as np
 from numba import njit
 
-from fastmlp.config import JIT_OPTIONS, TINY_JIT_OPTIONS
+from fastmlp.config import INNER_JIT_OPTIONS, JIT_OPTIONS, TINY_JIT_OPTIONS
 
 SGD = 0
 ADAM = 1
@@ -80,7 +80,7 @@ def sgd_update(params, grads, velocity, n_weights, lr, momentum, nesterov, weigh
 
 # A function of its own, not inlined like _sgd_range: inlined into the training loop,
 # LLVM contracted its arithmetic differently and the Adam results changed in the last bit.
-@njit(**JIT_OPTIONS)
+@njit(**INNER_JIT_OPTIONS)
 def _adam_range(params, grads, m, v, n_weights, lr, beta1, beta2, eps, weight_decay, decoupled,
                 step_size, bias_correction2_sqrt, start, stop):
     one = params.dtype.type(1.0)
