@@ -11,6 +11,12 @@ too small to be split anyway, which keeps the results bit for bit those of ``n_t
 The maxout buffers in :class:`~fastmlp.kernels.network.NetBuffers` are None the same way
 for networks without maxout layers.
 
+A row kernel (``_*_rows``) is called on rows ``row_start`` to ``row_stop``: by its
+``prange`` driver once per chunk, and on all rows from ``np.int64(0)``, never a plain ``0``,
+which numba types as ``Literal[int](0)``: it would compile a second copy of each row
+kernel for the whole-array call, beside the drivers' (each row kernel compiled twice in the
+parallel build).
+
 The modules are imported here, inside :func:`fastmlp.jitcache.kernel_cache`, so that their
 compiled code is cached where that module decides (a per-user directory when the package
 is read-only), dropped when any kernel source changes, and compiled by one process at a

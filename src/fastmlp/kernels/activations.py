@@ -177,11 +177,11 @@ def bias_activation(z, b, code, param, n_threads):
         Threads the elementwise work may use (it stays serial when small).
     """
     if n_threads is None:
-        _bias_activation_rows(z, b, code, param, 0, z.shape[0])
+        _bias_activation_rows(z, b, code, param, np.int64(0), z.shape[0])
         return
     n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
-        _bias_activation_rows(z, b, code, param, 0, z.shape[0])
+        _bias_activation_rows(z, b, code, param, np.int64(0), z.shape[0])
     else:
         _bias_activation_parallel(z, b, code, param, n_chunks)
 
@@ -204,11 +204,11 @@ def activation_grad(a, delta, code, param, n_threads):
     if code == IDENTITY:
         return
     if n_threads is None:
-        _activation_grad_rows(a, delta, code, param, 0, a.shape[0])
+        _activation_grad_rows(a, delta, code, param, np.int64(0), a.shape[0])
         return
     n_chunks = work_chunks(a.shape[0], a.size, n_threads)
     if n_chunks == 1:
-        _activation_grad_rows(a, delta, code, param, 0, a.shape[0])
+        _activation_grad_rows(a, delta, code, param, np.int64(0), a.shape[0])
     else:
         _activation_grad_parallel(a, delta, code, param, n_chunks)
 
@@ -289,11 +289,11 @@ def bias_smooth_activation(z, b, code, pre, n_threads):
         None: the serial build (see :mod:`fastmlp.kernels`).
     """
     if n_threads is None:
-        _bias_smooth_rows(z, b, code, pre, 0, z.shape[0])
+        _bias_smooth_rows(z, b, code, pre, np.int64(0), z.shape[0])
         return
     n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
-        _bias_smooth_rows(z, b, code, pre, 0, z.shape[0])
+        _bias_smooth_rows(z, b, code, pre, np.int64(0), z.shape[0])
     else:
         _bias_smooth_parallel(z, b, code, pre, n_chunks)
 
@@ -314,10 +314,10 @@ def smooth_activation_grad(pre, delta, code, n_threads):
         None: the serial build (see :mod:`fastmlp.kernels`).
     """
     if n_threads is None:
-        _smooth_grad_rows(pre, delta, code, 0, pre.shape[0])
+        _smooth_grad_rows(pre, delta, code, np.int64(0), pre.shape[0])
         return
     n_chunks = work_chunks(pre.shape[0], pre.size, n_threads)
     if n_chunks == 1:
-        _smooth_grad_rows(pre, delta, code, 0, pre.shape[0])
+        _smooth_grad_rows(pre, delta, code, np.int64(0), pre.shape[0])
     else:
         _smooth_grad_parallel(pre, delta, code, n_chunks)

@@ -97,24 +97,29 @@ def _blas_call(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_b, c, ld_
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _blas_call_parallel(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_b, c, ld_c,
-                        n_chunks, by_rows):
+                        accumulate, n_chunks, by_rows):
     # ``n_chunks`` calls of :func:`_blas_call`, each on its own block of rows (columns) of c.
     # A block of a row-major matrix starts ``rows * ld`` elements (``cols`` elements) in and
-    # keeps the whole matrix's leading dimension.
-    itemsize = 4 if kind == _SINGLE else 8
+    # keeps the whole matrix's leading dimension.  The blocks' addresses stay uint64 and
+    # ``accumulate`` (False: only overwriting products are split) is passed on rather than
+    # spelled ``False``: with an int64 address or a literal flag the blocks' calls would
+    # compile _blas_call once more each way (it compiled three times for one model).
+    itemsize = np.uint64(4 if kind == _SINGLE else 8)
     for i in prange(n_chunks):
         if by_rows:
             r0 = block_start(i, m, n_chunks)
             r1 = block_start(i + 1, m, n_chunks)
             a_start = r0 if transpose_a else r0 * ld_a  # a[:, r0:r1] or a[r0:r1]
-            _blas_call(kind, transpose_a, transpose_b, r1 - r0, n, k, a + a_start * itemsize,
-                       ld_a, b, ld_b, c + r0 * ld_c * itemsize, ld_c, False)
+            _blas_call(kind, transpose_a, transpose_b, r1 - r0, n, k,
+                       a + np.uint64(a_start) * itemsize, ld_a, b, ld_b,
+                       c + np.uint64(r0 * ld_c) * itemsize, ld_c, accumulate)
         else:
             c0 = block_start(i, n, n_chunks)
             c1 = block_start(i + 1, n, n_chunks)
             b_start = c0 * ld_b if transpose_b else c0  # b[c0:c1] or b[:, c0:c1]
             _blas_call(kind, transpose_a, transpose_b, m, c1 - c0, k, a, ld_a,
-                       b + b_start * itemsize, ld_b, c + c0 * itemsize, ld_c, False)
+                       b + np.uint64(b_start) * itemsize, ld_b, c + np.uint64(c0) * itemsize,
+                       ld_c, accumulate)
 
 
 @njit(**INNER_JIT_OPTIONS)
@@ -133,7 +138,7 @@ def _blas_product(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_b, c, 
         n_chunks = min(n_threads, units // BLOCK_ALIGN)
         if n_chunks >= 2 and 2 * m * n * k >= PARALLEL_MIN_FLOPS:
             _blas_call_parallel(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_b, c,
-                                ld_c, n_chunks, by_rows)
+                                ld_c, accumulate, n_chunks, by_rows)
             return
     _blas_call(kind, transpose_a, transpose_b, m, n, k, a, ld_a, b, ld_b, c, ld_c, accumulate)
 

@@ -10,6 +10,7 @@ one-thread and the multi-thread results agree to rounding (a few ulp, seen in th
 softmax gradient), and the BLAS blocks likewise.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from fastmlp.config import INNER_JIT_OPTIONS, PARALLEL_JIT_OPTIONS, TINY_JIT_OPTIONS
@@ -47,11 +48,11 @@ def column_sum(x, out, n_threads):
         None: the serial build (see :mod:`fastmlp.kernels`).
     """
     if n_threads is None:
-        _column_sum_range(x, out, 0, x.shape[1])
+        _column_sum_range(x, out, np.int64(0), x.shape[1])
         return
     n_chunks = work_chunks(x.shape[1], x.size, n_threads)
     if n_chunks == 1:
-        _column_sum_range(x, out, 0, x.shape[1])
+        _column_sum_range(x, out, np.int64(0), x.shape[1])
     else:
         _column_sum_parallel(x, out, n_chunks)
 
@@ -183,11 +184,11 @@ def maxout_forward(x, W, b, pieces, z, out, winner, n_threads):
     """
     matmul(x, False, W, False, z, n_threads)
     if n_threads is None:
-        _maxout_select_rows(z, b, pieces, out, winner, 0, z.shape[0])
+        _maxout_select_rows(z, b, pieces, out, winner, np.int64(0), z.shape[0])
         return
     n_chunks = work_chunks(z.shape[0], z.size, n_threads)
     if n_chunks == 1:
-        _maxout_select_rows(z, b, pieces, out, winner, 0, z.shape[0])
+        _maxout_select_rows(z, b, pieces, out, winner, np.int64(0), z.shape[0])
     else:
         _maxout_select_parallel(z, b, pieces, out, winner, n_chunks)
 

@@ -104,11 +104,13 @@ def dropout_forward(x, threshold, scale, seed, step, stream, layer, mask, out, n
         mask depends on its position only, so every split draws the same masks.
     """
     if n_threads is None:
-        _dropout_rows(x, threshold, scale, seed, step, stream, layer, mask, out, 0, x.shape[0])
+        _dropout_rows(x, threshold, scale, seed, step, stream, layer, mask, out, np.int64(0),
+                      x.shape[0])
         return
     n_chunks = work_chunks(x.shape[0], x.size, n_threads)
     if n_chunks == 1:
-        _dropout_rows(x, threshold, scale, seed, step, stream, layer, mask, out, 0, x.shape[0])
+        _dropout_rows(x, threshold, scale, seed, step, stream, layer, mask, out, np.int64(0),
+                      x.shape[0])
     else:
         _dropout_parallel(x, threshold, scale, seed, step, stream, layer, mask, out, n_chunks)
 

@@ -74,11 +74,11 @@ def layer_norm_forward(x, gain, bias, eps, xhat, rstd, out, n_threads):
         None: the serial build (see :mod:`fastmlp.kernels`).
     """
     if n_threads is None:
-        _layer_norm_rows(x, gain, bias, eps, xhat, rstd, out, 0, x.shape[0])
+        _layer_norm_rows(x, gain, bias, eps, xhat, rstd, out, np.int64(0), x.shape[0])
         return
     n_chunks = work_chunks(x.shape[0], x.size, n_threads)
     if n_chunks == 1:
-        _layer_norm_rows(x, gain, bias, eps, xhat, rstd, out, 0, x.shape[0])
+        _layer_norm_rows(x, gain, bias, eps, xhat, rstd, out, np.int64(0), x.shape[0])
     else:
         _layer_norm_parallel(x, gain, bias, eps, xhat, rstd, out, n_chunks)
 
@@ -146,10 +146,10 @@ def layer_norm_backward(xhat, rstd, gain, delta, grad_gain, grad_bias, grad_x, c
     if not compute_grad_x:
         return
     if n_threads is None:
-        _layer_norm_grad_x_rows(xhat, rstd, gain, delta, grad_x, 0, delta.shape[0])
+        _layer_norm_grad_x_rows(xhat, rstd, gain, delta, grad_x, np.int64(0), delta.shape[0])
         return
     n_chunks = work_chunks(delta.shape[0], delta.size, n_threads)
     if n_chunks == 1:
-        _layer_norm_grad_x_rows(xhat, rstd, gain, delta, grad_x, 0, delta.shape[0])
+        _layer_norm_grad_x_rows(xhat, rstd, gain, delta, grad_x, np.int64(0), delta.shape[0])
     else:
         _layer_norm_grad_x_parallel(xhat, rstd, gain, delta, grad_x, n_chunks)

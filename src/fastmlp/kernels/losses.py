@@ -263,21 +263,22 @@ def loss_and_grad(code, scores, labels, targets, grad, row_loss, n_threads, loss
     n_rows, n_out = scores.shape
     if loss_params is not None:
         if n_threads is None:
-            _param_loss_rows(code, loss_params, scores, labels, targets, grad, row_loss, 0, n_rows)
+            _param_loss_rows(code, loss_params, scores, labels, targets, grad, row_loss,
+                             np.int64(0), n_rows)
         else:
             n_chunks = work_chunks(n_rows, scores.size, n_threads)
             if n_chunks == 1:
-                _param_loss_rows(code, loss_params, scores, labels, targets, grad, row_loss, 0,
-                                 n_rows)
+                _param_loss_rows(code, loss_params, scores, labels, targets, grad, row_loss,
+                                 np.int64(0), n_rows)
             else:
                 _param_loss_parallel(code, loss_params, scores, labels, targets, grad, row_loss,
                                      n_chunks)
     elif n_threads is None:
-        _loss_rows(code, scores, labels, targets, grad, row_loss, 0, n_rows)
+        _loss_rows(code, scores, labels, targets, grad, row_loss, np.int64(0), n_rows)
     else:
         n_chunks = work_chunks(n_rows, scores.size, n_threads)
         if n_chunks == 1:
-            _loss_rows(code, scores, labels, targets, grad, row_loss, 0, n_rows)
+            _loss_rows(code, scores, labels, targets, grad, row_loss, np.int64(0), n_rows)
         else:
             _loss_parallel(code, scores, labels, targets, grad, row_loss, n_chunks)
     total = 0.0
