@@ -74,6 +74,44 @@ def test_one_and_two_threads_agree_to_rounding():
         assert_within(g1, g2, 2 * b, f"gradient {k} on 1 and 2 threads")
 
 
+@needs_two_threads
+def test_the_parallel_build_compiles_each_row_kernel_once():
+    # A layer too small to split calls a row kernel on all its rows, a wide layer's driver
+    # calls it on each chunk: one compilation for both.  A literal first row ``0`` or flag
+    # ``False`` (numba's Literal types) would compile one more copy per kernel each.
+    from numba.core import types
+
+    from fastmlp.compiled_only import compiled_without_entry_point
+    from fastmlp.kernels import activations, blas, dense, losses
+
+    with fastmlp.threads(2):
+        model, X, _ = _train()
+        model.predict(X)
+    assert model._train_workspace.kernel_threads(2) == 2  # the parallel build ran
+    used = [activations._bias_activation_rows, activations._activation_grad_rows,
+            dense._maxout_select_rows, dense._column_sum_range, losses._loss_rows]
+    assert all(_compiled_signatures(kernel) for kernel in used)
+    row_kernels = [value for module in (activations, blas, dense, losses)
+                   for value in vars(module).values()
+                   if isinstance(value, numba.core.dispatcher.Dispatcher)
+                   and compiled_without_entry_point(value)]
+    for kernel in row_kernels:
+        for signature in _compiled_signatures(kernel):
+            assert not any(isinstance(t, types.Literal) for t in signature), (kernel, signature)
+    # Every argument of the BLAS call is a scalar: one compilation for every product.
+    assert len(_compiled_signatures(blas._blas_call)) == 1, _compiled_signatures(blas._blas_call)
+
+
+def _compiled_signatures(kernel):
+    # What this process compiled, and what numba's cache holds: a process that loaded a
+    # caller from the cache compiled none of its callees, an earlier one did.
+    signatures = set(kernel.signatures)
+    cache_file = getattr(kernel._cache, "_cache_file", None)  # none when compiling in memory
+    if cache_file is not None:
+        signatures.update(key[0] for key in cache_file._load_index())
+    return signatures
+
+
 def _reproducible_fit(n_threads, layers):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(BATCH * 2 + 17, 20))
