@@ -4,10 +4,11 @@ Matrix products go to single-threaded BLAS, split into row or column blocks over
 threads (:func:`fastmlp.kernels.blas.matmul`); the elementwise work (bias, activation, its
 derivative, the bias gradient) runs in numba, split over rows or over output features.
 No two threads write one element and no sum is split, so any number of chunks computes each
-element by the same formula.  The serial loop and the ``prange`` driver are two compiled
-functions, though, and fastmath's ``reassoc`` lets LLVM vectorise them differently: the
-one-thread and the multi-thread results agree to rounding (a few ulp, seen in the float32
-softmax gradient), and the BLAS blocks likewise.
+element by the same formula.  The whole-array call and the ``prange`` driver's chunks call
+one compiled row kernel, but LLVM may inline it into either caller, and fastmath's
+``reassoc`` lets it vectorise the copies differently: the one-thread and the multi-thread
+results agree to rounding (a few ulp, seen in the float32 softmax gradient), and the BLAS
+blocks likewise.
 """
 
 import numpy as np
