@@ -8,24 +8,15 @@ import subprocess
 import sys
 
 import numpy as np
-from numba.core.dispatcher import Dispatcher
 
 from fastmlp import compiled_only, kernels
+from fastmlp.jitcache import own_dispatchers
 from fastmlp.kernels import activations, dense, losses, network
-
-KERNEL_MODULES = [getattr(kernels, name) for name in
-                  ("activations", "blas", "checks", "dense", "dropout", "gather", "layer_norm",
-                   "losses", "network", "optim", "schedules")]
-
-
-def _dispatchers(module):
-    return [v for v in vars(module).values()
-            if isinstance(v, Dispatcher) and v.py_func.__module__ == module.__name__]
 
 
 def test_the_layer_steps_and_row_loops_compile_without_an_entry_point_and_the_api_with_one():
-    inner = {f"{m.__name__}.{d.py_func.__name__}" for m in KERNEL_MODULES
-             for d in _dispatchers(m) if compiled_only.compiled_without_entry_point(d)}
+    inner = {f"{m.__name__}.{d.py_func.__name__}" for m in kernels.MODULES
+             for d in own_dispatchers(m) if compiled_only.compiled_without_entry_point(d)}
     assert {"fastmlp.kernels.network._layer_forward", "fastmlp.kernels.network._layer_backward",
             "fastmlp.kernels.losses._loss_rows",
             "fastmlp.kernels.activations._bias_activation_rows"} <= inner
@@ -41,8 +32,8 @@ def test_the_layer_steps_and_row_loops_compile_without_an_entry_point_and_the_ap
 _CHILD = r"""
 import inspect, json
 import numpy as np
-from numba.core.dispatcher import Dispatcher
 from fastmlp import compiled_only, kernels
+from fastmlp.jitcache import own_dispatchers
 from fastmlp.kernels import activations
 
 def refusal(call):
@@ -63,13 +54,11 @@ after = refusal(lambda: inner(a, np.ones((2, 2)), activations.RELU, 0.0, 0, 2))
 # Every kernel without an entry point refuses a call from Python, whatever its arguments
 # (here None for each).
 others = {}
-for name in ("activations", "blas", "dense", "dropout", "layer_norm", "losses", "network",
-             "optim"):
-    module = getattr(kernels, name)
-    for value in vars(module).values():
-        if isinstance(value, Dispatcher) and compiled_only.compiled_without_entry_point(value):
-            n_args = len(inspect.signature(value.py_func).parameters)
-            others[value.py_func.__name__] = refusal(lambda: value(*[None] * n_args))
+for module in kernels.MODULES:
+    for kernel in own_dispatchers(module):
+        if compiled_only.compiled_without_entry_point(kernel):
+            n_args = len(inspect.signature(kernel.py_func).parameters)
+            others[kernel.py_func.__name__] = refusal(lambda: kernel(*[None] * n_args))
 print(json.dumps({"before": before, "compiled_before": compiled_before, "after": after,
                   "compiled_after": len(inner.signatures), "grad": delta.tolist(),
                   "others": others}))

@@ -82,6 +82,7 @@ def test_the_parallel_build_compiles_each_row_kernel_once():
     from numba.core import types
 
     from fastmlp.compiled_only import compiled_without_entry_point
+    from fastmlp.jitcache import own_dispatchers
     from fastmlp.kernels import activations, blas, dense, dropout, layer_norm, losses, network
 
     with fastmlp.threads(2):
@@ -92,11 +93,9 @@ def test_the_parallel_build_compiles_each_row_kernel_once():
             dense._maxout_select_rows, dense._column_sum_range, losses._loss_rows]
     assert all(_compiled_signatures(kernel) for kernel in used)
     # (optim's Adam range has one caller, the whole-array one, and may keep its literal.)
-    row_kernels = [value for module in (activations, blas, dense, dropout, layer_norm, losses,
-                                        network)
-                   for value in vars(module).values()
-                   if isinstance(value, numba.core.dispatcher.Dispatcher)
-                   and compiled_without_entry_point(value)]
+    row_kernels = [kernel for module in (activations, blas, dense, dropout, layer_norm, losses,
+                                         network)
+                   for kernel in own_dispatchers(module) if compiled_without_entry_point(kernel)]
     for kernel in row_kernels:
         for signature in _compiled_signatures(kernel):
             assert not any(isinstance(t, types.Literal) for t in signature), (kernel, signature)

@@ -16,7 +16,7 @@ are unaffected: they find the callee through ``Dispatcher.overloads``, which num
 fills, from a compilation or from the cache.
 """
 
-from numba.core.dispatcher import Dispatcher
+from fastmlp.jitcache import own_dispatchers
 
 
 def _register_nothing(*args, **kwargs):
@@ -40,8 +40,8 @@ def compiled_without_entry_point(dispatcher):
 def refuse_python_calls(module):
     """Make every numba function of ``module`` compiled without an entry point from Python
     raise TypeError when Python calls it."""
-    for value in vars(module).values():
-        if (isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__
-                and compiled_without_entry_point(value)):
-            value._insert = _register_nothing
-            value._compile_for_args = _refusal(f"{module.__name__}.{value.py_func.__name__}")
+    for dispatcher in own_dispatchers(module):
+        if compiled_without_entry_point(dispatcher):
+            dispatcher._insert = _register_nothing
+            dispatcher._compile_for_args = _refusal(
+                f"{module.__name__}.{dispatcher.py_func.__name__}")

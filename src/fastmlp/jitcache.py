@@ -474,13 +474,18 @@ def numba_loads_as_expected():
 _LOADS_AS_EXPECTED = numba_loads_as_expected()
 
 
+def own_dispatchers(module):
+    """The numba functions defined in ``module`` (not those it imports)."""
+    return [value for value in vars(module).values()
+            if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__]
+
+
 def guard_module(module):
     """Route every numba function of ``module`` through the cache guard."""
-    for value in vars(module).values():
-        if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
-            if _LOADS_AS_EXPECTED and type(value._cache) is FunctionCache:
-                value._cache = KernelCache(value.py_func)
-            _guarded_compile(value)
+    for dispatcher in own_dispatchers(module):
+        if _LOADS_AS_EXPECTED and type(dispatcher._cache) is FunctionCache:
+            dispatcher._cache = KernelCache(dispatcher.py_func)
+        _guarded_compile(dispatcher)
 
 
 def cache_directory():

@@ -33,8 +33,11 @@ with jitcache.kernel_cache():
     from fastmlp.kernels import (activations, blas, checks, dense, dropout, gather, layer_norm,
                                  losses, network, optim, schedules)
 
-for _module in (activations, blas, checks, dense, dropout, gather, layer_norm, losses, network,
-                optim, schedules):
+#: Every kernel module, in the order they are guarded.
+MODULES = (activations, blas, checks, dense, dropout, gather, layer_norm, losses, network, optim,
+           schedules)
+
+for _module in MODULES:
     jitcache.guard_module(_module)
     compiled_only.refuse_python_calls(_module)
 del _module
