@@ -300,3 +300,21 @@ def test_elementwise_parallel_kernels_are_bitwise_independent_of_the_split(rng, 
     for other in results[1:]:
         for one, two in zip(results[0], other):
             np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_views_are_the_reshaped_segments_of_their_buffer(dtype):
+    # kernels.network builds its (rows, cols) views of the flat buffers in place of numba's
+    # reshape: they must be what numpy's reshape of the segment gives, share its memory,
+    # and refuse a segment that runs past the buffer's end as reshape did.
+    from fastmlp.kernels import network
+
+    buf = np.arange(23, dtype=dtype)
+    view = network._rows(buf, 3, 4, 5)
+    assert view.dtype == dtype and view.shape == (4, 5) and view.flags.c_contiguous
+    np.testing.assert_array_equal(view, buf[3:23].reshape(4, 5))
+    view[1, 2] = -1.0
+    assert buf[3 + 1 * 5 + 2] == -1.0
+    np.testing.assert_array_equal(network._rows(buf, 0, 0, 5), np.empty((0, 5), dtype))
+    with pytest.raises(ValueError, match="runs past the end of its buffer"):
+        network._rows(buf, 4, 4, 5)

@@ -405,6 +405,25 @@ print(json.dumps(dict(
 """
 
 
+def test_the_blas_integer_width_check_is_numbas(monkeypatch):
+    # fastmlp.blas_library checks the width of SciPy's BLAS integers against numba's
+    # helpers itself (numba's own check comes with its compiler, which a warm start does
+    # not load): it must read both as numba does, and refuse a mismatch by name.
+    from numba.np import linalg as numba_linalg
+
+    from fastmlp import blas_library
+
+    assert blas_library._blas_integers_are_64_bit() == numba_linalg._lapack_runtime_is_ilp64()
+    assert blas_library._helpers_take_64_bit_integers() == numba_linalg._LAPACK_BUILD_ILP64
+    blas_library._check_integer_width()  # this install agrees: numba's own check passes
+    numba_linalg._check_lapack_int_width()
+    monkeypatch.setattr(blas_library, "_blas_integers_are_64_bit",
+                        lambda: not numba_linalg._LAPACK_BUILD_ILP64)
+    with pytest.raises(RuntimeError, match="numba's BLAS helpers take .* integers but SciPy's "
+                                           "cython_blas takes .* ones"):
+        blas_library._check_integer_width()
+
+
 def test_training_loads_its_blas_without_scipy_linalg_which_then_imports_as_usual():
     """fastmlp loads SciPy's BLAS module on its own (fastmlp.blas_library), not through the
     0.13 s import of ``scipy.linalg``: training and predicting with either dtype, by gemm

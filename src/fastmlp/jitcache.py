@@ -484,7 +484,9 @@ def guard_module(module):
     """Route every numba function of ``module`` through the cache guard."""
     for dispatcher in own_dispatchers(module):
         if _LOADS_AS_EXPECTED and type(dispatcher._cache) is FunctionCache:
-            dispatcher._cache = KernelCache(dispatcher.py_func)
+            # The same object, given KernelCache's loading: a new one would locate the
+            # cache directory again (a test file written there; 8 ms per import).
+            dispatcher._cache.__class__ = KernelCache
         _guarded_compile(dispatcher)
 
 

@@ -26,7 +26,9 @@ The buffers travel together in a :class:`NetBuffers` named tuple.
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
 
 from fastmlp.config import INNER_JIT_OPTIONS, JIT_OPTIONS, TINY_JIT_OPTIONS
 from fastmlp.kernels.activations import FIRST_SMOOTH, IDENTITY, smooth_activation_grad
@@ -79,9 +81,43 @@ NetBuffers = namedtuple(
 )
 
 
+@intrinsic
+def _as_matrix(typingctx, segment, n_rows, n_cols):
+    """The 1-D C-contiguous ``segment`` of ``n_rows * n_cols`` items as a C-contiguous
+    ``(n_rows, n_cols)`` view (the caller checks the size).
+
+    What ``segment.reshape((n_rows, n_cols))`` gives, built in place: numba's reshape
+    calls a function of ``numba.np.arrayobj``, so every cached kernel using it made a warm
+    process import that module (0.045-0.07 s, a tenth of a warm start) to rebuild the
+    function's environment.
+    """
+    if not (isinstance(segment, types.Array) and segment.ndim == 1 and segment.layout == "C"):
+        return None
+    matrix_type = segment.copy(ndim=2, layout="C")
+
+    def codegen(context, builder, signature, args):
+        from numba.np.arrayobj import make_array, populate_array
+
+        source = make_array(signature.args[0])(context, builder, args[0])
+        view = make_array(matrix_type)(context, builder)
+        rows, cols = (context.cast(builder, value, from_type, types.intp)
+                      for value, from_type in zip(args[1:], signature.args[1:]))
+        populate_array(view, data=source.data, shape=[rows, cols],
+                       strides=[builder.mul(cols, source.itemsize), source.itemsize],
+                       itemsize=source.itemsize, meminfo=source.meminfo, parent=source.parent)
+        return impl_ret_borrowed(context, builder, matrix_type, view._getvalue())
+
+    return matrix_type(segment, n_rows, n_cols), codegen
+
+
 @njit(**TINY_JIT_OPTIONS)
 def _rows(buf, offset, n_rows, n_cols):
-    return buf[offset:offset + n_rows * n_cols].reshape((n_rows, n_cols))
+    # buf[offset:offset + n_rows*n_cols] as (n_rows, n_cols); like reshape, refuses a
+    # segment that runs past the buffer's end.
+    segment = buf[offset:offset + n_rows * n_cols]
+    if segment.size != n_rows * n_cols:
+        raise ValueError("a layer's view runs past the end of its buffer")
+    return _as_matrix(segment, n_rows, n_cols)
 
 
 @njit(**TINY_JIT_OPTIONS)
@@ -91,7 +127,7 @@ def layer_weights(arch, flat, k):
     width = arch[k, N_OUT] * arch[k, PIECES]
     w = arch[k, W_OFFSET]
     b = arch[k, B_OFFSET]
-    return flat[w:w + n_in * width].reshape((n_in, width)), flat[b:b + width]
+    return _rows(flat, w, n_in, width), flat[b:b + width]
 
 
 @njit(**TINY_JIT_OPTIONS)
