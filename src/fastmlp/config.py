@@ -27,7 +27,8 @@ INNER_JIT_OPTIONS = dict(JIT_OPTIONS, no_cpython_wrapper=True)
 # Not cached: numba also compiles an inlined function on its own while typing a caller, and
 # such a copy, loaded from the cache in another process, crashed it (a segfault on the first
 # call of dense_forward from a test).  Their callers are cached with the inlined code in
-# them; only a direct call from Python (tests, benchmarks) compiles one afresh.
+# them; a direct call from Python (tests, benchmarks) runs a cached copy that nothing
+# inlines (:mod:`fastmlp.inline_copies`).
 TINY_JIT_OPTIONS = dict(JIT_OPTIONS, inline="always", cache=False)
 
 # Options for the few ``prange`` drivers.

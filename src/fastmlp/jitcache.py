@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 
+from numba import njit
 from numba.core import config as numba_config
 from numba.core import event
 from numba.core.caching import FunctionCache, NullCache
@@ -340,6 +341,8 @@ _notice = _Notice()
 event.register("numba:compile", _notice)
 
 _guard = CacheGuard(None)
+# The root kernel_cache handed numba (None: numba's default, the in-tree cache).
+_cache_root = None
 
 
 def _describe(dispatcher, sig):
@@ -434,18 +437,35 @@ def kernel_cache(source_dir=KERNEL_SOURCES):
     Yields the cache directory (None when nothing is writable: numba then keeps the
     compiled code in memory only).
     """
-    global _guard
+    global _guard, _cache_root
     root, cache_dir = choose_cache_root(source_dir, numba_config.CACHE_DIR)
     if cache_dir is not None:
         drop_stale_cache(cache_dir, source_dir)
     _guard = CacheGuard(cache_dir, _sources_digest(source_dir))
+    _cache_root = root
+    with _numba_cache_root(root):
+        yield cache_dir
+
+
+@contextlib.contextmanager
+def _numba_cache_root(root):
     saved_root = numba_config.CACHE_DIR
     if root is not None:
         numba_config.CACHE_DIR = root
     try:
-        yield cache_dir
+        yield
     finally:
         numba_config.CACHE_DIR = saved_root
+
+
+def guarded_copy(dispatcher, **options):
+    """A new numba function of ``dispatcher``'s Python function with ``options`` (numba's
+    ``njit`` options), cached where the kernels are and compiled under the guard, as if its
+    module had defined it inside :func:`kernel_cache`."""
+    with _numba_cache_root(_cache_root):
+        copy = njit(**options)(dispatcher.py_func)
+    guard_dispatcher(copy)
+    return copy
 
 
 class KernelCache(FunctionCache):
@@ -480,14 +500,19 @@ def own_dispatchers(module):
             if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__]
 
 
+def guard_dispatcher(dispatcher):
+    """Route the numba function ``dispatcher`` through the cache guard."""
+    if _LOADS_AS_EXPECTED and type(dispatcher._cache) is FunctionCache:
+        # The same object, given KernelCache's loading: a new one would locate the cache
+        # directory again (a test file written there; 8 ms per import of fastmlp).
+        dispatcher._cache.__class__ = KernelCache
+    _guarded_compile(dispatcher)
+
+
 def guard_module(module):
     """Route every numba function of ``module`` through the cache guard."""
     for dispatcher in own_dispatchers(module):
-        if _LOADS_AS_EXPECTED and type(dispatcher._cache) is FunctionCache:
-            # The same object, given KernelCache's loading: a new one would locate the
-            # cache directory again (a test file written there; 8 ms per import).
-            dispatcher._cache.__class__ = KernelCache
-        _guarded_compile(dispatcher)
+        guard_dispatcher(dispatcher)
 
 
 def cache_directory():

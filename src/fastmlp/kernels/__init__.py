@@ -23,10 +23,11 @@ is read-only), dropped when any kernel source changes, and compiled by one proce
 time.  :mod:`fastmlp.numba_inlining` is installed when anything first compiles: numba
 then inlines the one-line helpers without two copies of their IR that it never uses (1.6-2 s
 of a first fit).  The private kernels that only other kernels call have no entry point from
-Python (:mod:`fastmlp.compiled_only`): a call from Python raises TypeError.
+Python (:mod:`fastmlp.compiled_only`): a call from Python raises TypeError.  A call from
+Python of an inlined helper runs a cached copy of it (:mod:`fastmlp.inline_copies`).
 """
 
-from fastmlp import compiled_only, jitcache, numba_inlining
+from fastmlp import compiled_only, inline_copies, jitcache, numba_inlining
 
 numba_inlining.install_at_first_compilation()
 with jitcache.kernel_cache():
@@ -40,4 +41,5 @@ MODULES = (activations, blas, checks, dense, dropout, gather, layer_norm, losses
 for _module in MODULES:
     jitcache.guard_module(_module)
     compiled_only.refuse_python_calls(_module)
+    inline_copies.cache_python_calls(_module)
 del _module
