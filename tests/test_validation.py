@@ -189,3 +189,29 @@ def test_readonly_input_is_fine():
     model.fit(X, Y_OK)
     model.train_step(X, Y_OK)
     assert model.predict(X).shape == (6,)
+
+
+def test_read_only_and_writable_inputs_share_the_compiled_drivers(tmp_path):
+    # numba gives a read-only array a type of its own: without fastmlp.compiled handing the
+    # drivers every X read-only, a read-only input compiled the training loop again.  A
+    # memory-mapped float64 file reaches the float32 model's drivers as it is (streamed).
+    from fastmlp.kernels import gather, network
+
+    def signatures():
+        return {name: set(driver.overloads) for name, driver in
+                [("train_epoch", network.train_epoch),
+                 ("predict_gathered", gather.predict_gathered),
+                 ("evaluate_gathered", gather.evaluate_gathered)]}
+
+    path = tmp_path / "X.npy"
+    np.save(path, X_OK)
+    writable = np.load(path, mmap_mode="r+")
+    model = _model()
+    model.fit(writable, Y_OK, validation_data=(writable, Y_OK), epochs=1)
+    expected = model.predict_proba(writable)
+    before = signatures()
+    read_only = np.load(path, mmap_mode="r")
+    np.testing.assert_array_equal(model.predict_proba(read_only), expected)
+    model.fit(read_only, Y_OK, validation_data=(read_only, Y_OK), epochs=1)
+    assert signatures() == before
+    assert writable.flags.writeable  # the caller's array is left as it was

@@ -38,6 +38,18 @@ def _weights_or_none(weights):
     return None if weights.shape[0] == 0 else weights
 
 
+def _read_only(X):
+    # numba types a read-only array as a type of its own: a writable and a read-only input
+    # (a memory-mapped file, an array from np.frombuffer) would each compile the driver,
+    # about 4.6 s for train_epoch.  No driver writes X, so every X reaches them read-only:
+    # a view, not a copy.
+    if not X.flags.writeable:
+        return X
+    view = X.view()
+    view.flags.writeable = False
+    return view
+
+
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, x_batch,
                 label_batch, target_batch, weight_batch, opt_kind, opt_state, hyper, n_weights,
                 clip, step_count, first, stop, batch_losses, batch_correct, batch_grad_norms,
@@ -45,7 +57,7 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, 
     """Steps ``first .. stop - 1`` of an epoch, compiled; returns the index of the first step
     not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
     sgd_hyper, adam_hyper = optim.split_hyperparameters(opt_kind, hyper)
-    return network.train_epoch(net, loss_code, X, labels, targets, _weights_or_none(weights),
+    return network.train_epoch(net, loss_code, _read_only(X), labels, targets, _weights_or_none(weights),
                                order, batch_size, x_batch, label_batch, target_batch,
                                weight_batch, opt_state, sgd_hyper, adam_hyper, n_weights, clip,
                                step_count, net.dropout_key, first, stop, batch_losses,
@@ -103,9 +115,9 @@ def bound_predict_into(net, X, transform, chunk_rows, out, n_threads):
 def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
     """:func:`evaluate_chunked` for an ``X`` of another dtype or layout (a memory-mapped
     file, say), gathered ``x_chunk.shape[0]`` rows at a time into ``x_chunk``."""
-    return gather.evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads)
+    return gather.evaluate_gathered(net, loss_code, _read_only(X), labels, targets, x_chunk, n_threads)
 
 
 def predict_gathered(net, X, transform, x_chunk, out, n_threads):
     """:func:`predict_into` for an ``X`` of another dtype or layout, gathered into ``x_chunk``."""
-    gather.predict_gathered(net, X, transform, x_chunk, out, n_threads)
+    gather.predict_gathered(net, _read_only(X), transform, x_chunk, out, n_threads)
