@@ -2,7 +2,7 @@
 
 Every call the package makes into ``fastmlp.kernels.network`` goes through a function here,
 with the kernels' own argument order, so that a change of a driver's signature is adapted
-in one file.  Nothing here validates or allocates: the callers (:class:`~fastmlp.Sequential`,
+in one file.  Nothing here validates or copies: the callers (:class:`~fastmlp.Sequential`,
 :mod:`fastmlp.workspace`, :func:`~fastmlp.gradcheck`) own every array and check it first.
 """
 
@@ -57,11 +57,11 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, 
     """Steps ``first .. stop - 1`` of an epoch, compiled; returns the index of the first step
     not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
     sgd_hyper, adam_hyper = optim.split_hyperparameters(opt_kind, hyper)
-    return network.train_epoch(net, loss_code, _read_only(X), labels, targets, _weights_or_none(weights),
-                               order, batch_size, x_batch, label_batch, target_batch,
-                               weight_batch, opt_state, sgd_hyper, adam_hyper, n_weights, clip,
-                               step_count, net.dropout_key, first, stop, batch_losses,
-                               batch_correct, batch_grad_norms, n_threads)
+    return network.train_epoch(net, loss_code, _read_only(X), labels, targets,
+                               _weights_or_none(weights), order, batch_size, x_batch,
+                               label_batch, target_batch, weight_batch, opt_state, sgd_hyper,
+                               adam_hyper, n_weights, clip, step_count, net.dropout_key, first,
+                               stop, batch_losses, batch_correct, batch_grad_norms, n_threads)
 
 
 def compute_gradients(net, loss_code, x, labels, targets, row_weights, n_threads):
@@ -115,7 +115,8 @@ def bound_predict_into(net, X, transform, chunk_rows, out, n_threads):
 def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
     """:func:`evaluate_chunked` for an ``X`` of another dtype or layout (a memory-mapped
     file, say), gathered ``x_chunk.shape[0]`` rows at a time into ``x_chunk``."""
-    return gather.evaluate_gathered(net, loss_code, _read_only(X), labels, targets, x_chunk, n_threads)
+    return gather.evaluate_gathered(net, loss_code, _read_only(X), labels, targets, x_chunk,
+                                    n_threads)
 
 
 def predict_gathered(net, X, transform, x_chunk, out, n_threads):
