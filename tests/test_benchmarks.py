@@ -54,9 +54,11 @@ def _cases():
 
 @pytest.mark.parametrize("cls, methods, values", list(_cases()))
 def test_every_benchmark_runs_for_every_parameter(cls, methods, values, monkeypatch):
-    # Each track_ method times its code once instead of keeping the fastest of 3: the same
-    # code runs, and the large network's epochs are most of this file's time.
+    # Each track_ method times its code once instead of keeping the fastest of 3, on two
+    # batches of data instead of up to 64: the same code runs, and the large network's
+    # epochs were most of this file's time.
     monkeypatch.setattr(common, "REPEATS", 1)
+    monkeypatch.setattr(common, "MAX_BATCHES", 2)
     if "threads" in getattr(cls, "param_names", ()) and \
             values[cls.param_names.index("threads")] > numba.config.NUMBA_NUM_THREADS:
         pytest.skip("more threads than numba has here: asv skips it too (setup raises)")

@@ -14,6 +14,10 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 #: tests/test_benchmarks.py, which checks that every benchmark runs, sets 1.
 REPEATS = 3
 
+#: At most this many batches of data per network (None: as each benchmark asks).
+#: tests/test_benchmarks.py sets 2: two batches run the same code as 8 or 64.
+MAX_BATCHES = None
+
 #: The shapes of the comparison harness (benchmarks/compare.py): (layer sizes, batch).
 NETWORKS = {
     "2-100-3/b32": ((2, 100, 3), 32),
@@ -40,6 +44,8 @@ def use_threads(n):
 def network(name, dtype=np.float32, n_batches=4):
     """A ReLU MLP for ``NETWORKS[name]`` with plain SGD, and ``n_batches`` of random data."""
     sizes, batch = NETWORKS[name]
+    if MAX_BATCHES is not None:
+        n_batches = min(n_batches, MAX_BATCHES)
     layers = [Dense(a, b, activation="relu") for a, b in zip(sizes[:-2], sizes[1:-1])]
     layers.append(Dense(sizes[-2], sizes[-1]))
     model = Sequential(layers, optimizer=SGD(lr=0.01), seed=0, dtype=dtype)
