@@ -49,18 +49,9 @@ import pytest
 import fastmlp
 from fastmlp import SGD, Dense, Sequential
 
-PACKAGE = os.path.dirname(os.path.abspath(fastmlp.__file__))
+from compile_record import RECORD_COMPILES
 
-# The opening of every child script here: it records the name of each function numba
-# compiles in ``compiled``.
-RECORD_COMPILES = r"""
-from numba.core import event
-compiled = []
-class Listener(event.Listener):
-    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__name__)
-    def on_end(self, ev): pass
-event.register("numba:compile", Listener())
-"""
+PACKAGE = os.path.dirname(os.path.abspath(fastmlp.__file__))
 
 # A child: import fastmlp, call one kernel (a parallel=True one, the kind numba #4807 saw
 # crash when several processes filled a cache at once), report what numba compiled.

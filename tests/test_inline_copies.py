@@ -13,24 +13,12 @@ from fastmlp import inline_copies, kernels
 from fastmlp.jitcache import own_dispatchers
 from fastmlp.kernels import activations, dense
 
-_CHILD = r"""
+from compile_record import RECORD_COMPILES
+
+_CHILD = RECORD_COMPILES + r"""
 import json
 import numba
 import numpy as np
-from numba.core import event
-
-compiled = []
-
-
-class Record(event.Listener):
-    def on_start(self, ev):
-        compiled.append(ev.data["dispatcher"].py_func.__name__)
-
-    def on_end(self, ev):
-        pass
-
-
-event.register("numba:compile", Record())
 from fastmlp.kernels import activations, dense
 
 rng = np.random.default_rng(3)

@@ -20,6 +20,8 @@ from fastmlp import SGD, ChunkShuffle, DataChangedError, Dense, Sequential, stre
 from fastmlp.callbacks import Callback
 from fastmlp.cli import main
 
+from compile_record import recording_compiles
+
 N, N_IN, N_OUT = 600, 7, 3
 
 
@@ -93,32 +95,17 @@ def test_regression_targets_from_a_mapped_file(tmp_path, data):
 
 
 def test_foreign_input_compiles_only_the_gathering_entry_points(tmp_path, data):
-    from numba.core import event
-
     X, y = data
     model = make_model()
     X32 = X.astype(np.float32)
     model.fit(X32, y, epochs=1)
     model.evaluate(X32, y)
     model.predict_proba(X32)
-    compiled = []
-
-    class Listener(event.Listener):
-        def on_start(self, ev):
-            compiled.append(ev.data["dispatcher"].py_func.__name__)
-
-        def on_end(self, ev):
-            pass
-
-    listener = Listener()
-    event.register("numba:compile", listener)
-    try:
+    with recording_compiles() as compiled:
         X_file = mapped(tmp_path, X)  # float64: another dtype, and read-only
         model.fit(X_file, y, epochs=1)
         model.evaluate(X_file, y)
         model.predict_proba(X_file)
-    finally:
-        event.unregister("numba:compile", listener)
     # Not forward, dense_forward, ...: the layer chain runs on the gathered buffer, whose
     # type it was already compiled for.
     assert set(compiled) <= {"train_epoch", "gather_chunk", "evaluate_gathered",

@@ -42,7 +42,8 @@ def use_threads(n):
 
 
 def network(name, dtype=np.float32, n_batches=4):
-    """A ReLU MLP for ``NETWORKS[name]`` with plain SGD, and ``n_batches`` of random data."""
+    """A ReLU MLP for ``NETWORKS[name]`` with plain SGD, and ``n_batches`` (at most
+    ``MAX_BATCHES``) of random data."""
     sizes, batch = NETWORKS[name]
     if MAX_BATCHES is not None:
         n_batches = min(n_batches, MAX_BATCHES)
