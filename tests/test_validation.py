@@ -193,8 +193,9 @@ def test_readonly_input_is_fine():
 
 def test_read_only_and_writable_inputs_share_the_compiled_drivers(tmp_path):
     # numba gives a read-only array a type of its own: without fastmlp.compiled handing the
-    # drivers every X read-only, a read-only input compiled the training loop again.  A
-    # memory-mapped float64 file reaches the float32 model's drivers as it is (streamed).
+    # drivers every input read-only, a read-only input compiled the training loop again.
+    # Memory-mapped files reach the drivers as they are: the float64 X (streamed into the
+    # float32 model), the int64 labels and the float64 sample weights.
     from fastmlp.kernels import gather, network
 
     def signatures():
@@ -203,15 +204,24 @@ def test_read_only_and_writable_inputs_share_the_compiled_drivers(tmp_path):
                  ("predict_gathered", gather.predict_gathered),
                  ("evaluate_gathered", gather.evaluate_gathered)]}
 
-    path = tmp_path / "X.npy"
-    np.save(path, X_OK)
-    writable = np.load(path, mmap_mode="r+")
-    model = _model()
-    model.fit(writable, Y_OK, validation_data=(writable, Y_OK), epochs=1)
-    expected = model.predict_proba(writable)
-    before = signatures()
-    read_only = np.load(path, mmap_mode="r")
-    np.testing.assert_array_equal(model.predict_proba(read_only), expected)
-    model.fit(read_only, Y_OK, validation_data=(read_only, Y_OK), epochs=1)
+    def mapped(name, array, mode):
+        np.save(tmp_path / name, array)
+        return np.load(tmp_path / name, mmap_mode=mode)
+
+    weights = np.linspace(0.5, 1.5, len(Y_OK))
+    writable = [mapped(name, array, "r+") for name, array in
+                [("X.npy", X_OK), ("y.npy", Y_OK.astype(np.int64)), ("w.npy", weights)]]
+    read_only = [mapped(name, array, "r") for name, array in
+                 [("X.npy", X_OK), ("y.npy", Y_OK.astype(np.int64)), ("w.npy", weights)]]
+    results = []
+    for X, y, w in (writable, read_only):
+        model = _model()
+        model.fit(X, y, validation_data=(X, y), epochs=1)
+        model.fit(X, y, sample_weight=w, epochs=1)
+        results.append((model.params.copy(), model.predict_proba(X)))
+        if len(results) == 1:
+            before = signatures()
     assert signatures() == before
-    assert writable.flags.writeable  # the caller's array is left as it was
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)
+    assert all(array.flags.writeable for array in writable)  # the caller's arrays as they were

@@ -2,7 +2,8 @@
 
 Every call the package makes into ``fastmlp.kernels.network`` goes through a function here,
 with the kernels' own argument order, so that a change of a driver's signature is adapted
-in one file.  Nothing here validates or copies: the callers (:class:`~fastmlp.Sequential`,
+in one file.  Nothing here validates, and nothing but read-only labels and targets on their
+way to evaluation (:func:`_writable`) is copied: the callers (:class:`~fastmlp.Sequential`,
 :mod:`fastmlp.workspace`, :func:`~fastmlp.gradcheck`) own every array and check it first.
 """
 
@@ -38,16 +39,24 @@ def _weights_or_none(weights):
     return None if weights.shape[0] == 0 else weights
 
 
-def _read_only(X):
+def _read_only(array):
     # numba types a read-only array as a type of its own: a writable and a read-only input
     # (a memory-mapped file, an array from np.frombuffer) would each compile the driver,
-    # about 4.6 s for train_epoch.  No driver writes X, so every X reaches them read-only:
-    # a view, not a copy.
-    if not X.flags.writeable:
-        return X
-    view = X.view()
+    # about 4.6 s for train_epoch.  No driver writes its inputs, so each input that may be
+    # the caller's own array reaches them read-only: a view, not a copy.
+    if not array.flags.writeable:
+        return array
+    view = array.view()
     view.flags.writeable = False
     return view
+
+
+def _writable(array):
+    # The evaluation drivers hand slices of the labels and targets to the loss kernels,
+    # which the training loop calls with its (writable) batch buffers: a read-only one
+    # would compile those kernels and the driver again.  They hold a value or a few per
+    # row, so a read-only one is copied; X, the large one, never is.
+    return array if array.flags.writeable else array.copy()
 
 
 def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, x_batch,
@@ -57,8 +66,13 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, 
     """Steps ``first .. stop - 1`` of an epoch, compiled; returns the index of the first step
     not run (``stop`` unless a loss was not finite).  See ``kernels.network.train_epoch``."""
     sgd_hyper, adam_hyper = optim.split_hyperparameters(opt_kind, hyper)
-    return network.train_epoch(net, loss_code, _read_only(X), labels, targets,
-                               _weights_or_none(weights), order, batch_size, x_batch,
+    # The rows are copied into the batch buffers, so only this driver sees the inputs'
+    # types: the read-only views add no signature to the kernels below it.
+    weights = _weights_or_none(weights)
+    if weights is not None:
+        weights = _read_only(weights)
+    return network.train_epoch(net, loss_code, _read_only(X), _read_only(labels),
+                               _read_only(targets), weights, order, batch_size, x_batch,
                                label_batch, target_batch, weight_batch, opt_state, sgd_hyper,
                                adam_hyper, n_weights, clip, step_count, net.dropout_key, first,
                                stop, batch_losses, batch_correct, batch_grad_norms, n_threads)
@@ -86,7 +100,8 @@ def count_correct_cached(net, loss_code, labels, targets):
 
 def evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads):
     """``(mean loss, rows predicted right)`` over ``X`` in chunks of ``chunk_rows``."""
-    return network.evaluate_chunked(net, loss_code, X, labels, targets, chunk_rows, n_threads)
+    return network.evaluate_chunked(net, loss_code, X, _writable(labels), _writable(targets),
+                                    chunk_rows, n_threads)
 
 
 def predict_into(net, X, transform, chunk_rows, out, n_threads):
@@ -115,8 +130,8 @@ def bound_predict_into(net, X, transform, chunk_rows, out, n_threads):
 def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
     """:func:`evaluate_chunked` for an ``X`` of another dtype or layout (a memory-mapped
     file, say), gathered ``x_chunk.shape[0]`` rows at a time into ``x_chunk``."""
-    return gather.evaluate_gathered(net, loss_code, _read_only(X), labels, targets, x_chunk,
-                                    n_threads)
+    return gather.evaluate_gathered(net, loss_code, _read_only(X), _writable(labels),
+                                    _writable(targets), x_chunk, n_threads)
 
 
 def predict_gathered(net, X, transform, x_chunk, out, n_threads):
