@@ -262,7 +262,12 @@ def test_verbose_2_prints_one_line_per_epoch(capsys, callbacks, shows_lr):
     history = _model().fit(X, y, epochs=3, batch_size=8, verbose=2, callbacks=callbacks)
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert len(lines) == len(history.epoch) and captured.err == ""
+    # With a cold cache (this file run on its own) the fit compiles the callback's kernel
+    # and, being verbose, says so on stderr (tests/test_cache.py checks those notices);
+    # nothing else may go there.
+    others = [line for line in captured.err.splitlines()
+              if not line.startswith(("fastmlp: compiling ", "fastmlp: compiled in "))]
+    assert len(lines) == len(history.epoch) and others == []
     for epoch, line in zip(history.epoch, lines):
         match = re.match(LINE, line)
         assert match, line

@@ -191,19 +191,20 @@ def test_readonly_input_is_fine():
     assert model.predict(X).shape == (6,)
 
 
+def _driver_signatures():
+    from fastmlp.kernels import gather, network
+
+    return {name: set(driver.overloads) for name, driver in
+            [("train_epoch", network.train_epoch),
+             ("predict_gathered", gather.predict_gathered),
+             ("evaluate_gathered", gather.evaluate_gathered)]}
+
+
 def test_read_only_and_writable_inputs_share_the_compiled_drivers(tmp_path):
     # numba gives a read-only array a type of its own: without fastmlp.compiled handing the
     # drivers every input read-only, a read-only input compiled the training loop again.
     # Memory-mapped files reach the drivers as they are: the float64 X (streamed into the
     # float32 model), the int64 labels and the float64 sample weights.
-    from fastmlp.kernels import gather, network
-
-    def signatures():
-        return {name: set(driver.overloads) for name, driver in
-                [("train_epoch", network.train_epoch),
-                 ("predict_gathered", gather.predict_gathered),
-                 ("evaluate_gathered", gather.evaluate_gathered)]}
-
     def mapped(name, array, mode):
         np.save(tmp_path / name, array)
         return np.load(tmp_path / name, mmap_mode=mode)
@@ -220,8 +221,30 @@ def test_read_only_and_writable_inputs_share_the_compiled_drivers(tmp_path):
         model.fit(X, y, sample_weight=w, epochs=1)
         results.append((model.params.copy(), model.predict_proba(X)))
         if len(results) == 1:
-            before = signatures()
-    assert signatures() == before
+            before = _driver_signatures()
+    assert _driver_signatures() == before
     for first, second in zip(*results):
         np.testing.assert_array_equal(first, second)
     assert all(array.flags.writeable for array in writable)  # the caller's arrays as they were
+
+
+def test_fortran_and_c_ordered_inputs_share_the_compiled_drivers(tmp_path):
+    # numba types the layout as well: a Fortran-ordered input (a memmap of a Fortran .npy
+    # file) reaches the drivers as its C-ordered transpose, so it compiles nothing more, and
+    # the rows gathered from it are the same values, so everything is bitwise the same.
+    X = np.random.default_rng(1).normal(size=(40, 4))
+    y = np.arange(40) % 3
+    results = []
+    for name, array in [("C.npy", X), ("F.npy", np.asfortranarray(X))]:
+        np.save(tmp_path / name, array)
+        mapped = np.load(tmp_path / name, mmap_mode="r")
+        assert mapped.flags.f_contiguous == (name == "F.npy") != mapped.flags.c_contiguous
+        model = _model()
+        history = model.fit(mapped, y, validation_data=(mapped, y), epochs=2, batch_size=8)
+        results.append((model.params.copy(), model.predict_proba(mapped),
+                        np.array(history.history["val_loss"]), model.evaluate(mapped, y)))
+        if len(results) == 1:
+            before = _driver_signatures()
+    assert _driver_signatures() == before
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)

@@ -51,6 +51,15 @@ def _read_only(array):
     return view
 
 
+def _input(X):
+    # ``(X for the drivers, transposed)``.  numba types the layout too: a Fortran-ordered X
+    # (a memmap of a Fortran .npy, a large DataFrame's values) would compile the drivers a
+    # third time.  Its transpose is C-ordered, and the drivers read it as the transpose.
+    if X.flags.f_contiguous and not X.flags.c_contiguous:
+        return _read_only(X.T), True
+    return _read_only(X), False
+
+
 def _writable(array):
     # The evaluation drivers hand slices of the labels and targets to the loss kernels,
     # which the training loop calls with its (writable) batch buffers: a read-only one
@@ -71,7 +80,7 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size, 
     weights = _weights_or_none(weights)
     if weights is not None:
         weights = _read_only(weights)
-    return network.train_epoch(net, loss_code, _read_only(X), _read_only(labels),
+    return network.train_epoch(net, loss_code, *_input(X), _read_only(labels),
                                _read_only(targets), weights, order, batch_size, x_batch,
                                label_batch, target_batch, weight_batch, opt_state, sgd_hyper,
                                adam_hyper, n_weights, clip, step_count, net.dropout_key, first,
@@ -130,10 +139,10 @@ def bound_predict_into(net, X, transform, chunk_rows, out, n_threads):
 def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
     """:func:`evaluate_chunked` for an ``X`` of another dtype or layout (a memory-mapped
     file, say), gathered ``x_chunk.shape[0]`` rows at a time into ``x_chunk``."""
-    return gather.evaluate_gathered(net, loss_code, _read_only(X), _writable(labels),
+    return gather.evaluate_gathered(net, loss_code, *_input(X), _writable(labels),
                                     _writable(targets), x_chunk, n_threads)
 
 
 def predict_gathered(net, X, transform, x_chunk, out, n_threads):
     """:func:`predict_into` for an ``X`` of another dtype or layout, gathered into ``x_chunk``."""
-    gather.predict_gathered(net, _read_only(X), transform, x_chunk, out, n_threads)
+    gather.predict_gathered(net, *_input(X), transform, x_chunk, out, n_threads)

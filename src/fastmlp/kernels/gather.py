@@ -1,6 +1,9 @@
 """Inference over inputs of another dtype or layout, one chunk of rows at a time.
 
-``X`` may be a ``numpy.memmap``, read-only, Fortran-ordered or of the other float dtype.
+``X`` may be a ``numpy.memmap``, read-only, Fortran-ordered or of the other float dtype;
+every driver here also takes a ``transposed`` flag: ``X`` is then the transpose
+``(n_in, n)`` of the input (a Fortran-ordered input passed as its C-ordered transpose, so
+both layouts share one compilation).
 Each chunk of rows is copied (and converted, element by element: the same rounding as
 ``X.astype(dtype)``) into ``x_chunk``, a C-contiguous buffer of the model's dtype, and the
 network runs on that buffer.  The drivers of :mod:`fastmlp.kernels.network` are thus
@@ -16,12 +19,14 @@ from fastmlp.kernels.network import count_correct_cached, forward, last_delta, p
 
 
 @njit(**JIT_OPTIONS)
-def gather_chunk(X, start, stop, x_chunk):
+def gather_chunk(X, transposed, start, stop, x_chunk):
     """Copy rows ``start:stop`` of ``X`` into the first ``stop - start`` rows of ``x_chunk``.
 
     Parameters
     ----------
-    X : ndarray of shape (n, n_in), any float dtype and layout
+    X : ndarray of shape (n, n_in), or (n_in, n) when ``transposed``; any float dtype and layout
+    transposed : bool
+        Whether ``X`` is the transpose of the input (row ``r`` of the input is ``X[:, r]``).
     start, stop : int
     x_chunk : ndarray of shape (capacity, n_in), C-contiguous, ``capacity >= stop - start``
         Overwritten in its first ``stop - start`` rows; the cast per element rounds as
@@ -34,14 +39,19 @@ def gather_chunk(X, start, stop, x_chunk):
     """
     rows = stop - start
     # Element loops, not slice assignment (see network.train_epoch: a compiled shape check).
-    for i in range(rows):
-        for j in range(X.shape[1]):
-            x_chunk[i, j] = X[start + i, j]
+    if transposed:
+        for i in range(rows):
+            for j in range(x_chunk.shape[1]):
+                x_chunk[i, j] = X[j, start + i]
+    else:
+        for i in range(rows):
+            for j in range(x_chunk.shape[1]):
+                x_chunk[i, j] = X[start + i, j]
     return x_chunk[:rows]
 
 
 @njit(**JIT_OPTIONS)
-def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
+def evaluate_gathered(net, loss_code, X, transposed, labels, targets, x_chunk, n_threads):
     """:func:`~fastmlp.kernels.network.evaluate_chunked` over a gathered ``X``.
 
     The same chunks (``x_chunk.shape[0]`` rows), the same sums in the same order: the result
@@ -52,7 +62,8 @@ def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
     net : NetBuffers
         Capacity at least ``x_chunk.shape[0]``.
     loss_code : int
-    X : ndarray of shape (n, n_in)
+    X : ndarray of shape (n, n_in), or (n_in, n) when ``transposed``
+    transposed : bool
     labels : ndarray of int64, shape (n,) or (0,)
     targets : ndarray of shape (n, n_out) or (0, n_out)
     x_chunk : ndarray of shape (chunk_rows, n_in), C-contiguous, model dtype
@@ -64,14 +75,14 @@ def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
     (float, int)
         Mean loss over the rows, and the rows predicted right (0 for MSE).
     """
-    n = X.shape[0]
+    n = X.shape[1] if transposed else X.shape[0]
     chunk_rows = x_chunk.shape[0]
     loss_sum = 0.0
     correct = 0
     has_labels = labels.shape[0] > 0
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
-        x = gather_chunk(X, start, stop, x_chunk)
+        x = gather_chunk(X, transposed, start, stop, x_chunk)
         scores = forward(net, x, n_threads)
         lab = labels[start:stop] if has_labels else labels[:0]
         tgt = targets[start:stop] if targets.shape[0] > 0 else targets[:0]
@@ -84,14 +95,15 @@ def evaluate_gathered(net, loss_code, X, labels, targets, x_chunk, n_threads):
 
 
 @njit(**JIT_OPTIONS)
-def predict_gathered(net, X, transform, x_chunk, out, n_threads):
+def predict_gathered(net, X, transposed, transform, x_chunk, out, n_threads):
     """:func:`~fastmlp.kernels.network.predict_into` over a gathered ``X``.
 
     Parameters
     ----------
     net : NetBuffers
         Capacity at least ``x_chunk.shape[0]``.
-    X : ndarray of shape (n, n_in)
+    X : ndarray of shape (n, n_in), or (n_in, n) when ``transposed``
+    transposed : bool
     transform : int
     x_chunk : ndarray of shape (chunk_rows, n_in), C-contiguous, model dtype
         Scratch, overwritten.
@@ -99,9 +111,9 @@ def predict_gathered(net, X, transform, x_chunk, out, n_threads):
         Overwritten.
     n_threads : int or None
     """
-    n = X.shape[0]
+    n = X.shape[1] if transposed else X.shape[0]
     chunk_rows = x_chunk.shape[0]
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
-        x = gather_chunk(X, start, stop, x_chunk)
+        x = gather_chunk(X, transposed, start, stop, x_chunk)
         predict_into(net, x, transform, stop - start, out[start:stop], n_threads)

@@ -370,7 +370,7 @@ _step_count_correct = njit(**TINY_JIT_OPTIONS)(_count_correct_cached)
 
 
 @njit(**JIT_OPTIONS)
-def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
+def train_epoch(net, loss_code, X, transposed, labels, targets, weights, order, batch_size,
                 x_batch, label_batch, target_batch, weight_batch,
                 opt_state, sgd_hyper, adam_hyper, n_weights, clip, first_step, dropout_key,
                 first_batch, stop_batch, batch_losses, batch_correct, batch_grad_norms,
@@ -388,7 +388,10 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
     net : NetBuffers
         Capacity at least ``batch_size``.
     loss_code : int
-    X : ndarray of shape (n, n_in)
+    X : ndarray of shape (n, n_in), or (n_in, n) when ``transposed``
+    transposed : bool
+        Whether ``X`` is the transpose of the input: a Fortran-ordered input is passed as
+        its (C-ordered) transpose, so that it shares the C-ordered input's compilation.
     labels : ndarray of int64, shape (n,) or (0,)
     targets : ndarray of shape (n, n_out) or (0, n_out)
     weights : ndarray of shape (n,), or None
@@ -438,8 +441,12 @@ def train_epoch(net, loss_code, X, labels, targets, weights, order, batch_size,
             r = order[start + i]
             # Element loops, not slice assignments: those compile a shape check with a
             # formatted error message, a second of compile time for a shape that cannot differ.
-            for j in range(X.shape[1]):
-                x_batch[i, j] = X[r, j]
+            if transposed:
+                for j in range(x_batch.shape[1]):
+                    x_batch[i, j] = X[j, r]
+            else:
+                for j in range(x_batch.shape[1]):
+                    x_batch[i, j] = X[r, j]
             if has_labels:
                 label_batch[i] = labels[r]
             if has_targets:
