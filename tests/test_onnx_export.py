@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import runtime_bounds
+from compile_record import RECORD_COMPILES
 from fastmlp import Dense, Dropout, Layer, LayerNorm, Maxout, Sequential
 from fastmlp.losses import Huber, SoftmaxCrossEntropy
 from fastmlp.cli import main
@@ -336,13 +337,7 @@ def test_import_fastmlp_imports_neither_torch_nor_onnx():
 def test_export_and_torch_conversion_compile_nothing(tmp_path):
     """Exporting and converting are pure Python: in a fresh process with an empty kernel
     cache, not one numba compilation (a model that is only exported pays no JIT tax)."""
-    code = f"""
-from numba.core import event
-compiled = []
-class Recorder(event.Listener):
-    def on_start(self, ev): compiled.append(ev.data["dispatcher"].py_func.__qualname__)
-    def on_end(self, ev): pass
-event.register("numba:compile", Recorder())
+    code = RECORD_COMPILES + f"""
 import torch, fastmlp
 from fastmlp import Dense, Maxout, Sequential
 from fastmlp import Dropout, LayerNorm
